@@ -1,0 +1,1 @@
+//! Client library: blocking and glommio transports over the sans-I/O codec.

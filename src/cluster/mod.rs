@@ -1,0 +1,1 @@
+//! Cluster membership: ring, gossip, failure detection (DESIGN.md §6).

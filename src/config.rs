@@ -1,0 +1,1 @@
+//! Configuration: TOML file + command-line flags (DESIGN.md §8).

@@ -1,0 +1,1 @@
+//! Per-request coordination: replica fan-out, quorum tracking, read repair.

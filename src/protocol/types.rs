@@ -1,0 +1,173 @@
+//! Our own request and response types: what a frame means once decoded and verified.
+//! The codec converts between these and FlatBuffers; the rest of ringkv sees only these.
+
+/// How many replicas must answer (DESIGN.md §6). `Count(n)` is an explicit count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    One,
+    Two,
+    Quorum,
+    All,
+    Count(u8),
+}
+
+impl Consistency {
+    /// Replicas required out of `n` (the replica count of the key), before clamping.
+    pub fn required(self, n: usize) -> usize {
+        match self {
+            Consistency::One => 1,
+            Consistency::Two => 2,
+            Consistency::Quorum => n / 2 + 1,
+            Consistency::All => n,
+            Consistency::Count(c) => usize::from(c),
+        }
+    }
+}
+
+impl std::str::FromStr for Consistency {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "one" => Ok(Consistency::One),
+            "two" => Ok(Consistency::Two),
+            "quorum" => Ok(Consistency::Quorum),
+            "all" => Ok(Consistency::All),
+            other => other
+                .parse::<u8>()
+                .ok()
+                .filter(|n| *n > 0)
+                .map(Consistency::Count)
+                .ok_or_else(|| {
+                    format!("invalid consistency {s:?}: expected one|two|quorum|all or a count")
+                }),
+        }
+    }
+}
+
+/// A request frame: the client-chosen id (echoed by the response) and the operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub request_id: u64,
+    pub op: Op,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Get {
+        key: Vec<u8>,
+        consistency: Option<Consistency>,
+    },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        consistency: Option<Consistency>,
+        context: Option<Vec<u8>>,
+    },
+    Delete {
+        key: Vec<u8>,
+        consistency: Option<Consistency>,
+        context: Option<Vec<u8>>,
+    },
+    Ping,
+    Topology,
+    /// Peer op: store this encoded `KeyState` for `key` (merged with what is there).
+    ReplicaWrite {
+        key: Vec<u8>,
+        state: Vec<u8>,
+    },
+    /// Peer op: return the encoded `KeyState` for `key`, if any.
+    ReplicaRead {
+        key: Vec<u8>,
+    },
+}
+
+/// A response frame: the echoed request id and the outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub request_id: u64,
+    pub body: Reply,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Get result. Not found is `values` empty. More than one value means siblings
+    /// (causal mode). `context` is opaque to clients (causal mode only).
+    Value {
+        values: Vec<Vec<u8>>,
+        context: Option<Vec<u8>>,
+    },
+    /// Put/Delete/ReplicaWrite acknowledged.
+    Done,
+    Pong,
+    Topology(Topology),
+    /// ReplicaRead result: the encoded `KeyState`, or None.
+    ReplicaState {
+        state: Option<Vec<u8>>,
+    },
+    Error(ErrorReply),
+}
+
+/// Typed errors (DESIGN.md §4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ErrorReply {
+    BadRequest { message: String },
+    Unavailable { required: u32, alive: u32 },
+    Timeout { required: u32, acked: u32 },
+    Overloaded,
+    Unauthorized,
+    Internal { message: String },
+}
+
+impl std::fmt::Display for ErrorReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ErrorReply::BadRequest { message } => write!(f, "bad request: {message}"),
+            ErrorReply::Unavailable { required, alive } => {
+                write!(
+                    f,
+                    "unavailable: {required} replicas required, {alive} alive"
+                )
+            }
+            ErrorReply::Timeout { required, acked } => {
+                write!(
+                    f,
+                    "timeout: {required} replicas required, {acked} acknowledged"
+                )
+            }
+            ErrorReply::Overloaded => write!(f, "overloaded"),
+            ErrorReply::Unauthorized => write!(f, "unauthorized"),
+            ErrorReply::Internal { message } => write!(f, "internal error: {message}"),
+        }
+    }
+}
+
+/// The cluster as one node sees it: enough for a client to route each request to the
+/// owning shard of a replica.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Topology {
+    pub nodes: Vec<NodeInfo>,
+    pub replication_factor: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub node_id: u64,
+    /// Client address `host:port`.
+    pub address: String,
+    pub shard_count: u32,
+    /// Port of shard s is `shard_port_base + s`.
+    pub shard_port_base: u16,
+    pub status: NodeStatus,
+    pub up: bool,
+    pub tokens: Vec<u64>,
+    /// Bytes of data stored (all shards).
+    pub load_bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeStatus {
+    Joining,
+    Normal,
+    Leaving,
+    Left,
+}

@@ -1,0 +1,1 @@
+//! The shard-per-core server: executors, listeners, routing between cores.
