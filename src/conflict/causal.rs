@@ -714,6 +714,27 @@ mod tests {
         .is_ok());
     }
 
+    /// A coordinator whose local copy lags its own actor's history (e.g. it lost the
+    /// write to a crash before the commit log sync) must still not reuse a dot the
+    /// client has seen.
+    #[test]
+    fn new_dot_is_above_client_context_for_own_actor() {
+        let mut seen = CausalContext::new();
+        seen.insert(dot(1, 5));
+        let state = write(
+            &CausalState::new(),
+            &seen,
+            actor(1),
+            Hlc(1),
+            Some(vec![1]),
+            8,
+        )
+        .expect("write");
+        assert_eq!(state.siblings.len(), 1);
+        assert_eq!(state.siblings[0].dot, dot(1, 6));
+        assert!(state.context.contains(&dot(1, 5)));
+    }
+
     #[test]
     fn forged_counter_is_refused_not_wrapped() {
         let mut forged = CausalContext::new();

@@ -250,3 +250,38 @@ pub(crate) mod codec {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_all_of_nothing_is_none() {
+        assert_eq!(merge_all(std::iter::empty::<&KeyState>()), None);
+    }
+
+    #[test]
+    fn mixed_modes_keep_the_causal_state_whatever_the_order() {
+        let lww = KeyState::Lww(LwwCell::put(Hlc::new(9, 0), b"x".to_vec()));
+        let actor = Actor {
+            node_id: 1,
+            generation: 1,
+        };
+        let causal_state = causal::write(
+            &CausalState::new(),
+            &CausalContext::new(),
+            actor,
+            Hlc::new(1, 0),
+            Some(b"y".to_vec()),
+            4,
+        )
+        .expect("write");
+        let causal = KeyState::Causal(causal_state);
+        assert_eq!(merge(&lww, &causal), causal);
+        assert_eq!(merge(&causal, &lww), causal);
+        assert_eq!(merge_all([&lww, &causal, &lww]), Some(causal.clone()));
+        assert_eq!(lww.clone().merge_owned(causal.clone()), causal);
+        assert_eq!(causal.live_values(), vec![b"y".as_slice()]);
+        assert_eq!(lww.live_values(), vec![b"x".as_slice()]);
+    }
+}
