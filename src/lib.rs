@@ -4,6 +4,7 @@
 //! replica RPC → [`storage`] engine of the owning shard. [`cluster`] holds membership,
 //! [`conflict`] holds versions and their merge.
 
+pub mod auth;
 pub mod client;
 pub mod cluster;
 pub mod config;

@@ -1,0 +1,1 @@
+//! Peer and client authentication (DESIGN.md §6): handshake state machine.
