@@ -506,8 +506,22 @@ fn verified_frame(body: &[u8], max_frame_bytes: usize) -> Result<wire::Frame<'_>
             ),
         });
     }
-    flatbuffers::root::<wire::Frame>(body).map_err(|error| DecodeError::Malformed {
-        reason: format!("flatbuffers verifier: {error}"),
+    flatbuffers::root::<wire::Frame>(body).map_err(|error| {
+        // The usual cause of misalignment is a client that finished its buffer with
+        // FlatBuffers' own size prefix, which aligns relative to the prefix, not the body.
+        let hint = match error {
+            flatbuffers::InvalidFlatbuffer::Unaligned { .. } => {
+                " (finish the buffer without FlatBuffers' size prefix and write the \
+                 length yourself; see schema/README.md)"
+            }
+            _ => "",
+        };
+        DecodeError::Malformed {
+            reason: format!(
+                "flatbuffers verifier: {}{hint}",
+                error.to_string().trim_end()
+            ),
+        }
     })
 }
 
@@ -991,6 +1005,27 @@ mod tests {
         body[0] = 0xff;
         let err = decode_request(&body, &limits).unwrap_err();
         assert!(err.to_string().contains("verifier"), "{err}");
+    }
+
+    /// A client that used FlatBuffers' `finish_size_prefixed` sends a body aligned for
+    /// the wrong origin; the verifier refuses it and the error says what to do.
+    #[test]
+    fn size_prefixed_finish_is_refused_with_a_hint() {
+        let mut builder = FlatBufferBuilder::new();
+        let ping = wire::Ping::create(&mut builder, &wire::PingArgs {});
+        let frame = wire::Frame::create(
+            &mut builder,
+            &wire::FrameArgs {
+                request_id: 5,
+                request_type: wire::RequestBody::Ping,
+                request: Some(ping.as_union_value()),
+                ..Default::default()
+            },
+        );
+        wire::finish_size_prefixed_frame_buffer(&mut builder, frame);
+        let err = decode_request(&builder.finished_data()[4..], &Limits::default()).unwrap_err();
+        assert!(err.closes_connection());
+        assert!(err.to_string().contains("size prefix"), "{err}");
     }
 
     #[test]
