@@ -257,6 +257,21 @@ proptest! {
         }
     }
 
+    /// Random bytes behind a valid magic, so the verifier itself is what gets fuzzed.
+    #[test]
+    fn random_bodies_with_magic_never_panic(root_offset in 0u32..256, tail in bytes(256)) {
+        let mut body = root_offset.to_le_bytes().to_vec();
+        body.extend_from_slice(ringkv::protocol::wire::FRAME_IDENTIFIER.as_bytes());
+        body.extend_from_slice(&tail);
+        let limits = Limits::default();
+        if let Ok(request) = decode_request(&body, &limits) {
+            assert_request_stable(&request, &limits);
+        }
+        if let Ok(response) = decode_response(&body) {
+            assert_response_stable(&response);
+        }
+    }
+
     #[test]
     fn mutated_requests_never_panic(
         request in request(),
