@@ -2,4 +2,6 @@
 //! manifest, block cache and compaction. One [`Engine`](engine) per shard, owned by that
 //! shard's executor; nothing here is shared between cores or touches a socket.
 
+pub mod cache;
 pub mod disk;
+pub mod sstable;
