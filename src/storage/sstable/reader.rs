@@ -149,40 +149,29 @@ impl<D: Disk> Sstable<D> {
             .read_at(entry.offset, len)
             .await
             .map_err(|source| io_error(&self.path, "reading a data block", source))?;
-        let block = Rc::new(
-            self.verify_blocks(Rc::new(bytes), entry.offset, i..i + 1)?
-                .remove(0),
-        );
+        let block = Rc::new(self.verify_block(&Rc::new(bytes), entry.offset, i)?);
         self.cache.insert(self.id, entry.offset, block.clone());
         Ok(block)
     }
 
-    /// Verify blocks `range` of the index, read contiguously into `bytes` starting at file
-    /// offset `bytes_offset`, against their CRCs and index entries.
-    fn verify_blocks(
-        &self,
-        bytes: Rc<Vec<u8>>,
-        bytes_offset: u64,
-        range: std::ops::Range<usize>,
-    ) -> Result<Vec<Block>> {
-        let mut blocks = Vec::with_capacity(range.len());
-        for entry in &self.index[range] {
-            let corrupt = |detail: String| {
-                self.error(SstableErrorKind::DataBlockCorrupt {
-                    offset: entry.offset,
-                    detail,
-                })
-            };
-            let start = (entry.offset - bytes_offset) as usize;
-            let block = Block::decode(bytes.clone(), start, entry.len as usize).map_err(corrupt)?;
-            if block.first_key() != entry.first_key.as_ref()
-                || block.last_key() != entry.last_key.as_ref()
-            {
-                return Err(corrupt("keys disagree with the block index".into()));
-            }
-            blocks.push(block);
+    /// Verify block `i` of the index, found in `bytes` (read from file offset
+    /// `bytes_offset`), against its CRC and its index entry.
+    fn verify_block(&self, bytes: &Rc<Vec<u8>>, bytes_offset: u64, i: usize) -> Result<Block> {
+        let entry = &self.index[i];
+        let corrupt = |detail: String| {
+            self.error(SstableErrorKind::DataBlockCorrupt {
+                offset: entry.offset,
+                detail,
+            })
+        };
+        let start = (entry.offset - bytes_offset) as usize;
+        let block = Block::decode(bytes.clone(), start, entry.len as usize).map_err(corrupt)?;
+        if block.first_key() != entry.first_key.as_ref()
+            || block.last_key() != entry.last_key.as_ref()
+        {
+            return Err(corrupt("keys disagree with the block index".into()));
         }
-        Ok(blocks)
+        Ok(block)
     }
 }
 
@@ -396,11 +385,16 @@ impl<D: Disk> SstableIterator<'_, D> {
             .read_at(first.offset, len)
             .await
             .map_err(|source| io_error(&self.table.path, "reading data blocks", source))?;
-        let blocks =
-            self.table
-                .verify_blocks(Rc::new(bytes), first.offset, self.next_block..end_block)?;
-        let offsets = index[self.next_block..end_block].iter().map(|e| e.offset);
-        self.pending.extend(offsets.zip(blocks));
+        let bytes = Rc::new(bytes);
+        let table = self.table;
+        let blocks = (self.next_block..end_block)
+            .map(|i| {
+                let block = table.verify_block(&bytes, first.offset, i)?;
+                Ok((table.index[i].offset, block))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Only a fully verified run is kept, so a retry after an error starts clean.
+        self.pending.extend(blocks);
         self.next_block = end_block;
         Ok(true)
     }
