@@ -1,7 +1,7 @@
 //! Immutable sorted string tables (DESIGN.md §5): the on-disk home of flushed memtables
 //! and compaction output.
 //!
-//! This module owns the SSTable file format ([`format`] for the layout, [`block`] for data
+//! This module owns the SSTable file format ([`format`](mod@format) for the layout, [`block`] for data
 //! blocks, [`bloom`] for the filter), writing a table ([`SstableBuilder`]), and reading
 //! one ([`Sstable`] for point lookups through the shard's
 //! [`BlockCache`](crate::storage::cache::BlockCache), [`SstableIterator`] for a full
