@@ -1,0 +1,359 @@
+//! The read path of one client request: ask every replica believed alive, answer the
+//! client with the merge of the first R replies, and repair every replica whose copy
+//! differs from the merge — including replicas that answer after the client was
+//! answered, until all contacted replicas replied or the deadline passed.
+//!
+//! Asking all alive replicas (not just R) costs one extra request at QUORUM of three,
+//! and buys a read repair on every read whose replicas disagree (DESIGN.md §1).
+//!
+//! Generic over the replica state `S` and its merge function, so tests can use small
+//! types; production uses `KeyState` with [`crate::conflict::merge`].
+
+use super::quorum::{QuorumTracker, ReplicaProgress};
+use super::CoordinatorError;
+use crate::cluster::NodeId;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadEffect<S> {
+    /// Send the read request to this replica.
+    Send { to: NodeId },
+    /// Call [`ReadCoordinator::on_timer`] at (or after) this time.
+    SetTimer { deadline_ms: u64 },
+    /// Answer the client: the merged state, `None` if no replica has the key. Emitted
+    /// exactly once.
+    Respond(Result<Option<S>, CoordinatorError>),
+    /// Write `state` to `node` (a replica write; the replica merges it in).
+    Repair { node: NodeId, state: S },
+}
+
+#[derive(Clone, Debug)]
+pub struct ReadCoordinator<S> {
+    /// None when the request was refused as unavailable before anything was sent.
+    tracker: Option<QuorumTracker>,
+    merge: fn(&S, &S) -> S,
+    /// What each replica that replied holds, as far as we know: its reply, then the
+    /// merged state once we sent it as a repair.
+    holds: Vec<(NodeId, Option<S>)>,
+    /// Merge of every reply so far.
+    merged: Option<S>,
+    outcome: Option<Result<(), CoordinatorError>>,
+    deadline_passed: bool,
+}
+
+impl<S: Clone + PartialEq> ReadCoordinator<S> {
+    /// Start a read of `replicas` needing `required_r` replies. Answers `Unavailable`
+    /// at once if fewer than R replicas are `alive`.
+    pub fn new(
+        replicas: &[NodeId],
+        alive: impl Fn(NodeId) -> bool,
+        required_r: usize,
+        now_ms: u64,
+        timeout_ms: u64,
+        merge: fn(&S, &S) -> S,
+    ) -> (Self, Vec<ReadEffect<S>>) {
+        let mut machine = Self {
+            tracker: None,
+            merge,
+            holds: Vec::new(),
+            merged: None,
+            outcome: None,
+            deadline_passed: false,
+        };
+        let effects = match QuorumTracker::new(replicas, alive, required_r, now_ms, timeout_ms) {
+            Err(unavailable) => {
+                machine.outcome = Some(Err(unavailable));
+                vec![ReadEffect::Respond(Err(unavailable))]
+            }
+            Ok(tracker) => {
+                let mut effects: Vec<ReadEffect<S>> = tracker
+                    .nodes(ReplicaProgress::Pending)
+                    .into_iter()
+                    .map(|to| ReadEffect::Send { to })
+                    .collect();
+                effects.push(ReadEffect::SetTimer {
+                    deadline_ms: tracker.deadline_ms(),
+                });
+                machine.tracker = Some(tracker);
+                effects
+            }
+        };
+        machine.invariants();
+        (machine, effects)
+    }
+
+    /// `node` replied with its state of the key (`None`: it has nothing).
+    pub fn on_reply(&mut self, node: NodeId, state: Option<S>) -> Vec<ReadEffect<S>> {
+        let mut effects = Vec::new();
+        let Some(tracker) = self.tracker.as_mut() else {
+            return effects;
+        };
+        if !tracker.record(node, ReplicaProgress::Answered) {
+            return effects;
+        }
+        if let Some(reply) = &state {
+            self.merged = Some(match &self.merged {
+                Some(merged) => (self.merge)(merged, reply),
+                None => reply.clone(),
+            });
+        }
+        self.holds.push((node, state));
+        if self.outcome.is_none() && tracker.quorum_reached() {
+            self.outcome = Some(Ok(()));
+            effects.push(ReadEffect::Respond(Ok(self.merged.clone())));
+        }
+        self.repair(&mut effects);
+        self.invariants();
+        effects
+    }
+
+    /// `node` answered with an error.
+    pub fn on_error(&mut self, node: NodeId) -> Vec<ReadEffect<S>> {
+        let mut effects = Vec::new();
+        let Some(tracker) = self.tracker.as_mut() else {
+            return effects;
+        };
+        if tracker.record(node, ReplicaProgress::Failed)
+            && self.outcome.is_none()
+            && tracker.quorum_impossible()
+        {
+            let failed = tracker.failed_error();
+            self.outcome = Some(Err(failed));
+            effects.push(ReadEffect::Respond(Err(failed)));
+            self.repair(&mut effects);
+        }
+        self.invariants();
+        effects
+    }
+
+    /// The timer fired. Before the deadline this is a no-op; at the deadline an
+    /// unanswered client gets `Timeout`, and the replies that did arrive still repair
+    /// one another.
+    pub fn on_timer(&mut self, now_ms: u64) -> Vec<ReadEffect<S>> {
+        let mut effects = Vec::new();
+        let Some(tracker) = self.tracker.as_ref() else {
+            return effects;
+        };
+        if now_ms < tracker.deadline_ms() {
+            return effects;
+        }
+        self.deadline_passed = true;
+        if self.outcome.is_none() {
+            let timeout = tracker.timeout_error();
+            self.outcome = Some(Err(timeout));
+            effects.push(ReadEffect::Respond(Err(timeout)));
+            self.repair(&mut effects);
+        }
+        self.invariants();
+        effects
+    }
+
+    /// Once the client has been answered, bring every replica that replied up to the
+    /// merge. Before that, wait: more replies may change the merge.
+    fn repair(&mut self, effects: &mut Vec<ReadEffect<S>>) {
+        let (Some(_), Some(merged)) = (&self.outcome, &self.merged) else {
+            return;
+        };
+        for (node, holds) in &mut self.holds {
+            if holds.as_ref() != Some(merged) {
+                effects.push(ReadEffect::Repair {
+                    node: *node,
+                    state: merged.clone(),
+                });
+                *holds = Some(merged.clone());
+            }
+        }
+    }
+
+    /// The client was answered and no more replies can matter: every contacted replica
+    /// answered, or the deadline passed. The driver may drop the machine.
+    pub fn is_finished(&self) -> bool {
+        self.outcome.is_some()
+            && (self.deadline_passed || self.tracker.as_ref().is_none_or(|t| t.all_answered()))
+    }
+
+    /// Ok(()) / the error the client got, once answered.
+    pub fn outcome(&self) -> Option<Result<(), CoordinatorError>> {
+        self.outcome
+    }
+
+    /// Merge of all replies so far.
+    pub fn merged(&self) -> Option<&S> {
+        self.merged.as_ref()
+    }
+
+    pub fn invariants(&self) {
+        let Some(tracker) = &self.tracker else {
+            assert!(
+                matches!(
+                    self.outcome,
+                    Some(Err(CoordinatorError::Unavailable { .. }))
+                ),
+                "only an unavailable read has no tracker"
+            );
+            return;
+        };
+        tracker.invariants();
+        assert_eq!(
+            self.holds.len(),
+            tracker.answered(),
+            "one held state per reply"
+        );
+        match self.outcome {
+            None => {
+                assert!(!tracker.quorum_reached(), "quorum reached but no answer");
+                assert!(!tracker.quorum_impossible(), "quorum lost but no answer");
+                assert!(!self.deadline_passed, "deadline passed but no answer");
+            }
+            Some(Ok(())) => {
+                assert!(tracker.quorum_reached(), "ok without quorum");
+            }
+            Some(Err(_)) => {}
+        }
+        if self.outcome.is_some() {
+            if let Some(merged) = &self.merged {
+                assert!(
+                    self.holds.iter().all(|(_, h)| h.as_ref() == Some(merged)),
+                    "a replica that replied was left unrepaired"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny last-writer-wins state for tests: the larger number wins.
+    fn max_merge(a: &u32, b: &u32) -> u32 {
+        *a.max(b)
+    }
+
+    fn read(alive: &[NodeId], r: usize) -> (ReadCoordinator<u32>, Vec<ReadEffect<u32>>) {
+        let alive = alive.to_vec();
+        ReadCoordinator::new(
+            &[1, 2, 3],
+            move |n| alive.contains(&n),
+            r,
+            0,
+            100,
+            max_merge,
+        )
+    }
+
+    #[test]
+    fn answers_at_r_with_merge_and_repairs_stale() {
+        let (mut c, effects) = read(&[1, 2, 3], 2);
+        assert_eq!(effects.len(), 4);
+        assert!(c.on_reply(1, Some(5)).is_empty());
+        let effects = c.on_reply(2, Some(7));
+        assert_eq!(
+            effects,
+            vec![
+                ReadEffect::Respond(Ok(Some(7))),
+                ReadEffect::Repair { node: 1, state: 7 }
+            ]
+        );
+        // Late reply, stale: repaired too.
+        assert_eq!(
+            c.on_reply(3, None),
+            vec![ReadEffect::Repair { node: 3, state: 7 }]
+        );
+        assert!(c.is_finished());
+        c.invariants();
+    }
+
+    #[test]
+    fn late_newer_reply_repairs_everyone_who_replied() {
+        let (mut c, _) = read(&[1, 2, 3], 2);
+        c.on_reply(1, Some(4));
+        assert_eq!(
+            c.on_reply(2, Some(4)),
+            vec![ReadEffect::Respond(Ok(Some(4)))]
+        );
+        let effects = c.on_reply(3, Some(9));
+        assert_eq!(
+            effects,
+            vec![
+                ReadEffect::Repair { node: 1, state: 9 },
+                ReadEffect::Repair { node: 2, state: 9 }
+            ]
+        );
+        assert_eq!(c.merged(), Some(&9));
+    }
+
+    #[test]
+    fn nobody_has_the_key_is_an_empty_success() {
+        let (mut c, _) = read(&[1, 2, 3], 1);
+        assert_eq!(c.on_reply(3, None), vec![ReadEffect::Respond(Ok(None))]);
+        assert!(c.on_reply(1, None).is_empty());
+    }
+
+    #[test]
+    fn unavailable_and_timeout() {
+        let (c, effects) = read(&[2], 2);
+        assert_eq!(
+            effects,
+            vec![ReadEffect::Respond(Err(CoordinatorError::Unavailable {
+                required: 2,
+                alive: 1
+            }))]
+        );
+        assert!(c.is_finished());
+
+        let (mut c, _) = read(&[1, 2, 3], 3);
+        c.on_reply(1, Some(1));
+        c.on_reply(2, Some(2));
+        let effects = c.on_timer(100);
+        assert_eq!(
+            effects,
+            vec![
+                ReadEffect::Respond(Err(CoordinatorError::Timeout {
+                    required: 3,
+                    acked: 2
+                })),
+                ReadEffect::Repair { node: 1, state: 2 }
+            ]
+        );
+        assert!(c.is_finished());
+    }
+
+    #[test]
+    fn errors_that_make_r_impossible_fail() {
+        let (mut c, _) = read(&[1, 2, 3], 2);
+        assert!(c.on_error(1).is_empty());
+        let effects = c.on_error(2);
+        assert!(matches!(
+            effects[..],
+            [ReadEffect::Respond(Err(CoordinatorError::Failed {
+                required: 2,
+                acked: 0,
+                failed: 2
+            }))]
+        ));
+    }
+
+    #[test]
+    fn works_with_key_states() {
+        use crate::conflict::{merge, Hlc, KeyState, LwwCell};
+        let cell = |ts: u64, v: &[u8]| {
+            KeyState::Lww(LwwCell {
+                timestamp: Hlc(ts),
+                value: Some(v.to_vec()),
+            })
+        };
+        let (mut c, _) = ReadCoordinator::new(&[1, 2], |_| true, 2, 0, 100, merge);
+        c.on_reply(1, Some(cell(2, b"new")));
+        let effects = c.on_reply(2, Some(cell(1, b"old")));
+        assert_eq!(
+            effects,
+            vec![
+                ReadEffect::Respond(Ok(Some(cell(2, b"new")))),
+                ReadEffect::Repair {
+                    node: 2,
+                    state: cell(2, b"new")
+                }
+            ]
+        );
+    }
+}
