@@ -2,4 +2,7 @@
 //! manifest, block cache and compaction. One [`Engine`](engine) per shard, owned by that
 //! shard's executor; nothing here is shared between cores or touches a socket.
 
+pub mod commitlog;
 pub mod disk;
+pub mod glommio_disk;
+pub mod mem_disk;
