@@ -389,6 +389,17 @@ impl<D: Disk> Clone for CommitLog<D> {
     }
 }
 
+impl<D: Disk> std::fmt::Debug for CommitLog<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.inner.state.borrow();
+        f.debug_struct("CommitLog")
+            .field("current_segment", &st.layout_segment)
+            .field("failed", &st.failed.as_ref().map(|x| &x.message))
+            .field("stats", &st.stats)
+            .finish()
+    }
+}
+
 /// Resolves when the state's epoch moves past `seen_epoch` (a flush ended).
 struct EpochChanged<'a> {
     state: &'a RefCell<State>,
