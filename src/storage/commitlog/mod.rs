@@ -1159,6 +1159,23 @@ mod tests {
     }
 
     #[test]
+    fn cancelled_leader_fails_the_log_instead_of_wedging_it() {
+        let disk = MemDisk::new();
+        disk.set_yield_on_io(true);
+        let (log, _) = open(&disk, CommitLogConfig::default());
+        block_on(async {
+            let mut leader = Box::pin(log.append(b"dropped mid-flush"));
+            assert!(futures_lite::future::poll_once(&mut leader).await.is_none());
+            drop(leader);
+            assert!(log.is_failed());
+            assert!(matches!(
+                log.append(b"next").await,
+                Err(CommitLogError::Failed { .. })
+            ));
+        });
+    }
+
+    #[test]
     fn incomplete_newest_segment_is_dropped() {
         let disk = MemDisk::new();
         let (log, _) = open(&disk, CommitLogConfig::default());
