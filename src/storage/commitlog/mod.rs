@@ -389,6 +389,17 @@ impl<D: Disk> Clone for CommitLog<D> {
     }
 }
 
+impl<D: Disk> std::fmt::Debug for CommitLog<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.inner.state.borrow();
+        f.debug_struct("CommitLog")
+            .field("current_segment", &st.layout_segment)
+            .field("failed", &st.failed.as_ref().map(|x| &x.message))
+            .field("stats", &st.stats)
+            .finish()
+    }
+}
+
 /// Resolves when the state's epoch moves past `seen_epoch` (a flush ended).
 struct EpochChanged<'a> {
     state: &'a RefCell<State>,
@@ -1145,6 +1156,23 @@ mod tests {
             Err(CommitLogError::RecordTooLarge { .. })
         ));
         assert!(!log.is_failed());
+    }
+
+    #[test]
+    fn cancelled_leader_fails_the_log_instead_of_wedging_it() {
+        let disk = MemDisk::new();
+        disk.set_yield_on_io(true);
+        let (log, _) = open(&disk, CommitLogConfig::default());
+        block_on(async {
+            let mut leader = Box::pin(log.append(b"dropped mid-flush"));
+            assert!(futures_lite::future::poll_once(&mut leader).await.is_none());
+            drop(leader);
+            assert!(log.is_failed());
+            assert!(matches!(
+                log.append(b"next").await,
+                Err(CommitLogError::Failed { .. })
+            ));
+        });
     }
 
     #[test]
