@@ -157,7 +157,7 @@ pub struct ConfigLayer {
     #[arg(long, value_delimiter = ',')]
     pub seeds: Option<Vec<SocketAddr>>,
     /// Join an existing cluster (bootstrap, streaming ranges)
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub join: Option<bool>,
     /// Replication factor N [default 3; N = min(rf, nodes)]
     #[arg(long)]
@@ -178,7 +178,7 @@ pub struct ConfigLayer {
     #[serde(default, deserialize_with = "from_str_opt")]
     pub conflict_mode: Option<ConflictMode>,
     /// Sloppy quorum with hinted handoff [default true]
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub sloppy_quorum: Option<bool>,
     /// batch (fsync before ack) or periodic [default batch]
     #[arg(long)]

@@ -39,8 +39,9 @@ impl GlommioDisk {
     /// other file (it is written with `std::fs` first so that it is non-empty when
     /// glommio sees it).
     pub async fn open(dir: impl AsRef<Path>) -> io::Result<Self> {
-        let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(dir.as_ref())?;
+        // glommio's `Directory::open` fails with EBADF on relative paths: keep it absolute.
+        let dir = std::fs::canonicalize(dir.as_ref())?;
         let probe_path = dir.join(PROBE_FILE_NAME);
         let probe_ok = std::fs::metadata(&probe_path)
             .map(|m| m.len() >= PROBE_FILE_BYTES as u64)

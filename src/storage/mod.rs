@@ -6,6 +6,7 @@ pub mod cache;
 pub mod commitlog;
 pub mod compaction;
 pub mod disk;
+pub mod engine;
 pub mod glommio_disk;
 pub mod manifest;
 pub mod mem_disk;
