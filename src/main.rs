@@ -16,7 +16,11 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_OPERATIONAL: u8 = 3;
 
 #[derive(Parser)]
-#[command(name = "ringkv", version, about = "A leaderless, replicated, shard-per-core key-value store")]
+#[command(
+    name = "ringkv",
+    version,
+    about = "A leaderless, replicated, shard-per-core key-value store"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,7 +41,7 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         #[command(flatten)]
-        flags: ConfigLayer,
+        flags: Box<ConfigLayer>,
     },
     /// Store VALUE under KEY
     Put {
@@ -85,10 +89,15 @@ struct Failure {
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match &e {
-            ClientError::Usage(_) | ClientError::Server(ErrorReply::BadRequest { .. }) => EXIT_USAGE,
+            ClientError::Usage(_) | ClientError::Server(ErrorReply::BadRequest { .. }) => {
+                EXIT_USAGE
+            }
             _ => EXIT_OPERATIONAL,
         };
-        Failure { code, message: e.to_string() }
+        Failure {
+            code,
+            message: e.to_string(),
+        }
     }
 }
 
@@ -105,23 +114,43 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Serve { config, flags } => serve(config, flags),
-        Command::Put { key, value, value_file, consistency, host } => {
+        Command::Serve { config, flags } => serve(config, *flags),
+        Command::Put {
+            key,
+            value,
+            value_file,
+            consistency,
+            host,
+        } => {
             let value = read_value(value, value_file)?;
             let mut client = Client::connect(&host.host)?;
             client.put(key.as_bytes(), &value, consistency, None)?;
             Ok(())
         }
-        Command::Get { key, consistency, host } => {
+        Command::Get {
+            key,
+            consistency,
+            host,
+        } => {
             let mut client = Client::connect(&host.host)?;
             let result = client.get(key.as_bytes(), consistency)?;
             let mut out = std::io::stdout().lock();
             match result.values.as_slice() {
-                [] => Err(Failure { code: EXIT_NOT_FOUND, message: "not found".into() }),
+                [] => Err(Failure {
+                    code: EXIT_NOT_FOUND,
+                    message: "not found".into(),
+                }),
                 [one] => out.write_all(one).map_err(io_failure),
                 siblings => {
                     for (i, v) in siblings.iter().enumerate() {
-                        writeln!(out, "--- sibling {} of {} ({} bytes)", i + 1, siblings.len(), v.len()).map_err(io_failure)?;
+                        writeln!(
+                            out,
+                            "--- sibling {} of {} ({} bytes)",
+                            i + 1,
+                            siblings.len(),
+                            v.len()
+                        )
+                        .map_err(io_failure)?;
                         out.write_all(v).map_err(io_failure)?;
                         writeln!(out).map_err(io_failure)?;
                     }
@@ -129,7 +158,11 @@ fn run(command: Command) -> Result<(), Failure> {
                 }
             }
         }
-        Command::Delete { key, consistency, host } => {
+        Command::Delete {
+            key,
+            consistency,
+            host,
+        } => {
             let mut client = Client::connect(&host.host)?;
             client.delete(key.as_bytes(), consistency, None)?;
             Ok(())
@@ -137,9 +170,16 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Status { host } => {
             let mut client = Client::connect(&host.host)?;
             let topology = client.refresh_topology()?.clone();
-            println!("{:<18} {:<22} {:<6} {:<8} {:>7} {:>12} {:>8}", "node", "address", "state", "status", "shards", "shard ports", "load");
+            println!(
+                "{:<18} {:<22} {:<6} {:<8} {:>7} {:>12} {:>8}",
+                "node", "address", "state", "status", "shards", "shard ports", "load"
+            );
             for n in &topology.nodes {
-                let ports = format!("{}-{}", n.shard_port_base, n.shard_port_base as u32 + n.shard_count.saturating_sub(1));
+                let ports = format!(
+                    "{}-{}",
+                    n.shard_port_base,
+                    n.shard_port_base as u32 + n.shard_count.saturating_sub(1)
+                );
                 println!(
                     "{:<18} {:<22} {:<6} {:<8} {:>7} {:>12} {:>8}",
                     format!("{:016x}", n.node_id),
@@ -157,7 +197,10 @@ fn run(command: Command) -> Result<(), Failure> {
 }
 
 fn serve(config_file: Option<PathBuf>, flags: ConfigLayer) -> Result<(), Failure> {
-    let usage = |message: String| Failure { code: EXIT_USAGE, message };
+    let usage = |message: String| Failure {
+        code: EXIT_USAGE,
+        message,
+    };
     let file_layer = match config_file {
         Some(path) => ConfigLayer::from_file(&path).map_err(|e| usage(e.to_string()))?,
         None => ConfigLayer::default(),
@@ -168,12 +211,16 @@ fn serve(config_file: Option<PathBuf>, flags: ConfigLayer) -> Result<(), Failure
         .map_err(|e| usage(e.to_string()))?;
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    ringkv::server::run(config).map_err(|e| Failure { code: EXIT_OPERATIONAL, message: format!("{e:#}") })
+    ringkv::server::run(config).map_err(|e| Failure {
+        code: EXIT_OPERATIONAL,
+        message: format!("{e:#}"),
+    })
 }
 
 fn read_value(value: Option<String>, value_file: Option<PathBuf>) -> Result<Vec<u8>, Failure> {
@@ -184,14 +231,22 @@ fn read_value(value: Option<String>, value_file: Option<PathBuf>) -> Result<Vec<
             Ok(buf)
         }
         (Some(v), None) => Ok(v.into_bytes()),
-        (None, Some(path)) => std::fs::read(&path)
-            .map_err(|e| Failure { code: EXIT_USAGE, message: format!("cannot read {}: {e}", path.display()) }),
-        _ => Err(Failure { code: EXIT_USAGE, message: "give a VALUE or --value-file".into() }),
+        (None, Some(path)) => std::fs::read(&path).map_err(|e| Failure {
+            code: EXIT_USAGE,
+            message: format!("cannot read {}: {e}", path.display()),
+        }),
+        _ => Err(Failure {
+            code: EXIT_USAGE,
+            message: "give a VALUE or --value-file".into(),
+        }),
     }
 }
 
 fn io_failure(e: std::io::Error) -> Failure {
-    Failure { code: EXIT_OPERATIONAL, message: e.to_string() }
+    Failure {
+        code: EXIT_OPERATIONAL,
+        message: e.to_string(),
+    }
 }
 
 fn human_bytes(n: u64) -> String {

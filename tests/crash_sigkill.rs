@@ -13,7 +13,15 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn sigkill_at_random_moments_loses_no_acknowledged_write() {
-    let mut node = Node::start(2, &["--memtable-size", "256KiB", "--commitlog-segment-size", "128KiB"]);
+    let mut node = Node::start(
+        2,
+        &[
+            "--memtable-size",
+            "256KiB",
+            "--commitlog-segment-size",
+            "128KiB",
+        ],
+    );
     let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::new(Mutex::new(Vec::new()));
     let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(std::process::id());
     for round in 0..5u32 {
@@ -24,7 +32,9 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write() {
             let acked = acked.clone();
             let stop = stop.clone();
             writers.push(std::thread::spawn(move || {
-                let Ok(mut client) = Client::connect(&addr) else { return };
+                let Ok(mut client) = Client::connect(&addr) else {
+                    return;
+                };
                 // Bounded in count and time.
                 let deadline = Instant::now() + Duration::from_secs(20);
                 for i in 0..100_000u32 {
@@ -45,7 +55,9 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write() {
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let target = acked.lock().unwrap().len() + 200 + (seed % 1500) as usize;
-        common::wait_until("writes before the kill", Duration::from_secs(60), || acked.lock().unwrap().len() >= target);
+        common::wait_until("writes before the kill", Duration::from_secs(60), || {
+            acked.lock().unwrap().len() >= target
+        });
         node.kill();
         stop.store(true, Ordering::Relaxed);
         for w in writers {
@@ -57,7 +69,11 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write() {
         let acked_now = acked.lock().unwrap().clone();
         for (key, value) in &acked_now {
             let got = client.get(key.as_bytes(), None).unwrap();
-            assert_eq!(got.values, vec![value.clone().into_bytes()], "round {round}: acknowledged {key} lost");
+            assert_eq!(
+                got.values,
+                vec![value.clone().into_bytes()],
+                "round {round}: acknowledged {key} lost"
+            );
         }
     }
 }

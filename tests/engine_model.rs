@@ -72,13 +72,19 @@ fn run(steps: Vec<Step>, gc_grace_seconds: u64) {
         match step {
             Step::Put(k, v) => {
                 clock += 1;
-                let state = KeyState::Lww(LwwCell { timestamp: Hlc::new(clock, 0), value: Some(value(k, v)) });
+                let state = KeyState::Lww(LwwCell {
+                    timestamp: Hlc::new(clock, 0),
+                    value: Some(value(k, v)),
+                });
                 block_on(engine.write(&key(k), state)).unwrap();
                 model.insert(k, value(k, v));
             }
             Step::Delete(k) => {
                 clock += 1;
-                let state = KeyState::Lww(LwwCell { timestamp: Hlc::new(clock, 0), value: None });
+                let state = KeyState::Lww(LwwCell {
+                    timestamp: Hlc::new(clock, 0),
+                    value: None,
+                });
                 block_on(engine.write(&key(k), state)).unwrap();
                 model.remove(&k);
             }
@@ -97,13 +103,17 @@ fn run(steps: Vec<Step>, gc_grace_seconds: u64) {
             Step::Reboot => {
                 block_on(engine.shutdown()).unwrap();
                 drop(engine);
-                engine = block_on(Engine::open(disk.clone(), opts.clone())).unwrap().0;
+                engine = block_on(Engine::open(disk.clone(), opts.clone()))
+                    .unwrap()
+                    .0;
                 check_all(&engine, &model, "after reboot");
             }
             Step::PowerLoss => {
                 drop(engine);
                 disk.power_loss();
-                engine = block_on(Engine::open(disk.clone(), opts.clone())).unwrap().0;
+                engine = block_on(Engine::open(disk.clone(), opts.clone()))
+                    .unwrap()
+                    .0;
                 check_all(&engine, &model, "after power loss");
             }
         }
@@ -138,7 +148,10 @@ fn flushes_release_segments_and_survive_power_loss() {
     let mut model = BTreeMap::new();
     for i in 0..2_000u32 {
         let k = (i % 200) as u8;
-        let state = KeyState::Lww(LwwCell { timestamp: Hlc::new(u64::from(i) + 1, 0), value: Some(value(k, i as u16)) });
+        let state = KeyState::Lww(LwwCell {
+            timestamp: Hlc::new(u64::from(i) + 1, 0),
+            value: Some(value(k, i as u16)),
+        });
         block_on(engine.write(&key(k), state)).unwrap();
         model.insert(k, value(k, i as u16));
         while block_on(engine.flush_one()).unwrap() {}
@@ -148,10 +161,16 @@ fn flushes_release_segments_and_survive_power_loss() {
     }
     let stats = engine.stats();
     assert!(stats.flushes >= 10, "expected many flushes, got {stats:?}");
-    assert!(stats.compactions >= 1, "expected a compaction, got {stats:?}");
+    assert!(
+        stats.compactions >= 1,
+        "expected a compaction, got {stats:?}"
+    );
     let names = block_on(ringkv::storage::disk::Disk::list(&disk)).unwrap();
     let segments = names.iter().filter(|n| n.starts_with("commitlog-")).count();
-    assert!(segments <= 4, "flushed segments must be released, found {segments}: {names:?}");
+    assert!(
+        segments <= 4,
+        "flushed segments must be released, found {segments}: {names:?}"
+    );
     drop(engine);
     disk.power_loss();
     let (engine, _) = block_on(Engine::open(disk, opts)).unwrap();

@@ -51,9 +51,12 @@ pub struct AsyncConnection {
 
 impl AsyncConnection {
     pub async fn connect(addr: SocketAddr) -> Result<Self, ClientError> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| ClientError::io(format!("cannot connect to {addr}"), std::io::Error::other(e.to_string())))?;
+        let stream = TcpStream::connect(addr).await.map_err(|e| {
+            ClientError::io(
+                format!("cannot connect to {addr}"),
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
         let _ = stream.set_nodelay(true);
         let (mut reader, mut writer) = futures_lite::io::split(stream);
         let (wake_tx, wake_rx) = local_channel::new_bounded::<()>(1);
@@ -93,11 +96,13 @@ impl AsyncConnection {
                 loop {
                     match next_frame(&buf[consumed..], MAX_RESPONSE_FRAME_BYTES) {
                         Ok(Some(bounds)) => {
-                            let body = &buf[consumed + bounds.body.start..consumed + bounds.body.end];
+                            let body =
+                                &buf[consumed + bounds.body.start..consumed + bounds.body.end];
                             consumed += bounds.total_len;
                             match decode_response(body) {
                                 Ok(response) => {
-                                    let waiter = r.waiters.borrow_mut().remove(&response.request_id);
+                                    let waiter =
+                                        r.waiters.borrow_mut().remove(&response.request_id);
                                     if let Some(tx) = waiter {
                                         let _ = tx.try_send(Ok(response.body));
                                     }
@@ -132,7 +137,12 @@ impl AsyncConnection {
             }
         })
         .detach();
-        Ok(AsyncConnection { shared, next_id: Cell::new(1), _reader: reader_task, _writer: writer_task })
+        Ok(AsyncConnection {
+            shared,
+            next_id: Cell::new(1),
+            _reader: reader_task,
+            _writer: writer_task,
+        })
     }
 
     pub fn peer(&self) -> SocketAddr {
@@ -155,7 +165,10 @@ impl AsyncConnection {
         self.next_id.set(request_id + 1);
         let (tx, rx) = local_channel::new_bounded(1);
         self.shared.waiters.borrow_mut().insert(request_id, tx);
-        self.shared.encoder.borrow_mut().encode_request(&Request { request_id, op }, &mut self.shared.out.borrow_mut());
+        self.shared.encoder.borrow_mut().encode_request(
+            &Request { request_id, op },
+            &mut self.shared.out.borrow_mut(),
+        );
         let _ = self.shared.wake_writer.try_send(());
         match rx.recv().await {
             Some(result) => result,

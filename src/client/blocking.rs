@@ -27,9 +27,20 @@ impl Connection {
     pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self, ClientError> {
         let stream = TcpStream::connect_timeout(&addr, timeout)
             .map_err(|e| ClientError::io(format!("cannot connect to {addr}"), e))?;
-        stream.set_nodelay(true).map_err(|e| ClientError::io("set_nodelay", e))?;
-        stream.set_read_timeout(Some(timeout.max(Duration::from_secs(1)) * 10)).map_err(|e| ClientError::io("set_read_timeout", e))?;
-        Ok(Connection { stream, peer: addr, encoder: Encoder::new(), out: Vec::new(), buf: Vec::new(), next_id: 1 })
+        stream
+            .set_nodelay(true)
+            .map_err(|e| ClientError::io("set_nodelay", e))?;
+        stream
+            .set_read_timeout(Some(timeout.max(Duration::from_secs(1)) * 10))
+            .map_err(|e| ClientError::io("set_read_timeout", e))?;
+        Ok(Connection {
+            stream,
+            peer: addr,
+            encoder: Encoder::new(),
+            out: Vec::new(),
+            buf: Vec::new(),
+            next_id: 1,
+        })
     }
 
     pub fn peer(&self) -> SocketAddr {
@@ -40,14 +51,17 @@ impl Connection {
     pub fn queue(&mut self, op: Op) -> u64 {
         let request_id = self.next_id;
         self.next_id += 1;
-        self.encoder.encode_request(&Request { request_id, op }, &mut self.out);
+        self.encoder
+            .encode_request(&Request { request_id, op }, &mut self.out);
         request_id
     }
 
     /// Send everything queued.
     pub fn flush(&mut self) -> Result<(), ClientError> {
         let peer = self.peer;
-        self.stream.write_all(&self.out).map_err(|e| ClientError::io(format!("send to {peer}"), e))?;
+        self.stream
+            .write_all(&self.out)
+            .map_err(|e| ClientError::io(format!("send to {peer}"), e))?;
         self.out.clear();
         Ok(())
     }
@@ -58,7 +72,8 @@ impl Connection {
             if let Some(bounds) = next_frame(&self.buf, MAX_RESPONSE_FRAME_BYTES)
                 .map_err(|e| ClientError::Protocol(e.to_string()))?
             {
-                let response = decode_response(&self.buf[bounds.body.clone()]).map_err(|e| ClientError::Protocol(e.to_string()));
+                let response = decode_response(&self.buf[bounds.body.clone()])
+                    .map_err(|e| ClientError::Protocol(e.to_string()));
                 self.buf.drain(..bounds.total_len);
                 return response;
             }
@@ -105,7 +120,11 @@ impl Connection {
             replies.insert(response.request_id, response.body);
         }
         ids.iter()
-            .map(|id| replies.remove(id).ok_or_else(|| ClientError::Protocol(format!("no reply for request {id}"))))
+            .map(|id| {
+                replies
+                    .remove(id)
+                    .ok_or_else(|| ClientError::Protocol(format!("no reply for request {id}")))
+            })
             .collect()
     }
 }
@@ -130,7 +149,12 @@ impl Client {
             .map_err(|e| ClientError::Usage(format!("invalid address {host:?}: {e}")))?
             .next()
             .ok_or_else(|| ClientError::Usage(format!("address {host:?} resolves to nothing")))?;
-        let mut client = Client { seed, timeout, topology: None, connections: HashMap::new() };
+        let mut client = Client {
+            seed,
+            timeout,
+            topology: None,
+            connections: HashMap::new(),
+        };
         client.refresh_topology()?;
         Ok(client)
     }
@@ -140,7 +164,9 @@ impl Client {
             let conn = Connection::connect(addr, self.timeout)?;
             self.connections.insert(addr, conn);
         }
-        self.connections.get_mut(&addr).ok_or_else(|| ClientError::Protocol("connection vanished".into()))
+        self.connections
+            .get_mut(&addr)
+            .ok_or_else(|| ClientError::Protocol("connection vanished".into()))
     }
 
     /// Ask the seed node for the current topology.
@@ -149,10 +175,14 @@ impl Client {
         match self.connection(seed)?.call(Op::Topology)? {
             Reply::Topology(t) => {
                 self.topology = Some(t);
-                self.topology.as_ref().ok_or_else(|| ClientError::Protocol("no topology".into()))
+                self.topology
+                    .as_ref()
+                    .ok_or_else(|| ClientError::Protocol("no topology".into()))
             }
             Reply::Error(e) => Err(ClientError::Server(e)),
-            other => Err(ClientError::Protocol(format!("unexpected reply to Topology: {other:?}"))),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected reply to Topology: {other:?}"
+            ))),
         }
     }
 
@@ -180,11 +210,23 @@ impl Client {
         result
     }
 
-    pub fn get(&mut self, key: &[u8], consistency: Option<Consistency>) -> Result<GetResult, ClientError> {
-        match self.call_keyed(key, Op::Get { key: key.to_vec(), consistency })? {
+    pub fn get(
+        &mut self,
+        key: &[u8],
+        consistency: Option<Consistency>,
+    ) -> Result<GetResult, ClientError> {
+        match self.call_keyed(
+            key,
+            Op::Get {
+                key: key.to_vec(),
+                consistency,
+            },
+        )? {
             Reply::Value { values, context } => Ok(GetResult { values, context }),
             Reply::Error(e) => Err(ClientError::Server(e)),
-            other => Err(ClientError::Protocol(format!("unexpected reply to Get: {other:?}"))),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected reply to Get: {other:?}"
+            ))),
         }
     }
 
@@ -195,12 +237,29 @@ impl Client {
         consistency: Option<Consistency>,
         context: Option<Vec<u8>>,
     ) -> Result<(), ClientError> {
-        let op = Op::Put { key: key.to_vec(), value: value.to_vec(), consistency, context };
+        let op = Op::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            consistency,
+            context,
+        };
         expect_done(self.call_keyed(key, op)?)
     }
 
-    pub fn delete(&mut self, key: &[u8], consistency: Option<Consistency>, context: Option<Vec<u8>>) -> Result<(), ClientError> {
-        expect_done(self.call_keyed(key, Op::Delete { key: key.to_vec(), consistency, context })?)
+    pub fn delete(
+        &mut self,
+        key: &[u8],
+        consistency: Option<Consistency>,
+        context: Option<Vec<u8>>,
+    ) -> Result<(), ClientError> {
+        expect_done(self.call_keyed(
+            key,
+            Op::Delete {
+                key: key.to_vec(),
+                consistency,
+                context,
+            },
+        )?)
     }
 
     pub fn ping(&mut self) -> Result<(), ClientError> {
@@ -208,7 +267,9 @@ impl Client {
         match self.connection(seed)?.call(Op::Ping)? {
             Reply::Pong => Ok(()),
             Reply::Error(e) => Err(ClientError::Server(e)),
-            other => Err(ClientError::Protocol(format!("unexpected reply to Ping: {other:?}"))),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected reply to Ping: {other:?}"
+            ))),
         }
     }
 }
@@ -217,7 +278,9 @@ fn expect_done(reply: Reply) -> Result<(), ClientError> {
     match reply {
         Reply::Done => Ok(()),
         Reply::Error(e) => Err(ClientError::Server(e)),
-        other => Err(ClientError::Protocol(format!("unexpected reply: {other:?}"))),
+        other => Err(ClientError::Protocol(format!(
+            "unexpected reply: {other:?}"
+        ))),
     }
 }
 
@@ -226,6 +289,10 @@ pub fn is_operational(err: &ClientError) -> bool {
     matches!(
         err,
         ClientError::Io { .. }
-            | ClientError::Server(ErrorReply::Unavailable { .. } | ErrorReply::Timeout { .. } | ErrorReply::Overloaded)
+            | ClientError::Server(
+                ErrorReply::Unavailable { .. }
+                    | ErrorReply::Timeout { .. }
+                    | ErrorReply::Overloaded
+            )
     )
 }

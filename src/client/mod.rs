@@ -16,7 +16,10 @@ use std::net::SocketAddr;
 pub enum ClientError {
     /// Could not connect, or the connection failed.
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
     /// The server answered with a typed error.
     #[error("{0}")]
     Server(ErrorReply),
@@ -30,7 +33,10 @@ pub enum ClientError {
 
 impl ClientError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        ClientError::Io { context: context.into(), source }
+        ClientError::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 
@@ -55,7 +61,10 @@ pub fn shard_address(node: &NodeInfo, key: &[u8]) -> Option<SocketAddr> {
         return Some(addr);
     }
     let shard = shard_of(token_of(key), node.shard_count);
-    Some(SocketAddr::new(addr.ip(), node.shard_port_base.checked_add(shard as u16)?))
+    Some(SocketAddr::new(
+        addr.ip(),
+        node.shard_port_base.checked_add(shard as u16)?,
+    ))
 }
 
 /// The node a client should send `key` to: the first up node (the cluster layer extends

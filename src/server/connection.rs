@@ -36,7 +36,10 @@ struct Outbox {
 
 impl Outbox {
     fn push(&self, shard: &Shard, response: &Response) {
-        shard.encoder.borrow_mut().encode_response(response, &mut self.buffer.borrow_mut());
+        shard
+            .encoder
+            .borrow_mut()
+            .encode_response(response, &mut self.buffer.borrow_mut());
         let _ = self.wake.try_send(());
     }
 }
@@ -49,7 +52,10 @@ pub enum ConnectionKind {
 
 /// Serve one connection until the peer closes it, sends garbage, or the node stops.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let (wake_tx, wake_rx) = local_channel::new_bounded::<()>(1);
@@ -89,7 +95,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
         }
     });
 
-    let limits = shard.limits.clone();
+    let limits = shard.limits;
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
     let mut start = 0usize;
     'read: loop {
@@ -117,13 +123,25 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
                             dispatch(&shard, &outbox, &inflight, request)
                         }
                         Err(DecodeError::Invalid { request_id, reason }) => {
-                            shard.metrics.bad_requests.set(shard.metrics.bad_requests.get() + 1);
-                            outbox.push(&shard, &error(request_id, ErrorReply::BadRequest { message: reason }));
+                            shard
+                                .metrics
+                                .bad_requests
+                                .set(shard.metrics.bad_requests.get() + 1);
+                            outbox.push(
+                                &shard,
+                                &error(request_id, ErrorReply::BadRequest { message: reason }),
+                            );
                         }
                         Err(DecodeError::Malformed { reason }) => {
                             tracing::debug!(%peer, %reason, "malformed frame; closing connection");
-                            shard.metrics.bad_requests.set(shard.metrics.bad_requests.get() + 1);
-                            outbox.push(&shard, &error(0, ErrorReply::BadRequest { message: reason }));
+                            shard
+                                .metrics
+                                .bad_requests
+                                .set(shard.metrics.bad_requests.get() + 1);
+                            outbox.push(
+                                &shard,
+                                &error(0, ErrorReply::BadRequest { message: reason }),
+                            );
                             break 'read;
                         }
                     }
@@ -131,8 +149,19 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
                 Ok(None) => break,
                 Err(err @ FrameError::TooLarge { .. }) | Err(err @ FrameError::Empty) => {
                     tracing::debug!(%peer, %err, "bad frame header; closing connection");
-                    shard.metrics.bad_requests.set(shard.metrics.bad_requests.get() + 1);
-                    outbox.push(&shard, &error(0, ErrorReply::BadRequest { message: err.to_string() }));
+                    shard
+                        .metrics
+                        .bad_requests
+                        .set(shard.metrics.bad_requests.get() + 1);
+                    outbox.push(
+                        &shard,
+                        &error(
+                            0,
+                            ErrorReply::BadRequest {
+                                message: err.to_string(),
+                            },
+                        ),
+                    );
                     break 'read;
                 }
             }
@@ -167,7 +196,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
 }
 
 fn error(request_id: u64, err: ErrorReply) -> Response {
-    Response { request_id, body: Reply::Error(err) }
+    Response {
+        request_id,
+        body: Reply::Error(err),
+    }
 }
 
 /// Admit a request (or answer `Overloaded`) and run it as its own task.
@@ -175,12 +207,18 @@ fn dispatch(shard: &Rc<Shard>, outbox: &Rc<Outbox>, inflight: &Rc<Cell<u32>>, re
     let Request { request_id, op } = request;
     if matches!(op, Op::ReplicaWrite { .. } | Op::ReplicaRead { .. }) {
         // Peer operations are accepted only on authenticated peer connections.
-        shard.metrics.refused_peer_ops.set(shard.metrics.refused_peer_ops.get() + 1);
+        shard
+            .metrics
+            .refused_peer_ops
+            .set(shard.metrics.refused_peer_ops.get() + 1);
         outbox.push(shard, &error(request_id, ErrorReply::Unauthorized));
         return;
     }
     if shard.inflight.get() >= shard.config.max_inflight_per_shard {
-        shard.metrics.overloaded.set(shard.metrics.overloaded.get() + 1);
+        shard
+            .metrics
+            .overloaded
+            .set(shard.metrics.overloaded.get() + 1);
         outbox.push(shard, &error(request_id, ErrorReply::Overloaded));
         return;
     }
@@ -208,8 +246,8 @@ fn dispatch(shard: &Rc<Shard>, outbox: &Rc<Outbox>, inflight: &Rc<Cell<u32>>, re
     );
     match spawned {
         Ok(task) => {
-                task.detach();
-            }
+            task.detach();
+        }
         Err(e) => tracing::error!(error = %e, "cannot spawn request task"),
     }
 }

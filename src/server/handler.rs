@@ -10,18 +10,28 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Wall-clock milliseconds since the Unix epoch (the HLC's physical input).
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn internal(e: impl std::fmt::Display) -> Reply {
-    Reply::Error(ErrorReply::Internal { message: e.to_string() })
+    Reply::Error(ErrorReply::Internal {
+        message: e.to_string(),
+    })
 }
 
 /// The reply to a get: every live value, and the opaque context in causal mode.
 pub fn value_reply(state: Option<KeyState>) -> Reply {
     match state {
-        None => Reply::Value { values: Vec::new(), context: None },
-        Some(KeyState::Lww(cell)) => Reply::Value { values: cell.value.into_iter().collect(), context: None },
+        None => Reply::Value {
+            values: Vec::new(),
+            context: None,
+        },
+        Some(KeyState::Lww(cell)) => Reply::Value {
+            values: cell.value.into_iter().collect(),
+            context: None,
+        },
         Some(KeyState::Causal(state)) => {
             let context = Some(state.read_context().encode());
             let values = state.siblings.into_iter().filter_map(|s| s.value).collect();

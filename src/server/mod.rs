@@ -32,7 +32,8 @@ struct NodeMeta {
 /// Lock the data directory (one process per directory), create or check its identity.
 fn prepare_data_dir(config: &Config) -> anyhow::Result<(std::fs::File, NodeMeta)> {
     let dir = &config.data_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     let lock_path = dir.join("LOCK");
     let lock = std::fs::OpenOptions::new()
         .create(true)
@@ -41,7 +42,11 @@ fn prepare_data_dir(config: &Config) -> anyhow::Result<(std::fs::File, NodeMeta)
         .open(&lock_path)
         .with_context(|| format!("cannot open {}", lock_path.display()))?;
     if lock.try_lock().is_err() {
-        bail!("data directory {} is in use by another ringkv process (lock {})", dir.display(), lock_path.display());
+        bail!(
+            "data directory {} is in use by another ringkv process (lock {})",
+            dir.display(),
+            lock_path.display()
+        );
     }
     let meta_path = dir.join("node.meta");
     let meta = match std::fs::read_to_string(&meta_path) {
@@ -63,9 +68,15 @@ fn parse_meta(text: &str, config: &Config, path: &Path) -> anyhow::Result<NodeMe
         node_id: String,
         shards: u32,
     }
-    let raw: Raw = toml::from_str(text).with_context(|| format!("{} is corrupt", path.display()))?;
-    let node_id = u64::from_str_radix(&raw.node_id, 16)
-        .with_context(|| format!("{} is corrupt: node_id {:?} is not hexadecimal", path.display(), raw.node_id))?;
+    let raw: Raw =
+        toml::from_str(text).with_context(|| format!("{} is corrupt", path.display()))?;
+    let node_id = u64::from_str_radix(&raw.node_id, 16).with_context(|| {
+        format!(
+            "{} is corrupt: node_id {:?} is not hexadecimal",
+            path.display(),
+            raw.node_id
+        )
+    })?;
     if raw.shards != config.shards {
         bail!(
             "data directory {} was created with {} shards but --shards is {}: resharding a node is not supported; \
@@ -90,7 +101,8 @@ fn random_u64() -> anyhow::Result<u64> {
 /// Write a small file atomically and durably: temp file, fsync, rename, directory fsync.
 fn write_durably(dir: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
@@ -112,7 +124,10 @@ fn write_durably(dir: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 fn probe_ports(config: &Config) -> anyhow::Result<()> {
     let mut addrs = vec![config.listen];
     for s in 0..config.shards {
-        addrs.push(std::net::SocketAddr::new(config.listen.ip(), config.shard_port(s)));
+        addrs.push(std::net::SocketAddr::new(
+            config.listen.ip(),
+            config.shard_port(s),
+        ));
     }
     for addr in addrs {
         let mut target = addr;
@@ -125,7 +140,9 @@ fn probe_ports(config: &Config) -> anyhow::Result<()> {
         const PORT_PROBE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
         let deadline = std::time::Instant::now() + PORT_PROBE_PATIENCE;
         let mut warned = false;
-        while std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_millis(500)).is_ok() {
+        while std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_millis(500))
+            .is_ok()
+        {
             if std::time::Instant::now() >= deadline {
                 bail!("cannot listen on {addr}: address in use by another server");
             }
@@ -182,7 +199,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     probe_ports(&config)?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, stop.clone()).context("cannot install signal handler")?;
+        signal_hook::flag::register(signal, stop.clone())
+            .context("cannot install signal handler")?;
     }
     let cpus = allowed_cpus();
     let io_memory = io_memory_per_shard(config.shards);
@@ -204,11 +222,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let stop = stop.clone();
         let report = report_tx.clone();
         let node_id = meta.node_id;
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
-            .name(&format!("shard-{s}"))
-            .io_memory(io_memory)
-            .spawn(move || async move { shard::run(Rc::new(config), node_id, mesh, stop, report).await })
-            .map_err(|e| anyhow::anyhow!("cannot start shard executor {s}: {e}"))?;
+        let handle =
+            LocalExecutorBuilder::new(Placement::Fixed(cpu))
+                .name(&format!("shard-{s}"))
+                .io_memory(io_memory)
+                .spawn(move || async move {
+                    shard::run(Rc::new(config), node_id, mesh, stop, report).await
+                })
+                .map_err(|e| anyhow::anyhow!("cannot start shard executor {s}: {e}"))?;
         handles.push(handle);
     }
     drop(report_tx);

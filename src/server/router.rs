@@ -46,7 +46,11 @@ pub struct Mesh {
 
 impl Mesh {
     pub fn new(senders: Senders<MeshMsg>) -> Self {
-        Mesh { senders, next_id: Cell::new(1), pending: RefCell::new(AHashMap::new()) }
+        Mesh {
+            senders,
+            next_id: Cell::new(1),
+            pending: RefCell::new(AHashMap::new()),
+        }
     }
 
     /// Send `op` to shard `to` and wait for its reply.
@@ -55,11 +59,25 @@ impl Mesh {
         self.next_id.set(id + 1);
         let (tx, rx) = local_channel::new_bounded(1);
         self.pending.borrow_mut().insert(id, tx);
-        if self.senders.send_to(to as usize, MeshMsg::Request { origin: from, id, op }).await.is_err() {
+        if self
+            .senders
+            .send_to(
+                to as usize,
+                MeshMsg::Request {
+                    origin: from,
+                    id,
+                    op,
+                },
+            )
+            .await
+            .is_err()
+        {
             self.pending.borrow_mut().remove(&id);
             return Err(format!("shard {to} is not reachable"));
         }
-        rx.recv().await.ok_or_else(|| format!("shard {to} dropped the request"))
+        rx.recv()
+            .await
+            .ok_or_else(|| format!("shard {to} dropped the request"))
     }
 }
 
@@ -85,10 +103,16 @@ pub fn spawn_receivers(shard: &Rc<Shard>, mut receivers: Receivers<MeshMsg>) {
                             let spawned = glommio::spawn_local_into(
                                 async move {
                                     let reply = match op {
-                                        ShardOp::Client(op) => ShardReply::Client(handler::execute_local(&shard, op).await),
+                                        ShardOp::Client(op) => ShardReply::Client(
+                                            handler::execute_local(&shard, op).await,
+                                        ),
                                         ShardOp::Stats => ShardReply::Stats(shard.engine.stats()),
                                     };
-                                    let _ = shard.mesh.senders.send_to(origin as usize, MeshMsg::Reply { id, reply }).await;
+                                    let _ = shard
+                                        .mesh
+                                        .senders
+                                        .send_to(origin as usize, MeshMsg::Reply { id, reply })
+                                        .await;
                                 },
                                 queue,
                             );
@@ -128,10 +152,15 @@ pub async fn execute(shard: &Rc<Shard>, op: Op) -> Reply {
     if owner == shard.id {
         return handler::execute_local(shard, op).await;
     }
-    shard.metrics.forwarded.set(shard.metrics.forwarded.get() + 1);
+    shard
+        .metrics
+        .forwarded
+        .set(shard.metrics.forwarded.get() + 1);
     match shard.mesh.call(shard.id, owner, ShardOp::Client(op)).await {
         Ok(ShardReply::Client(reply)) => reply,
-        Ok(ShardReply::Stats(_)) => Reply::Error(ErrorReply::Internal { message: "mesh reply mismatch".into() }),
+        Ok(ShardReply::Stats(_)) => Reply::Error(ErrorReply::Internal {
+            message: "mesh reply mismatch".into(),
+        }),
         Err(message) => Reply::Error(ErrorReply::Internal { message }),
     }
 }
@@ -142,7 +171,9 @@ pub async fn all_stats(shard: &Rc<Shard>) -> Vec<EngineStats> {
     for s in 0..shard.shard_count {
         if s == shard.id {
             out.push(shard.engine.stats());
-        } else if let Ok(ShardReply::Stats(stats)) = shard.mesh.call(shard.id, s, ShardOp::Stats).await {
+        } else if let Ok(ShardReply::Stats(stats)) =
+            shard.mesh.call(shard.id, s, ShardOp::Stats).await
+        {
             out.push(stats);
         }
     }

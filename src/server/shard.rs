@@ -61,8 +61,14 @@ impl Shard {
 
 /// What a shard thread tells the main thread at startup.
 pub enum StartupReport {
-    Ready { shard: u32, client_port: u16, shard_port: u16 },
-    Failed { message: String },
+    Ready {
+        shard: u32,
+        client_port: u16,
+        shard_port: u16,
+    },
+    Failed {
+        message: String,
+    },
 }
 
 /// Body of a shard thread: open the engine, bind, serve until `stop` is raised, drain,
@@ -74,27 +80,39 @@ pub async fn run(
     stop: Arc<AtomicBool>,
     report: std::sync::mpsc::Sender<StartupReport>,
 ) -> Result<(), String> {
-    let (senders, receivers) =
-        mesh_builder.join().await.map_err(|e| format!("cannot join the shard channel mesh: {e}"))?;
+    let (senders, receivers) = mesh_builder
+        .join()
+        .await
+        .map_err(|e| format!("cannot join the shard channel mesh: {e}"))?;
     let id = senders.peer_id() as u32;
     let shard_count = config.shards;
     let fail = |message: String| {
-        let _ = report.send(StartupReport::Failed { message: message.clone() });
+        let _ = report.send(StartupReport::Failed {
+            message: message.clone(),
+        });
         message
     };
 
     let executor = glommio::executor();
-    let foreground_queue = executor.create_task_queue(Shares::Static(1000), Latency::NotImportant, "foreground");
-    let background_queue = executor.create_task_queue(Shares::Static(100), Latency::NotImportant, "background");
+    let foreground_queue =
+        executor.create_task_queue(Shares::Static(1000), Latency::NotImportant, "foreground");
+    let background_queue =
+        executor.create_task_queue(Shares::Static(100), Latency::NotImportant, "background");
 
     let dir = config.data_dir.join(format!("shard-{id}"));
-    let disk = GlommioDisk::open(&dir)
-        .await
-        .map_err(|e| fail(format!("shard {id}: cannot open data directory {}: {e}", dir.display())))?;
+    let disk = GlommioDisk::open(&dir).await.map_err(|e| {
+        fail(format!(
+            "shard {id}: cannot open data directory {}: {e}",
+            dir.display()
+        ))
+    })?;
     let options = EngineOptions::from_config(&config);
-    let (engine, recovered) = Engine::open(disk, options)
-        .await
-        .map_err(|e| fail(format!("shard {id}: cannot open storage engine in {}: {e}", dir.display())))?;
+    let (engine, recovered) = Engine::open(disk, options).await.map_err(|e| {
+        fail(format!(
+            "shard {id}: cannot open storage engine in {}: {e}",
+            dir.display()
+        ))
+    })?;
     tracing::info!(
         shard = id,
         dir = %dir.display(),
@@ -104,16 +122,21 @@ pub async fn run(
         "storage engine open"
     );
 
-    let client_listener = TcpListener::bind(config.listen)
-        .map_err(|e| fail(format!("shard {id}: cannot listen on {}: {e}", config.listen)))?;
+    let client_listener = TcpListener::bind(config.listen).map_err(|e| {
+        fail(format!(
+            "shard {id}: cannot listen on {}: {e}",
+            config.listen
+        ))
+    })?;
     let shard_addr = std::net::SocketAddr::new(config.listen.ip(), config.shard_port(id));
-    let shard_listener =
-        TcpListener::bind(shard_addr).map_err(|e| fail(format!("shard {id}: cannot listen on {shard_addr}: {e}")))?;
+    let shard_listener = TcpListener::bind(shard_addr)
+        .map_err(|e| fail(format!("shard {id}: cannot listen on {shard_addr}: {e}")))?;
 
     let limits = Limits {
         max_key_bytes: config.max_key_size_bytes as usize,
         max_value_bytes: config.max_value_size_bytes as usize,
-        max_frame_bytes: (config.max_value_size_bytes + config.max_key_size_bytes + (1 << 20)) as usize,
+        max_frame_bytes: (config.max_value_size_bytes + config.max_key_size_bytes + (1 << 20))
+            as usize,
     };
     let shard = Rc::new(Shard {
         id,
@@ -136,12 +159,23 @@ pub async fn run(
     router::spawn_receivers(&shard, receivers);
     let mut tasks = Vec::new();
     for listener in [client_listener, shard_listener] {
-        tasks.push(glommio::spawn_local_into(accept_loop(shard.clone(), listener), foreground_queue).map_err(|e| e.to_string())?);
+        tasks.push(
+            glommio::spawn_local_into(accept_loop(shard.clone(), listener), foreground_queue)
+                .map_err(|e| e.to_string())?,
+        );
     }
     let maintenance = shard.clone();
-    glommio::spawn_local_into(async move { maintenance.engine.run_maintenance(&maintenance.stopping).await }, background_queue)
-        .map_err(|e| e.to_string())?
-        .detach();
+    glommio::spawn_local_into(
+        async move {
+            maintenance
+                .engine
+                .run_maintenance(&maintenance.stopping)
+                .await
+        },
+        background_queue,
+    )
+    .map_err(|e| e.to_string())?
+    .detach();
     if config.commitlog_sync == CommitlogSync::Periodic {
         let syncer = shard.clone();
         let period = Duration::from_millis(config.commitlog_sync_period_ms);
@@ -160,7 +194,11 @@ pub async fn run(
         .detach();
     }
     tracing::info!(shard = id, client = %config.listen, shard_port = config.shard_port(id), "shard serving");
-    let _ = report.send(StartupReport::Ready { shard: id, client_port: config.listen.port(), shard_port: config.shard_port(id) });
+    let _ = report.send(StartupReport::Ready {
+        shard: id,
+        client_port: config.listen.port(),
+        shard_port: config.shard_port(id),
+    });
 
     // The main thread raises `stop` on SIGINT/SIGTERM; poll it at a coarse interval.
     while !stop.load(Ordering::Acquire) {
@@ -174,7 +212,11 @@ pub async fn run(
         task.await;
     }
     shard.drained.wait().await;
-    shard.engine.shutdown().await.map_err(|e| format!("shard {id}: shutdown failed: {e}"))?;
+    shard
+        .engine
+        .shutdown()
+        .await
+        .map_err(|e| format!("shard {id}: shutdown failed: {e}"))?;
     tracing::info!(shard = id, "shard stopped");
     Ok(())
 }
@@ -190,10 +232,13 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             None => return,
             Some(Ok(stream)) => {
                 let conn_shard = shard.clone();
-                match glommio::spawn_local_into(connection::serve(conn_shard, stream, ConnectionKind::Client), shard.foreground_queue) {
+                match glommio::spawn_local_into(
+                    connection::serve(conn_shard, stream, ConnectionKind::Client),
+                    shard.foreground_queue,
+                ) {
                     Ok(task) => {
-                task.detach();
-            }
+                        task.detach();
+                    }
                     Err(e) => tracing::error!(error = %e, "cannot spawn connection task"),
                 }
             }

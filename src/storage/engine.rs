@@ -18,7 +18,9 @@
 //! keep accepting writes after the commit log failed a sync.
 
 use super::cache::BlockCache;
-use super::commitlog::{CommitLog, CommitLogConfig, CommitLogError, RecoveryPolicy, SegmentId, SyncMode};
+use super::commitlog::{
+    CommitLog, CommitLogConfig, CommitLogError, RecoveryPolicy, SegmentId, SyncMode,
+};
 use super::compaction::{self, CompactionConfig, CompactionTask, TableSummary};
 use super::disk::Disk;
 use super::manifest::{Manifest, ManifestError};
@@ -49,11 +51,19 @@ impl EngineOptions {
     pub fn from_config(config: &Config) -> Self {
         let sync = match config.commitlog_sync {
             CommitlogSync::Batch => SyncMode::Batch,
-            CommitlogSync::Periodic => SyncMode::Periodic { period_ms: config.commitlog_sync_period_ms },
+            CommitlogSync::Periodic => SyncMode::Periodic {
+                period_ms: config.commitlog_sync_period_ms,
+            },
         };
-        let compaction = CompactionConfig { gc_grace_seconds: config.gc_grace_seconds, ..CompactionConfig::default() };
+        let compaction = CompactionConfig {
+            gc_grace_seconds: config.gc_grace_seconds,
+            ..CompactionConfig::default()
+        };
         EngineOptions {
-            commitlog: CommitLogConfig { segment_size_bytes: config.commitlog_segment_size_bytes, sync },
+            commitlog: CommitLogConfig {
+                segment_size_bytes: config.commitlog_segment_size_bytes,
+                sync,
+            },
             memtable_size_bytes: config.memtable_size_bytes as usize,
             block_cache_size_bytes: config.block_cache_size_bytes as usize,
             sstable_block_size_bytes: config.sstable_block_size_bytes as usize,
@@ -67,11 +77,17 @@ impl EngineOptions {
     /// and segment releases happen after a few writes.
     pub fn for_tests() -> Self {
         EngineOptions {
-            commitlog: CommitLogConfig { segment_size_bytes: 64 * 1024, sync: SyncMode::Batch },
+            commitlog: CommitLogConfig {
+                segment_size_bytes: 64 * 1024,
+                sync: SyncMode::Batch,
+            },
             memtable_size_bytes: 16 * 1024,
             block_cache_size_bytes: 256 * 1024,
             sstable_block_size_bytes: 4096,
-            compaction: CompactionConfig { min_sstable_size_bytes: 4096, ..CompactionConfig::default() },
+            compaction: CompactionConfig {
+                min_sstable_size_bytes: 4096,
+                ..CompactionConfig::default()
+            },
             conflict_mode: ConflictMode::Lww,
             max_frozen_memtables: 4,
         }
@@ -88,10 +104,15 @@ pub enum EngineError {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
     #[error("commit log record at position {index} is corrupt: {reason}")]
     BadRecord { index: usize, reason: String },
-    #[error("the engine stopped accepting writes after a failed commit log sync; restart the node")]
+    #[error(
+        "the engine stopped accepting writes after a failed commit log sync; restart the node"
+    )]
     Failed,
 }
 
@@ -106,7 +127,11 @@ pub struct OpenReport {
 
 impl fmt::Display for OpenReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "recovered_records={} sstables={}", self.records_replayed, self.sstables)?;
+        write!(
+            f,
+            "recovered_records={} sstables={}",
+            self.records_replayed, self.sstables
+        )?;
         if let Some(t) = &self.torn_tail {
             write!(f, " torn_tail=\"{t}\"")?;
         }
@@ -142,9 +167,14 @@ fn encode_record(key: &[u8], state: &KeyState, out: &mut Vec<u8>) {
 }
 
 fn decode_record(bytes: &[u8]) -> Result<(&[u8], KeyState), String> {
-    let len_bytes: [u8; 4] = bytes.get(..4).and_then(|b| b.try_into().ok()).ok_or("record shorter than its key length")?;
+    let len_bytes: [u8; 4] = bytes
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or("record shorter than its key length")?;
     let key_len = u32::from_le_bytes(len_bytes) as usize;
-    let key = bytes.get(4..4 + key_len).ok_or("record shorter than its key")?;
+    let key = bytes
+        .get(4..4 + key_len)
+        .ok_or("record shorter than its key")?;
     let state = KeyState::decode(&bytes[4 + key_len..]).map_err(|e| e.to_string())?;
     Ok((key, state))
 }
@@ -154,11 +184,16 @@ fn sstable_name(id: u64) -> String {
 }
 
 fn parse_sstable_name(name: &str) -> Option<u64> {
-    name.strip_prefix("sstable-")?.strip_suffix(".sst")?.parse().ok()
+    name.strip_prefix("sstable-")?
+        .strip_suffix(".sst")?
+        .parse()
+        .ok()
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A memtable and the oldest commit-log segment holding one of its records.
@@ -205,7 +240,9 @@ pub struct Engine<D: Disk> {
 
 impl<D: Disk> Clone for Engine<D> {
     fn clone(&self) -> Self {
-        Engine { inner: self.inner.clone() }
+        Engine {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -213,10 +250,13 @@ impl<D: Disk + Clone> Engine<D> {
     /// Open (or create) the engine in `disk`: load the manifest, open its SSTables,
     /// remove orphans, replay the commit log into a memtable.
     pub async fn open(disk: D, options: EngineOptions) -> Result<(Self, OpenReport), EngineError> {
-        options.compaction.validate().map_err(|reason| EngineError::Io {
-            context: "invalid compaction settings".into(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, reason),
-        })?;
+        options
+            .compaction
+            .validate()
+            .map_err(|reason| EngineError::Io {
+                context: "invalid compaction settings".into(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, reason),
+            })?;
         let mut report = OpenReport::default();
         let manifest = match Manifest::load(&disk).await? {
             Some(m) => {
@@ -228,28 +268,41 @@ impl<D: Disk + Clone> Engine<D> {
         let cache = Rc::new(BlockCache::new(options.block_cache_size_bytes));
         let mut tables = Vec::new();
         for summary in manifest.tables().iter().rev() {
-            let table = Sstable::open(&disk, &sstable_name(summary.id), summary.id, cache.clone()).await?;
+            let table =
+                Sstable::open(&disk, &sstable_name(summary.id), summary.id, cache.clone()).await?;
             tables.push(Rc::new(table));
         }
         report.sstables = tables.len();
         // SSTable files not in the manifest are leftovers of a flush or compaction that
         // crashed before its manifest update: never live, safe to remove.
         let live: Vec<u64> = manifest.tables().iter().map(|t| t.id).collect();
-        let names = disk.list().await.map_err(|source| EngineError::Io { context: "cannot list data directory".into(), source })?;
+        let names = disk.list().await.map_err(|source| EngineError::Io {
+            context: "cannot list data directory".into(),
+            source,
+        })?;
         for name in names {
             if let Some(id) = parse_sstable_name(&name) {
                 if !live.contains(&id) {
-                    disk.remove(&name).await.map_err(|source| EngineError::Io { context: format!("cannot remove orphan {name}"), source })?;
+                    disk.remove(&name).await.map_err(|source| EngineError::Io {
+                        context: format!("cannot remove orphan {name}"),
+                        source,
+                    })?;
                     report.orphans_removed += 1;
                 }
             }
         }
         if report.orphans_removed > 0 {
-            disk.sync_dir().await.map_err(|source| EngineError::Io { context: "cannot sync data directory".into(), source })?;
+            disk.sync_dir().await.map_err(|source| EngineError::Io {
+                context: "cannot sync data directory".into(),
+                source,
+            })?;
         }
 
         // Replay straight into the memtable; the first undecodable record stops it.
-        let mut active = Active { table: Memtable::new(), min_segment: None };
+        let mut active = Active {
+            table: Memtable::new(),
+            min_segment: None,
+        };
         let mut seq = 0u64;
         let mut bad_record: Option<EngineError> = None;
         let (log, recovery) = CommitLog::open_with(
@@ -264,10 +317,14 @@ impl<D: Disk + Clone> Engine<D> {
                     Ok((key, state)) => {
                         seq += 1;
                         active.table.apply(key, state, seq);
-                        active.min_segment = Some(active.min_segment.map_or(segment.0, |m| m.min(segment.0)));
+                        active.min_segment =
+                            Some(active.min_segment.map_or(segment.0, |m| m.min(segment.0)));
                     }
                     Err(reason) => {
-                        bad_record = Some(EngineError::BadRecord { index: seq as usize, reason });
+                        bad_record = Some(EngineError::BadRecord {
+                            index: seq as usize,
+                            reason,
+                        });
                     }
                 }
             },
@@ -278,7 +335,10 @@ impl<D: Disk + Clone> Engine<D> {
         }
         report.records_replayed = seq;
         if let Some(torn) = &recovery.torn_tail {
-            let text = format!("{} at offset {}: {} bytes dropped ({})", torn.file, torn.offset, torn.bytes_dropped, torn.reason);
+            let text = format!(
+                "{} at offset {}: {} bytes dropped ({})",
+                torn.file, torn.offset, torn.bytes_dropped, torn.reason
+            );
             tracing::warn!(torn_tail = %text, "commit log tail was torn or corrupt; discarded");
             report.torn_tail = Some(text);
         }
@@ -287,7 +347,13 @@ impl<D: Disk + Clone> Engine<D> {
             log,
             cache,
             options,
-            state: RefCell::new(State { active, frozen: Vec::new(), tables, manifest, compacting: Vec::new() }),
+            state: RefCell::new(State {
+                active,
+                frozen: Vec::new(),
+                tables,
+                manifest,
+                compacting: Vec::new(),
+            }),
             next_seq: Cell::new(seq + 1),
             work: RefCell::new(None),
             work_pending: Cell::new(false),
@@ -296,7 +362,9 @@ impl<D: Disk + Clone> Engine<D> {
         });
         let engine = Engine { inner };
         // A memtable recovered over its limit is flushed before serving.
-        if engine.inner.state.borrow().active.table.size_bytes() >= engine.inner.options.memtable_size_bytes {
+        if engine.inner.state.borrow().active.table.size_bytes()
+            >= engine.inner.options.memtable_size_bytes
+        {
             engine.freeze_active().await?;
             while engine.flush_one().await? {}
         }
@@ -355,7 +423,12 @@ impl<D: Disk + Clone> Engine<D> {
                     });
                 }
             }
-            let candidates: Vec<Rc<Sstable<D>>> = st.tables.iter().filter(|t| t.may_contain(key)).cloned().collect();
+            let candidates: Vec<Rc<Sstable<D>>> = st
+                .tables
+                .iter()
+                .filter(|t| t.may_contain(key))
+                .cloned()
+                .collect();
             (merged, candidates)
         };
         for table in candidates {
@@ -402,8 +475,17 @@ impl<D: Disk + Clone> Engine<D> {
             if st.active.table.is_empty() {
                 return Ok(());
             }
-            let old = std::mem::replace(&mut st.active, Active { table: Memtable::new(), min_segment: None });
-            st.frozen.push(Frozen { table: old.table.freeze(covers), min_segment: old.min_segment });
+            let old = std::mem::replace(
+                &mut st.active,
+                Active {
+                    table: Memtable::new(),
+                    min_segment: None,
+                },
+            );
+            st.frozen.push(Frozen {
+                table: old.table.freeze(covers),
+                min_segment: old.min_segment,
+            });
         }
         inner.log.roll().await?;
         self.wake_maintenance();
@@ -425,7 +507,8 @@ impl<D: Disk + Clone> Engine<D> {
         };
         let id = inner.state.borrow_mut().manifest.allocate_sstable_id();
         let name = sstable_name(id);
-        let mut builder = SstableBuilder::new(inner.options.sstable_block_size_bytes, frozen.len()).created_at_ms(now_ms());
+        let mut builder = SstableBuilder::new(inner.options.sstable_block_size_bytes, frozen.len())
+            .created_at_ms(now_ms());
         for (key, entry) in frozen.iter() {
             builder.add(key, &entry.state);
         }
@@ -437,8 +520,15 @@ impl<D: Disk + Clone> Engine<D> {
         // The replay point: the oldest segment still referenced by an unflushed memtable.
         let new_manifest = {
             let st = inner.state.borrow();
-            let remaining = st.frozen.iter().skip(1).filter_map(|f| f.min_segment).chain(st.active.min_segment);
-            let replay_from = remaining.min().unwrap_or_else(|| inner.log.current_segment().0);
+            let remaining = st
+                .frozen
+                .iter()
+                .skip(1)
+                .filter_map(|f| f.min_segment)
+                .chain(st.active.min_segment);
+            let replay_from = remaining
+                .min()
+                .unwrap_or_else(|| inner.log.current_segment().0);
             st.manifest.apply_flush(summary, replay_from)?
         };
         new_manifest.store(&inner.disk).await?;
@@ -458,7 +548,14 @@ impl<D: Disk + Clone> Engine<D> {
     }
 
     async fn sync_dir(&self) -> Result<(), EngineError> {
-        self.inner.disk.sync_dir().await.map_err(|source| EngineError::Io { context: "cannot sync data directory".into(), source })
+        self.inner
+            .disk
+            .sync_dir()
+            .await
+            .map_err(|source| EngineError::Io {
+                context: "cannot sync data directory".into(),
+                source,
+            })
     }
 
     /// Plan and run one compaction. Returns false when the planner found nothing to do.
@@ -466,8 +563,13 @@ impl<D: Disk + Clone> Engine<D> {
         let inner = &self.inner;
         let task = {
             let st = inner.state.borrow();
-            let candidates: Vec<TableSummary> =
-                st.manifest.tables().iter().filter(|t| !st.compacting.contains(&t.id)).cloned().collect();
+            let candidates: Vec<TableSummary> = st
+                .manifest
+                .tables()
+                .iter()
+                .filter(|t| !st.compacting.contains(&t.id))
+                .cloned()
+                .collect();
             if major {
                 compaction::plan_major(&candidates, &inner.options.compaction, now_ms())
             } else {
@@ -475,9 +577,17 @@ impl<D: Disk + Clone> Engine<D> {
             }
         };
         let Some(task) = task else { return Ok(false) };
-        inner.state.borrow_mut().compacting.extend(task.inputs.iter().copied());
+        inner
+            .state
+            .borrow_mut()
+            .compacting
+            .extend(task.inputs.iter().copied());
         let result = self.run_compaction(&task).await;
-        inner.state.borrow_mut().compacting.retain(|id| !task.inputs.contains(id));
+        inner
+            .state
+            .borrow_mut()
+            .compacting
+            .retain(|id| !task.inputs.contains(id));
         result.map(|()| true)
     }
 
@@ -485,9 +595,19 @@ impl<D: Disk + Clone> Engine<D> {
         let inner = &self.inner;
         let (inputs, outside) = {
             let st = inner.state.borrow();
-            let inputs: Vec<Rc<Sstable<D>>> = st.tables.iter().filter(|t| task.inputs.contains(&t.id())).cloned().collect();
-            let outside: Vec<TableSummary> =
-                st.manifest.tables().iter().filter(|t| !task.inputs.contains(&t.id)).cloned().collect();
+            let inputs: Vec<Rc<Sstable<D>>> = st
+                .tables
+                .iter()
+                .filter(|t| task.inputs.contains(&t.id()))
+                .cloned()
+                .collect();
+            let outside: Vec<TableSummary> = st
+                .manifest
+                .tables()
+                .iter()
+                .filter(|t| !task.inputs.contains(&t.id))
+                .cloned()
+                .collect();
             (inputs, outside)
         };
         let expected: u64 = inputs.iter().map(|t| t.info().stats.entry_count).sum();
@@ -502,11 +622,12 @@ impl<D: Disk + Clone> Engine<D> {
         }
         let id = inner.state.borrow_mut().manifest.allocate_sstable_id();
         let name = sstable_name(id);
-        let mut builder = SstableBuilder::new(inner.options.sstable_block_size_bytes, expected as usize).created_at_ms(now_ms());
+        let mut builder =
+            SstableBuilder::new(inner.options.sstable_block_size_bytes, expected as usize)
+                .created_at_ms(now_ms());
         let now = now_ms();
         let gc_grace = inner.options.compaction.gc_grace_seconds;
-        loop {
-            let Some(min_key) = heads.iter().flatten().map(|(k, _)| k.clone()).min() else { break };
+        while let Some(min_key) = heads.iter().flatten().map(|(k, _)| k.clone()).min() {
             let mut merged: Option<KeyState> = None;
             for (i, head) in heads.iter_mut().enumerate() {
                 if head.as_ref().is_some_and(|(k, _)| *k == min_key) {
@@ -534,10 +655,16 @@ impl<D: Disk + Clone> Engine<D> {
         } else {
             let info = builder.finish(&inner.disk, &name).await?;
             self.sync_dir().await?;
-            vec![(summary_of(id, &info, 0), Rc::new(Sstable::open(&inner.disk, &name, id, inner.cache.clone()).await?))]
+            vec![(
+                summary_of(id, &info, 0),
+                Rc::new(Sstable::open(&inner.disk, &name, id, inner.cache.clone()).await?),
+            )]
         };
-        let new_manifest =
-            inner.state.borrow().manifest.apply_compaction(task, outputs.iter().map(|(s, _)| s.clone()).collect())?;
+        let new_manifest = inner
+            .state
+            .borrow()
+            .manifest
+            .apply_compaction(task, outputs.iter().map(|(s, _)| s.clone()).collect())?;
         new_manifest.store(&inner.disk).await?;
         {
             let mut st = inner.state.borrow_mut();
@@ -552,10 +679,14 @@ impl<D: Disk + Clone> Engine<D> {
         // holding an `Rc` keep their open file until they finish.
         for input in &inputs {
             inner.cache.remove_table(input.id());
-            inner.disk.remove(&sstable_name(input.id())).await.map_err(|source| EngineError::Io {
-                context: format!("cannot remove compacted {}", sstable_name(input.id())),
-                source,
-            })?;
+            inner
+                .disk
+                .remove(&sstable_name(input.id()))
+                .await
+                .map_err(|source| EngineError::Io {
+                    context: format!("cannot remove compacted {}", sstable_name(input.id())),
+                    source,
+                })?;
         }
         self.sync_dir().await?;
         inner.stats.borrow_mut().compactions += 1;

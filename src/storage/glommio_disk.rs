@@ -136,7 +136,7 @@ pub struct GlommioFile {
 }
 
 fn check_aligned(offset: u64, len: usize, what: &str) -> io::Result<()> {
-    if offset % ALIGN as u64 != 0 || len % ALIGN != 0 {
+    if !offset.is_multiple_of(ALIGN as u64) || !len.is_multiple_of(ALIGN) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("misaligned direct I/O {what} (offset {offset}, len {len})"),

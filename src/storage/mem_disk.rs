@@ -488,7 +488,7 @@ impl DiskFile for MemFile {
         self.maybe_yield().await;
         let mut fs = self.fs.borrow_mut();
         fs.begin(OpKind::Write)?;
-        if offset % ALIGN as u64 != 0 || buf.len() % ALIGN != 0 {
+        if !offset.is_multiple_of(ALIGN as u64) || !buf.len().is_multiple_of(ALIGN) {
             return Err(einval("write_at"));
         }
         let start = usize::try_from(offset).map_err(|_| einval("offset"))?;
@@ -512,7 +512,7 @@ impl DiskFile for MemFile {
         self.maybe_yield().await;
         let mut fs = self.fs.borrow_mut();
         fs.begin(OpKind::Read)?;
-        if offset % ALIGN as u64 != 0 {
+        if !offset.is_multiple_of(ALIGN as u64) {
             return Err(einval("read_at"));
         }
         let inode = fs.inode_mut(self)?;

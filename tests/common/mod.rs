@@ -16,7 +16,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_ringkv");
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -24,14 +27,21 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
 /// A block of `n` consecutive free ports on 127.0.0.1 (client port + shard ports).
 pub fn free_port_block(n: u16) -> u16 {
     let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407)
-        ^ (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        ^ (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64);
     for _ in 0..200 {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         let base = 20_000 + (x % 30_000) as u16;
-        let held: Vec<_> = (0..n).map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok()).collect();
+        let held: Vec<_> = (0..n)
+            .map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
         if held.len() == n as usize {
             return base;
         }
@@ -119,18 +129,34 @@ impl Node {
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    let sockets = Command::new("ss").arg("-tanp").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+                    let sockets = Command::new("ss")
+                        .arg("-tanp")
+                        .output()
+                        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                        .unwrap_or_default();
                     let port = format!("127.0.0.1:{}", &self.port.to_string()[..4]);
-                    let sockets: Vec<&str> = sockets.lines().filter(|l| l.contains(&port)).collect();
-                    panic!("ringkv exited during startup with {status}:\n{}\nsockets on its port:\n{}", self.log_text(), sockets.join("\n"));
+                    let sockets: Vec<&str> =
+                        sockets.lines().filter(|l| l.contains(&port)).collect();
+                    panic!(
+                        "ringkv exited during startup with {status}:\n{}\nsockets on its port:\n{}",
+                        self.log_text(),
+                        sockets.join("\n")
+                    );
                 }
             }
-            if let Ok(mut c) = ringkv::client::blocking::Client::connect_with_timeout(&addr, Duration::from_millis(500)) {
+            if let Ok(mut c) = ringkv::client::blocking::Client::connect_with_timeout(
+                &addr,
+                Duration::from_millis(500),
+            ) {
                 if c.ping().is_ok() && self.log_text().contains("ringkv ready") {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "node {addr} not ready after 30s:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "node {addr} not ready after 30s:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
     }
@@ -140,7 +166,11 @@ impl Node {
     }
 
     fn signal(&self, sig: &str) {
-        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
         assert!(status.success(), "kill -{sig} failed");
     }
 
@@ -153,7 +183,10 @@ impl Node {
             let deadline = Instant::now() + Duration::from_secs(30);
             for port in self.port..=self.port + self.shards as u16 {
                 let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-                while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() && Instant::now() < deadline {
+                while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                    .is_ok()
+                    && Instant::now() < deadline
+                {
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
@@ -195,6 +228,14 @@ impl Drop for Node {
 
 /// Run the `ringkv` CLI; returns (exit code, stdout bytes, stderr text).
 pub fn cli(args: &[&str]) -> (i32, Vec<u8>, String) {
-    let out = Command::new(BIN).args(args).stdin(Stdio::null()).output().unwrap();
-    (out.status.code().unwrap_or(-1), out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

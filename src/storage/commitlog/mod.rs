@@ -86,7 +86,8 @@ impl Default for CommitLogConfig {
 impl CommitLogConfig {
     fn validate(&self) -> Result<(), CommitLogError> {
         let size = self.segment_size_bytes;
-        if size % ALIGN as u64 != 0 || size < 2 * ALIGN as u64 || size > MAX_SEGMENT_BYTES {
+        if !size.is_multiple_of(ALIGN as u64) || size < 2 * ALIGN as u64 || size > MAX_SEGMENT_BYTES
+        {
             return Err(CommitLogError::InvalidConfig(format!(
                 "segment_size_bytes {size} must be a multiple of {ALIGN} in [{}, {MAX_SEGMENT_BYTES}]",
                 2 * ALIGN
@@ -182,7 +183,7 @@ const NEW_BUFFER_BYTES: usize = 64 << 10;
 const SPARE_BUFFERS_MAX: usize = 4;
 const SPARE_BUFFER_BYTES_MAX: usize = 8 << 20;
 
-const _: () = assert!(READ_CHUNK_BYTES % ALIGN == 0);
+const _: () = assert!(READ_CHUNK_BYTES.is_multiple_of(ALIGN));
 
 fn io_error(file: &str, op: &'static str, source: io::Error) -> CommitLogError {
     CommitLogError::Io {
@@ -890,7 +891,7 @@ impl<D: Disk> CommitLog<D> {
                 "batches are written back to back as laid out"
             );
             assert!(
-                pos % ALIGN as u64 == 0 && len % ALIGN as u64 == 0,
+                pos % ALIGN as u64 == 0 && len.is_multiple_of(ALIGN as u64),
                 "direct I/O alignment"
             );
             assert!(
