@@ -10,6 +10,9 @@ use ringkv::storage::engine::{Engine, EngineOptions};
 use ringkv::storage::mem_disk::MemDisk;
 use std::collections::BTreeMap;
 
+/// Enough keys that the 16 KiB test memtable fills and freezes on its own.
+const KEYS: u8 = 64;
+
 #[derive(Clone, Debug)]
 enum Step {
     Put(u8, u16),
@@ -23,9 +26,9 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        30 => (0u8..24, any::<u16>()).prop_map(|(k, v)| Step::Put(k, v)),
-        8 => (0u8..24).prop_map(Step::Delete),
-        20 => (0u8..24).prop_map(Step::Get),
+        30 => (0u8..KEYS, any::<u16>()).prop_map(|(k, v)| Step::Put(k, v)),
+        8 => (0u8..KEYS).prop_map(Step::Delete),
+        20 => (0u8..KEYS).prop_map(Step::Get),
         3 => Just(Step::Flush),
         2 => Just(Step::Compact),
         2 => Just(Step::Reboot),
@@ -52,7 +55,7 @@ fn options(gc_grace_seconds: u64) -> EngineOptions {
 }
 
 fn check_all(engine: &Engine<MemDisk>, model: &BTreeMap<u8, Vec<u8>>, when: &str) {
-    for k in 0u8..24 {
+    for k in 0u8..KEYS {
         let got = block_on(engine.read(&key(k))).unwrap();
         let live = got.as_ref().and_then(|s| match s {
             KeyState::Lww(c) => c.value.clone(),
@@ -78,6 +81,8 @@ fn run(steps: Vec<Step>, gc_grace_seconds: u64) {
                 });
                 block_on(engine.write(&key(k), state)).unwrap();
                 model.insert(k, value(k, v));
+                // The maintenance task's job, done inline: flush what filled up.
+                while block_on(engine.flush_one()).unwrap() {}
             }
             Step::Delete(k) => {
                 clock += 1;
@@ -87,6 +92,7 @@ fn run(steps: Vec<Step>, gc_grace_seconds: u64) {
                 });
                 block_on(engine.write(&key(k), state)).unwrap();
                 model.remove(&k);
+                while block_on(engine.flush_one()).unwrap() {}
             }
             Step::Get(k) => {
                 let got = block_on(engine.read(&key(k))).unwrap();
@@ -96,7 +102,7 @@ fn run(steps: Vec<Step>, gc_grace_seconds: u64) {
                 });
                 assert_eq!(live.as_ref(), model.get(&k), "get {k}");
             }
-            Step::Flush => while block_on(engine.flush_one()).unwrap() {},
+            Step::Flush => block_on(engine.flush()).unwrap(),
             Step::Compact => {
                 block_on(engine.compact_once(true)).unwrap();
             }
@@ -182,4 +188,31 @@ fn flushes_release_segments_and_survive_power_loss() {
         });
         assert_eq!(live.as_ref(), model.get(&k), "key {k}");
     }
+}
+
+/// A failed fdatasync fails the write it covered, and the engine then refuses every
+/// write until it is reopened (never retry-and-trust an fsync); reads keep working,
+/// and after a restart nothing unacknowledged is visible as acknowledged.
+#[test]
+fn failed_fdatasync_stops_writes_until_restart() {
+    use ringkv::storage::mem_disk::{Fault, OpKind};
+    let disk = MemDisk::new();
+    let opts = options(864_000);
+    let (engine, _) = block_on(Engine::open(disk.clone(), opts.clone())).unwrap();
+    let put = |engine: &Engine<MemDisk>, k: u8, ts: u64| {
+        block_on(engine.write(&key(k), KeyState::Lww(LwwCell { timestamp: Hlc::new(ts, 0), value: Some(value(k, ts as u16)) })))
+    };
+    put(&engine, 1, 1).unwrap();
+    disk.fail_nth_of(OpKind::Sync, 1, Fault::Eio);
+    let err = put(&engine, 2, 2).expect_err("the write covered by the failed sync must fail");
+    assert!(err.to_string().contains("I/O") || err.to_string().contains("error"), "{err}");
+    let err = put(&engine, 3, 3).expect_err("the engine must refuse writes after a failed sync");
+    assert!(err.to_string().contains("restart"), "{err}");
+    assert!(block_on(engine.read(&key(1))).unwrap().is_some(), "reads still work");
+    drop(engine);
+    disk.power_loss();
+    let (engine, _) = block_on(Engine::open(disk, opts)).unwrap();
+    assert!(block_on(engine.read(&key(1))).unwrap().is_some(), "acknowledged write survives");
+    assert!(block_on(engine.read(&key(3))).unwrap().is_none(), "refused write never appears");
+    put(&engine, 4, 4).unwrap();
 }

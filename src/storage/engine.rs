@@ -499,6 +499,13 @@ impl<D: Disk + Clone> Engine<D> {
         }
     }
 
+    /// Freeze the active memtable and flush every frozen one (admin `flush`, tests).
+    pub async fn flush(&self) -> Result<(), EngineError> {
+        self.freeze_active().await?;
+        while self.flush_one().await? {}
+        Ok(())
+    }
+
     /// Flush the oldest frozen memtable to an SSTable. Returns false if none is frozen.
     pub async fn flush_one(&self) -> Result<bool, EngineError> {
         let inner = &self.inner;
