@@ -48,6 +48,34 @@ fn check_provenance(history: &History, key: &[u8], state: &KeyState) -> Result<(
     Ok(())
 }
 
+/// Run when a coordinator stamps a write: a version names exactly one write. Two LWW
+/// writes may not share (timestamp, value) and two causal writes may not share a dot.
+pub fn check_stamp(history: &History, op: &OpRecord) -> Result<(), String> {
+    let Some(version) = &op.version else {
+        return Ok(());
+    };
+    let clash = history.writes_of(&op.key).find(|w| {
+        w.id != op.id
+            && match (&w.version, version) {
+                (Some(WriteVersion::Lww(a)), WriteVersion::Lww(b)) => a == b,
+                (
+                    Some(WriteVersion::Causal { dot: a, .. }),
+                    WriteVersion::Causal { dot: b, .. },
+                ) => a == b,
+                _ => false,
+            }
+    });
+    match clash {
+        Some(other) => Err(format!(
+            "version reused: write op {} was stamped {} which write op {} already carries",
+            op.id,
+            describe_version(Some(version)),
+            other.id
+        )),
+        None => Ok(()),
+    }
+}
+
 /// `state` covers the acknowledged write `write` (see the module doc).
 fn covers(history: &History, key: &[u8], state: Option<&KeyState>, write: &OpRecord) -> bool {
     match (&write.version, state) {
@@ -55,7 +83,10 @@ fn covers(history: &History, key: &[u8], state: Option<&KeyState>, write: &OpRec
         (Some(_), None) => false,
         (Some(WriteVersion::Lww(cell)), Some(KeyState::Lww(observed))) => !cell.wins_over(observed),
         (Some(WriteVersion::Causal { dot, .. }), Some(KeyState::Causal(observed))) => {
-            covers_causal(history, key, observed, dot)
+            let OpKind::Put(value) = &write.kind else {
+                return false;
+            };
+            covers_causal(history, key, observed, dot, value.as_deref())
         }
         _ => false,
     }
@@ -66,12 +97,15 @@ fn covers_causal(
     key: &[u8],
     observed: &CausalState,
     dot: &ringkv::conflict::Dot,
+    value: Option<&[u8]>,
 ) -> bool {
     if !observed.context.contains(dot) {
         return false;
     }
-    if observed.siblings.iter().any(|s| s.dot == *dot) {
-        return true;
+    if let Some(sibling) = observed.siblings.iter().find(|s| s.dot == *dot) {
+        // The dot names exactly one write: a sibling under it with other bytes means
+        // this write was replaced by an impostor, not kept.
+        return sibling.value.as_deref() == value;
     }
     // Gone from the siblings: only legitimate if some write that saw it is itself
     // reflected in the observed state.

@@ -7,7 +7,8 @@
 //! Environment:
 //! - `SIM_SEED=<u64>`: run only that seed (verbose); other tests skip.
 //! - `SIM_BUG=<name>`: with `SIM_SEED`, plant a bug (`ack_before_sync`,
-//!   `hints_count_toward_w`, `no_read_repair`, `merge_ignores_ties`).
+//!   `hints_count_toward_w`, `no_read_repair`, `merge_ignores_ties`,
+//!   `causal_write_ignores_local`).
 //! - `SIM_SEEDS=<n>` / `SIM_SEED_BASE=<u64>`: the seed budget of `seed_budget`.
 //! - `SIM_TRACE=1`: print every event (use with `SIM_SEED`).
 #![allow(clippy::unwrap_used)]
@@ -227,4 +228,11 @@ fn planted_bug_no_read_repair_is_caught() {
 #[test]
 fn planted_bug_merge_ignores_ties_is_caught() {
     assert_bug_caught("merge_ignores_ties");
+}
+
+/// Not in the list: a control for the causal checker, which the other four
+/// bugs (all LWW-visible) do not exercise.
+#[test]
+fn planted_bug_causal_write_ignores_local_is_caught() {
+    assert_bug_caught("causal_write_ignores_local");
 }

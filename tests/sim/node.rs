@@ -36,6 +36,9 @@ pub struct Bugs {
     pub no_read_repair: bool,
     /// LWW merge returns its first argument when timestamps tie.
     pub merge_ignores_ties: bool,
+    /// Causal coordinator creates the dot from the client context alone, ignoring its
+    /// local state (so it can reuse a dot it already handed out).
+    pub causal_write_ignores_local: bool,
 }
 
 impl Bugs {
@@ -47,6 +50,7 @@ impl Bugs {
             "hints_count_toward_w" => bugs.hints_count_toward_w = true,
             "no_read_repair" => bugs.no_read_repair = true,
             "merge_ignores_ties" => bugs.merge_ignores_ties = true,
+            "causal_write_ignores_local" => bugs.causal_write_ignores_local = true,
             _ => return None,
         }
         Some(bugs)
@@ -473,7 +477,11 @@ impl SimNode {
                     "causal coordinator is not a replica"
                 );
                 let local = match self.store.get(&key) {
-                    Some(KeyState::Causal(state)) => state,
+                    Some(KeyState::Causal(state))
+                        if !ctx.config.bugs.causal_write_ignores_local =>
+                    {
+                        state
+                    }
                     _ => CausalState::new(),
                 };
                 let actor = Actor {

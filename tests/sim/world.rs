@@ -492,7 +492,12 @@ impl World {
                     timer,
                 },
             ),
-            Out::Stamp { op, version } => self.history.stamp(op, version),
+            Out::Stamp { op, version } => {
+                self.history.stamp(op, version);
+                if let Err(e) = checker::check_stamp(&self.history, self.history.op(op)) {
+                    self.fail(e);
+                }
+            }
             Out::Reply { op, result } => self.on_reply(op, result),
         }
     }
