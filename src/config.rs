@@ -32,9 +32,15 @@ impl FromStr for ByteSize {
             "k" | "kb" | "kib" => 1 << 10,
             "m" | "mb" | "mib" => 1 << 20,
             "g" | "gb" | "gib" => 1 << 30,
-            other => return Err(format!("invalid size unit {other:?} in {s:?}: use B, KiB, MiB or GiB")),
+            other => {
+                return Err(format!(
+                    "invalid size unit {other:?} in {s:?}: use B, KiB, MiB or GiB"
+                ))
+            }
         };
-        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("size {s:?} is too large"))
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {s:?} is too large"))
     }
 }
 
@@ -56,9 +62,15 @@ impl FromStr for Millis {
             "s" => 1_000,
             "m" => 60_000,
             "h" => 3_600_000,
-            other => return Err(format!("invalid duration unit {other:?} in {s:?}: use ms, s, m or h")),
+            other => {
+                return Err(format!(
+                    "invalid duration unit {other:?} in {s:?}: use ms, s, m or h"
+                ))
+            }
         };
-        n.checked_mul(mult).map(Millis).ok_or_else(|| format!("duration {s:?} is too large"))
+        n.checked_mul(mult)
+            .map(Millis)
+            .ok_or_else(|| format!("duration {s:?} is too large"))
     }
 }
 
@@ -76,7 +88,9 @@ where
     }
     match Option::<Raw>::deserialize(d)? {
         None => Ok(None),
-        Some(Raw::Int(n)) => T::from_str(&n.to_string()).map(Some).map_err(serde::de::Error::custom),
+        Some(Raw::Int(n)) => T::from_str(&n.to_string())
+            .map(Some)
+            .map_err(serde::de::Error::custom),
         Some(Raw::Str(s)) => T::from_str(&s).map(Some).map_err(serde::de::Error::custom),
     }
 }
@@ -107,7 +121,9 @@ impl FromStr for CommitlogSync {
         match s {
             "batch" => Ok(CommitlogSync::Batch),
             "periodic" => Ok(CommitlogSync::Periodic),
-            _ => Err(format!("invalid commitlog_sync {s:?}: expected batch or periodic")),
+            _ => Err(format!(
+                "invalid commitlog_sync {s:?}: expected batch or periodic"
+            )),
         }
     }
 }
@@ -118,7 +134,9 @@ impl FromStr for ConflictMode {
         match s {
             "lww" => Ok(ConflictMode::Lww),
             "causal" => Ok(ConflictMode::Causal),
-            _ => Err(format!("invalid conflict_mode {s:?}: expected lww or causal")),
+            _ => Err(format!(
+                "invalid conflict_mode {s:?}: expected lww or causal"
+            )),
         }
     }
 }
@@ -134,7 +152,9 @@ impl FromStr for CompactionStrategy {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "size_tiered" | "size-tiered" | "stcs" => Ok(CompactionStrategy::SizeTiered),
-            _ => Err(format!("invalid compaction_strategy {s:?}: expected size_tiered")),
+            _ => Err(format!(
+                "invalid compaction_strategy {s:?}: expected size_tiered"
+            )),
         }
     }
 }
@@ -157,7 +177,7 @@ pub struct ConfigLayer {
     #[arg(long, value_delimiter = ',')]
     pub seeds: Option<Vec<SocketAddr>>,
     /// Join an existing cluster (bootstrap, streaming ranges)
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub join: Option<bool>,
     /// Replication factor N [default 3; N = min(rf, nodes)]
     #[arg(long)]
@@ -178,7 +198,7 @@ pub struct ConfigLayer {
     #[serde(default, deserialize_with = "from_str_opt")]
     pub conflict_mode: Option<ConflictMode>,
     /// Sloppy quorum with hinted handoff [default true]
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub sloppy_quorum: Option<bool>,
     /// batch (fsync before ack) or periodic [default batch]
     #[arg(long)]
@@ -320,7 +340,10 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: String, message: String },
     #[error("invalid {key}: {message}")]
@@ -328,15 +351,23 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &'static str, message: impl fmt::Display) -> ConfigError {
-    ConfigError::Invalid { key, message: message.to_string() }
+    ConfigError::Invalid {
+        key,
+        message: message.to_string(),
+    }
 }
 
 impl ConfigLayer {
     /// Parse a TOML config file.
     pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.display().to_string(), message })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.display().to_string(),
+            message,
+        })
     }
 
     pub fn from_toml(text: &str) -> Result<Self, String> {
@@ -351,23 +382,57 @@ impl ConfigLayer {
             };
         }
         pick!(
-            listen, data_dir, shards, seeds, join, replication_factor, num_tokens,
-            read_consistency, write_consistency, conflict_mode, sloppy_quorum, commitlog_sync,
-            commitlog_sync_period_ms, commitlog_segment_size, memtable_size, block_cache_size,
-            sstable_block_size, compaction_strategy, gc_grace_seconds, request_timeout_ms,
-            gossip_interval_ms, phi_convict_threshold, max_hint_window, max_hints_bytes,
-            hint_replay_rate, max_clock_skew_ms, max_siblings, max_key_size, max_value_size,
-            max_inflight_per_connection, max_inflight_per_shard, metrics_listen, shard_port_base,
-            cluster_name, cluster_secret, cluster_secret_file, client_auth_token,
+            listen,
+            data_dir,
+            shards,
+            seeds,
+            join,
+            replication_factor,
+            num_tokens,
+            read_consistency,
+            write_consistency,
+            conflict_mode,
+            sloppy_quorum,
+            commitlog_sync,
+            commitlog_sync_period_ms,
+            commitlog_segment_size,
+            memtable_size,
+            block_cache_size,
+            sstable_block_size,
+            compaction_strategy,
+            gc_grace_seconds,
+            request_timeout_ms,
+            gossip_interval_ms,
+            phi_convict_threshold,
+            max_hint_window,
+            max_hints_bytes,
+            hint_replay_rate,
+            max_clock_skew_ms,
+            max_siblings,
+            max_key_size,
+            max_value_size,
+            max_inflight_per_connection,
+            max_inflight_per_shard,
+            metrics_listen,
+            shard_port_base,
+            cluster_name,
+            cluster_secret,
+            cluster_secret_file,
+            client_auth_token,
         )
     }
 
     /// Apply defaults and validate. `available_cores` is the default shard count.
     pub fn resolve(self, available_cores: u32) -> Result<Config, ConfigError> {
-        let listen = self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7400)));
+        let listen = self
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7400)));
         let shards = self.shards.unwrap_or(available_cores.max(1));
         if shards == 0 || shards > 256 {
-            return Err(invalid("shards", format!("{shards} is out of range 1..=256")));
+            return Err(invalid(
+                "shards",
+                format!("{shards} is out of range 1..=256"),
+            ));
         }
         let shard_port_base = match self.shard_port_base {
             Some(p) => p,
@@ -385,7 +450,10 @@ impl ConfigLayer {
         }
         let num_tokens = self.num_tokens.unwrap_or(16);
         if num_tokens == 0 || num_tokens > 1024 {
-            return Err(invalid("num_tokens", format!("{num_tokens} is out of range 1..=1024")));
+            return Err(invalid(
+                "num_tokens",
+                format!("{num_tokens} is out of range 1..=1024"),
+            ));
         }
         let size = |v: Option<ByteSize>, default: u64| v.map_or(default, |b| b.0);
         let ms = |v: Option<Millis>, default: u64| v.map_or(default, |m| m.0);
@@ -399,7 +467,10 @@ impl ConfigLayer {
         }
         let sstable_block_size_bytes = size(self.sstable_block_size, 4 << 10);
         if !(512..=(1 << 20)).contains(&sstable_block_size_bytes) {
-            return Err(invalid("sstable_block_size", "must be between 512B and 1MiB"));
+            return Err(invalid(
+                "sstable_block_size",
+                "must be between 512B and 1MiB",
+            ));
         }
         let max_key_size_bytes = size(self.max_key_size, 64 << 10);
         if max_key_size_bytes == 0 || max_key_size_bytes > u64::from(u32::MAX) {
@@ -423,7 +494,10 @@ impl ConfigLayer {
         }
         let phi_convict_threshold = self.phi_convict_threshold.unwrap_or(8.0);
         if !(phi_convict_threshold.is_finite() && phi_convict_threshold > 0.0) {
-            return Err(invalid("phi_convict_threshold", "must be a positive number"));
+            return Err(invalid(
+                "phi_convict_threshold",
+                "must be a positive number",
+            ));
         }
         let max_siblings = self.max_siblings.unwrap_or(64);
         if max_siblings == 0 {
@@ -431,12 +505,20 @@ impl ConfigLayer {
         }
         let cluster_secret = match (self.cluster_secret, self.cluster_secret_file) {
             (Some(_), Some(_)) => {
-                return Err(invalid("cluster_secret_file", "set either cluster_secret or cluster_secret_file, not both"))
+                return Err(invalid(
+                    "cluster_secret_file",
+                    "set either cluster_secret or cluster_secret_file, not both",
+                ))
             }
             (Some(s), None) => Some(s),
             (None, Some(path)) => Some(
                 std::fs::read_to_string(&path)
-                    .map_err(|e| invalid("cluster_secret_file", format!("cannot read {}: {e}", path.display())))?
+                    .map_err(|e| {
+                        invalid(
+                            "cluster_secret_file",
+                            format!("cannot read {}: {e}", path.display()),
+                        )
+                    })?
                     .trim()
                     .to_string(),
             ),
@@ -448,11 +530,16 @@ impl ConfigLayer {
         let max_inflight_per_connection = self.max_inflight_per_connection.unwrap_or(1024);
         let max_inflight_per_shard = self.max_inflight_per_shard.unwrap_or(16_384);
         if max_inflight_per_connection == 0 || max_inflight_per_shard == 0 {
-            return Err(invalid("max_inflight_per_connection", "in-flight limits must be positive"));
+            return Err(invalid(
+                "max_inflight_per_connection",
+                "in-flight limits must be positive",
+            ));
         }
         Ok(Config {
             listen,
-            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("./ringkv-data")),
+            data_dir: self
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from("./ringkv-data")),
             shards,
             seeds: self.seeds.unwrap_or_default(),
             join: self.join.unwrap_or(false),
@@ -468,7 +555,9 @@ impl ConfigLayer {
             memtable_size_bytes,
             block_cache_size_bytes: size(self.block_cache_size, 256 << 20),
             sstable_block_size_bytes,
-            compaction_strategy: self.compaction_strategy.unwrap_or(CompactionStrategy::SizeTiered),
+            compaction_strategy: self
+                .compaction_strategy
+                .unwrap_or(CompactionStrategy::SizeTiered),
             gc_grace_seconds: self.gc_grace_seconds.unwrap_or(864_000),
             request_timeout_ms,
             gossip_interval_ms,
@@ -522,7 +611,10 @@ mod tests {
              commitlog_sync = \"periodic\"\nwrite_consistency = \"all\"\nshards = 3\n",
         )
         .unwrap();
-        let flags = ConfigLayer { shards: Some(2), ..Default::default() };
+        let flags = ConfigLayer {
+            shards: Some(2),
+            ..Default::default()
+        };
         let cfg = file.overlay(flags).resolve(8).unwrap();
         assert_eq!(cfg.listen.port(), 9000);
         assert_eq!(cfg.shard_port_base, 9001);
@@ -539,7 +631,12 @@ mod tests {
         assert!(err.contains("memtable_sise"), "{err}");
         let err = ConfigLayer::from_toml("memtable_size = \"5 parsecs\"").unwrap_err();
         assert!(err.contains("memtable_size"), "{err}");
-        let err = ConfigLayer { replication_factor: Some(0), ..Default::default() }.resolve(1).unwrap_err();
+        let err = ConfigLayer {
+            replication_factor: Some(0),
+            ..Default::default()
+        }
+        .resolve(1)
+        .unwrap_err();
         assert!(err.to_string().contains("replication_factor"), "{err}");
     }
 

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod conflict;
 pub mod coordinator;
+pub mod event;
 pub mod protocol;
 pub mod server;
 pub mod storage;

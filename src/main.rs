@@ -1,1 +1,265 @@
-fn main() {}
+//! The `ringkv` binary: server (`serve`), client commands (`put`, `get`, `delete`) and
+//! admin (`status`, `ring`). Exit codes (DESIGN.md §8): 0 success, 1 key not found,
+//! 2 usage error, 3 operational error — each failure with a one-line reason on stderr.
+
+use clap::{Parser, Subcommand};
+use ringkv::client::blocking::Client;
+use ringkv::client::ClientError;
+use ringkv::config::ConfigLayer;
+use ringkv::protocol::types::{Consistency, ErrorReply};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const EXIT_NOT_FOUND: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_OPERATIONAL: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "ringkv",
+    version,
+    about = "A leaderless, replicated, shard-per-core key-value store"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct HostArgs {
+    /// Node to talk to, HOST:PORT
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    host: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node
+    Serve {
+        /// TOML config file; flags override its keys
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        flags: Box<ConfigLayer>,
+    },
+    /// Store VALUE under KEY
+    Put {
+        key: String,
+        /// The value; `-` reads it from stdin
+        #[arg(required_unless_present = "value_file")]
+        value: Option<String>,
+        /// Read the value from a file
+        #[arg(long, conflicts_with = "value")]
+        value_file: Option<PathBuf>,
+        #[arg(long)]
+        consistency: Option<Consistency>,
+        #[command(flatten)]
+        host: HostArgs,
+    },
+    /// Print the value of KEY (its bytes, nothing else)
+    Get {
+        key: String,
+        #[arg(long)]
+        consistency: Option<Consistency>,
+        #[command(flatten)]
+        host: HostArgs,
+    },
+    /// Delete KEY
+    Delete {
+        key: String,
+        #[arg(long)]
+        consistency: Option<Consistency>,
+        #[command(flatten)]
+        host: HostArgs,
+    },
+    /// Show the nodes, their shards, ports and data size
+    Status {
+        #[command(flatten)]
+        host: HostArgs,
+    },
+}
+
+/// A failure with its exit code and one-line reason.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match &e {
+            ClientError::Usage(_) | ClientError::Server(ErrorReply::BadRequest { .. }) => {
+                EXIT_USAGE
+            }
+            _ => EXIT_OPERATIONAL,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("{}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Serve { config, flags } => serve(config, *flags),
+        Command::Put {
+            key,
+            value,
+            value_file,
+            consistency,
+            host,
+        } => {
+            let value = read_value(value, value_file)?;
+            let mut client = Client::connect(&host.host)?;
+            client.put(key.as_bytes(), &value, consistency, None)?;
+            Ok(())
+        }
+        Command::Get {
+            key,
+            consistency,
+            host,
+        } => {
+            let mut client = Client::connect(&host.host)?;
+            let result = client.get(key.as_bytes(), consistency)?;
+            let mut out = std::io::stdout().lock();
+            match result.values.as_slice() {
+                [] => Err(Failure {
+                    code: EXIT_NOT_FOUND,
+                    message: "not found".into(),
+                }),
+                [one] => out.write_all(one).map_err(io_failure),
+                siblings => {
+                    for (i, v) in siblings.iter().enumerate() {
+                        writeln!(
+                            out,
+                            "--- sibling {} of {} ({} bytes)",
+                            i + 1,
+                            siblings.len(),
+                            v.len()
+                        )
+                        .map_err(io_failure)?;
+                        out.write_all(v).map_err(io_failure)?;
+                        writeln!(out).map_err(io_failure)?;
+                    }
+                    Ok(())
+                }
+            }
+        }
+        Command::Delete {
+            key,
+            consistency,
+            host,
+        } => {
+            let mut client = Client::connect(&host.host)?;
+            client.delete(key.as_bytes(), consistency, None)?;
+            Ok(())
+        }
+        Command::Status { host } => {
+            let mut client = Client::connect(&host.host)?;
+            let topology = client.refresh_topology()?.clone();
+            println!(
+                "{:<18} {:<22} {:<6} {:<8} {:>7} {:>12} {:>8}",
+                "node", "address", "state", "status", "shards", "shard ports", "load"
+            );
+            for n in &topology.nodes {
+                let ports = format!(
+                    "{}-{}",
+                    n.shard_port_base,
+                    n.shard_port_base as u32 + n.shard_count.saturating_sub(1)
+                );
+                println!(
+                    "{:<18} {:<22} {:<6} {:<8} {:>7} {:>12} {:>8}",
+                    format!("{:016x}", n.node_id),
+                    n.address,
+                    if n.up { "up" } else { "down" },
+                    format!("{:?}", n.status).to_lowercase(),
+                    n.shard_count,
+                    ports,
+                    human_bytes(n.load_bytes)
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn serve(config_file: Option<PathBuf>, flags: ConfigLayer) -> Result<(), Failure> {
+    let usage = |message: String| Failure {
+        code: EXIT_USAGE,
+        message,
+    };
+    let file_layer = match config_file {
+        Some(path) => ConfigLayer::from_file(&path).map_err(|e| usage(e.to_string()))?,
+        None => ConfigLayer::default(),
+    };
+    let config = file_layer
+        .overlay(flags)
+        .resolve(ringkv::server::default_shards())
+        .map_err(|e| usage(e.to_string()))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    ringkv::server::run(config).map_err(|e| Failure {
+        code: EXIT_OPERATIONAL,
+        message: format!("{e:#}"),
+    })
+}
+
+fn read_value(value: Option<String>, value_file: Option<PathBuf>) -> Result<Vec<u8>, Failure> {
+    match (value, value_file) {
+        (Some(v), None) if v == "-" => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).map_err(io_failure)?;
+            Ok(buf)
+        }
+        (Some(v), None) => Ok(v.into_bytes()),
+        (None, Some(path)) => std::fs::read(&path).map_err(|e| Failure {
+            code: EXIT_USAGE,
+            message: format!("cannot read {}: {e}", path.display()),
+        }),
+        _ => Err(Failure {
+            code: EXIT_USAGE,
+            message: "give a VALUE or --value-file".into(),
+        }),
+    }
+}
+
+fn io_failure(e: std::io::Error) -> Failure {
+    Failure {
+        code: EXIT_OPERATIONAL,
+        message: e.to_string(),
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", UNITS[unit])
+    }
+}

@@ -74,11 +74,11 @@ impl Disk for DirDisk {
 
 impl DiskFile for DirFile {
     async fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        assert!(offset % ALIGN as u64 == 0 && buf.len() % ALIGN == 0);
+        assert!(offset.is_multiple_of(ALIGN as u64) && buf.len().is_multiple_of(ALIGN));
         self.file.write_all_at(buf, offset)
     }
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        assert!(offset % ALIGN as u64 == 0);
+        assert!(offset.is_multiple_of(ALIGN as u64));
         let mut buf = vec![0; len];
         let mut filled = 0;
         while filled < len {

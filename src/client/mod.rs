@@ -1,1 +1,74 @@
-//! Client library: blocking and glommio transports over the sans-I/O codec.
+//! Client library: the sans-I/O codec plus two thin transports — [`blocking`] (std
+//! sockets; the CLI and tests) and [`asynch`] (glommio; the load generator). Both are
+//! pipelined (many requests in flight per connection, matched by `request_id`) and
+//! shard-aware: they ask a node for its [`Topology`] and send each request straight to
+//! the port of the shard that owns the key.
+
+pub mod asynch;
+pub mod blocking;
+
+use crate::protocol::token::{shard_of, token_of};
+use crate::protocol::types::{ErrorReply, NodeInfo, Topology};
+use std::net::SocketAddr;
+
+/// What went wrong with a request, from the caller's side.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Could not connect, or the connection failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    /// The server answered with a typed error.
+    #[error("{0}")]
+    Server(ErrorReply),
+    /// The server sent something we cannot decode, or an unexpected reply.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// Caller misuse (bad address, key too large for the server, ...).
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl ClientError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        ClientError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// The answer to a get: every live value (more than one = siblings, causal mode) and
+/// the opaque causal context to pass back with a later put or delete.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct GetResult {
+    pub values: Vec<Vec<u8>>,
+    pub context: Option<Vec<u8>>,
+}
+
+impl GetResult {
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+/// Where to send a request for `key`: the owning shard's port on a node.
+pub fn shard_address(node: &NodeInfo, key: &[u8]) -> Option<SocketAddr> {
+    let addr: SocketAddr = node.address.parse().ok()?;
+    if node.shard_count == 0 {
+        return Some(addr);
+    }
+    let shard = shard_of(token_of(key), node.shard_count);
+    Some(SocketAddr::new(
+        addr.ip(),
+        node.shard_port_base.checked_add(shard as u16)?,
+    ))
+}
+
+/// The node a client should send `key` to: the first up node (the cluster layer extends
+/// this to the key's replicas).
+pub fn route<'a>(topology: &'a Topology, _key: &[u8]) -> Option<&'a NodeInfo> {
+    topology.nodes.iter().find(|n| n.up)
+}

@@ -1,1 +1,272 @@
-//! The shard-per-core server: executors, listeners, routing between cores.
+//! The shard-per-core server (`ringkv serve`, DESIGN.md §3): one glommio executor per
+//! shard, pinned to a core, each owning its engine and its listeners; requests for
+//! another shard's key travel over the channel mesh ([`router`]). The main thread only
+//! prepares the data directory, starts the shards, and turns SIGINT/SIGTERM into a stop.
+
+pub mod connection;
+pub mod handler;
+pub mod router;
+pub mod shard;
+
+use crate::config::Config;
+use anyhow::{bail, Context};
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
+use shard::StartupReport;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Capacity of each shard-to-shard channel; a full channel makes senders wait.
+const MESH_CHANNEL_CAPACITY: usize = 1024;
+/// glommio registers this much I/O memory per executor when locked memory allows.
+const IO_MEMORY_BYTES: usize = 10 << 20;
+
+/// The data directory's identity: node id and the shard count its data was split by.
+struct NodeMeta {
+    node_id: u64,
+}
+
+/// Lock the data directory (one process per directory), create or check its identity.
+fn prepare_data_dir(config: &Config) -> anyhow::Result<(std::fs::File, NodeMeta)> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let lock_path = dir.join("LOCK");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "data directory {} is in use by another ringkv process (lock {})",
+            dir.display(),
+            lock_path.display()
+        );
+    }
+    let meta_path = dir.join("node.meta");
+    let meta = match std::fs::read_to_string(&meta_path) {
+        Ok(text) => parse_meta(&text, config, &meta_path)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let node_id = random_u64()?;
+            let text = format!("node_id = \"{node_id:016x}\"\nshards = {}\n", config.shards);
+            write_durably(dir, &meta_path, text.as_bytes())?;
+            NodeMeta { node_id }
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", meta_path.display())),
+    };
+    Ok((lock, meta))
+}
+
+fn parse_meta(text: &str, config: &Config, path: &Path) -> anyhow::Result<NodeMeta> {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        node_id: String,
+        shards: u32,
+    }
+    let raw: Raw =
+        toml::from_str(text).with_context(|| format!("{} is corrupt", path.display()))?;
+    let node_id = u64::from_str_radix(&raw.node_id, 16).with_context(|| {
+        format!(
+            "{} is corrupt: node_id {:?} is not hexadecimal",
+            path.display(),
+            raw.node_id
+        )
+    })?;
+    if raw.shards != config.shards {
+        bail!(
+            "data directory {} was created with {} shards but --shards is {}: resharding a node is not supported; \
+             start with --shards {} or use a new data directory",
+            config.data_dir.display(),
+            raw.shards,
+            config.shards,
+            raw.shards
+        );
+    }
+    Ok(NodeMeta { node_id })
+}
+
+fn random_u64() -> anyhow::Result<u64> {
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("cannot read /dev/urandom")?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+/// Write a small file atomically and durably: temp file, fsync, rename, directory fsync.
+fn write_durably(dir: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Fail loudly if another server already listens on a port we need. glommio binds with
+/// SO_REUSEPORT, so a second ringkv process would otherwise share the port silently.
+///
+/// The probe connects rather than binds: a bind would also trip over the TIME_WAIT
+/// sockets a killed predecessor leaves behind (they inherit SO_REUSEPORT without
+/// SO_REUSEADDR), which must not stop a restart. Ports held by sockets that are not
+/// ours (no SO_REUSEPORT) still make the shard's own bind fail with a clear message.
+///
+/// A listener can outlive its process for a moment: io_uring tears a killed process's
+/// rings down asynchronously, and its sockets keep accepting until then. So a port that
+/// accepts is re-checked for up to `PORT_PROBE_PATIENCE` before we give up.
+fn probe_ports(config: &Config) -> anyhow::Result<()> {
+    let mut addrs = vec![config.listen];
+    for s in 0..config.shards {
+        addrs.push(std::net::SocketAddr::new(
+            config.listen.ip(),
+            config.shard_port(s),
+        ));
+    }
+    for addr in addrs {
+        let mut target = addr;
+        if target.ip().is_unspecified() {
+            target.set_ip(match addr {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        const PORT_PROBE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + PORT_PROBE_PATIENCE;
+        let mut warned = false;
+        while std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_millis(500))
+            .is_ok()
+        {
+            if std::time::Instant::now() >= deadline {
+                bail!("cannot listen on {addr}: address in use by another server");
+            }
+            if !warned {
+                tracing::warn!(%addr, "port accepts connections; waiting up to 10s for its previous owner to go");
+                warned = true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
+/// Raise the locked-memory limit for glommio's registered I/O buffers, or shrink them.
+fn io_memory_per_shard(shards: u32) -> usize {
+    use rlimit::Resource;
+    let want = IO_MEMORY_BYTES as u64 * u64::from(shards) + (4 << 20);
+    if let Ok((soft, hard)) = Resource::MEMLOCK.get() {
+        if soft >= want {
+            return IO_MEMORY_BYTES;
+        }
+        let target = want.min(hard.max(want));
+        if Resource::MEMLOCK.set(target, hard.max(target)).is_ok() {
+            return IO_MEMORY_BYTES;
+        }
+        let per = soft.saturating_sub(1 << 20) / u64::from(shards);
+        tracing::warn!(
+            limit_bytes = soft,
+            "locked-memory limit is low (ulimit -l); using {} KiB of I/O memory per shard; raise it with \
+             `ulimit -l unlimited` or LimitMEMLOCK=infinity",
+            per / 1024
+        );
+        return (per as usize).max(512 << 10);
+    }
+    IO_MEMORY_BYTES
+}
+
+/// CPUs this process may run on (its affinity mask), for pinning shards.
+fn allowed_cpus() -> Vec<usize> {
+    match core_affinity::get_core_ids() {
+        Some(ids) if !ids.is_empty() => ids.into_iter().map(|c| c.id).collect(),
+        _ => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
+    }
+}
+
+/// Number of shards a node gets by default: the cores available to the process.
+pub fn default_shards() -> u32 {
+    allowed_cpus().len() as u32
+}
+
+/// Run a node until SIGINT/SIGTERM. Returns after every shard has drained and synced.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let (_lock, meta) = prepare_data_dir(&config)?;
+    probe_ports(&config)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())
+            .context("cannot install signal handler")?;
+    }
+    let cpus = allowed_cpus();
+    let io_memory = io_memory_per_shard(config.shards);
+    tracing::info!(
+        node_id = format_args!("{:016x}", meta.node_id),
+        shards = config.shards,
+        listen = %config.listen,
+        shard_port_base = config.shard_port_base,
+        data_dir = %config.data_dir.display(),
+        "starting ringkv"
+    );
+    let mesh = MeshBuilder::full(config.shards as usize, MESH_CHANNEL_CAPACITY);
+    let (report_tx, report_rx) = std::sync::mpsc::channel();
+    let mut handles = Vec::new();
+    for s in 0..config.shards {
+        let cpu = cpus[s as usize % cpus.len()];
+        let config = config.clone();
+        let mesh = mesh.clone();
+        let stop = stop.clone();
+        let report = report_tx.clone();
+        let node_id = meta.node_id;
+        let handle =
+            LocalExecutorBuilder::new(Placement::Fixed(cpu))
+                .name(&format!("shard-{s}"))
+                .io_memory(io_memory)
+                .spawn(move || async move {
+                    shard::run(Rc::new(config), node_id, mesh, stop, report).await
+                })
+                .map_err(|e| anyhow::anyhow!("cannot start shard executor {s}: {e}"))?;
+        handles.push(handle);
+    }
+    drop(report_tx);
+    let mut ready = 0;
+    let mut startup_error = None;
+    while ready < config.shards {
+        match report_rx.recv() {
+            Ok(StartupReport::Ready { .. }) => ready += 1,
+            Ok(StartupReport::Failed { message }) => {
+                startup_error = Some(message);
+                break;
+            }
+            Err(_) => {
+                startup_error = Some("a shard exited during startup".to_string());
+                break;
+            }
+        }
+    }
+    if startup_error.is_some() {
+        stop.store(true, std::sync::atomic::Ordering::Release);
+    } else {
+        tracing::info!(shards = config.shards, "ringkv ready");
+    }
+    let mut errors = Vec::new();
+    for handle in handles {
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => errors.push(message),
+            Err(e) => errors.push(format!("shard thread failed: {e}")),
+        }
+    }
+    if let Some(message) = startup_error {
+        bail!("{message}");
+    }
+    if !errors.is_empty() {
+        bail!("{}", errors.join("; "));
+    }
+    tracing::info!("ringkv stopped cleanly");
+    Ok(())
+}

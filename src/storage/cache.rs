@@ -282,7 +282,7 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             let (id, weight) = (x % 50, (x >> 8) % 3000 + 1);
-            if x % 3 == 0 {
+            if x.is_multiple_of(3) {
                 let _ = cache.get(id, 0);
             } else {
                 cache.insert(id, 0, value(weight as usize));

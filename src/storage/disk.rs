@@ -66,3 +66,31 @@ pub trait DiskFile {
     /// Close the file.
     async fn close(self) -> io::Result<()>;
 }
+
+/// A shared disk is a disk: lets the engine hand one `Rc<D>` to the commit log, the
+/// SSTables and the manifest.
+impl<T: Disk> Disk for std::rc::Rc<T> {
+    type File = T::File;
+
+    async fn create(&self, name: &str) -> io::Result<Self::File> {
+        (**self).create(name).await
+    }
+    async fn open(&self, name: &str) -> io::Result<Self::File> {
+        (**self).open(name).await
+    }
+    async fn remove(&self, name: &str) -> io::Result<()> {
+        (**self).remove(name).await
+    }
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        (**self).rename(from, to).await
+    }
+    async fn list(&self) -> io::Result<Vec<String>> {
+        (**self).list().await
+    }
+    async fn sync_dir(&self) -> io::Result<()> {
+        (**self).sync_dir().await
+    }
+    fn path_of(&self, name: &str) -> String {
+        (**self).path_of(name)
+    }
+}

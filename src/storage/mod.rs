@@ -3,8 +3,12 @@
 //! shard's executor; nothing here is shared between cores or touches a socket.
 
 pub mod cache;
+pub mod commitlog;
 pub mod compaction;
 pub mod disk;
+pub mod engine;
+pub mod glommio_disk;
 pub mod manifest;
+pub mod mem_disk;
 pub mod memtable;
 pub mod sstable;

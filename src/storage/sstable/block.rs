@@ -209,7 +209,7 @@ pub fn closed_len(out_len: usize, block_start: usize, entry_count: usize) -> usi
 /// offsets array, count and CRC, then pad to ALIGN. Returns the unpadded length.
 pub fn close_block(out: &mut Vec<u8>, block_start: usize, offsets: &[u32]) -> u32 {
     assert!(
-        block_start % ALIGN == 0,
+        block_start.is_multiple_of(ALIGN),
         "block start {block_start} unaligned"
     );
     assert!(!offsets.is_empty(), "closing an empty block");

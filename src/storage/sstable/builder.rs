@@ -19,7 +19,7 @@ use zerocopy::IntoBytes;
 
 /// Largest single write handed to the disk, to bound the bounce buffer of a DMA write.
 const WRITE_CHUNK_BYTES: usize = 1 << 20;
-const _: () = assert!(WRITE_CHUNK_BYTES % ALIGN == 0);
+const _: () = assert!(WRITE_CHUNK_BYTES.is_multiple_of(ALIGN));
 
 /// Builds one SSTable. Keys must be added in strictly increasing byte order.
 pub struct SstableBuilder {
@@ -141,7 +141,7 @@ impl SstableBuilder {
         });
         self.block_offsets.clear();
         self.block_start = self.file.len();
-        assert!(self.block_start % ALIGN == 0);
+        assert!(self.block_start.is_multiple_of(ALIGN));
     }
 
     /// Write the table as `name` on `disk` (which must not exist yet), fdatasync it and
@@ -172,7 +172,7 @@ impl SstableBuilder {
 
         let mut file = self.file;
         let index_offset = file.len();
-        assert!(index_offset % ALIGN == 0);
+        assert!(index_offset.is_multiple_of(ALIGN));
         encode_index(&self.index, &mut file);
         let bloom_offset = file.len();
         Bloom::build(&self.key_hashes).encode(&mut file);
@@ -187,7 +187,7 @@ impl SstableBuilder {
         );
         file.resize(align_up(stats_end + FOOTER_LEN) - FOOTER_LEN, 0);
         file.extend_from_slice(footer.as_bytes());
-        assert!(file.len() % ALIGN == 0);
+        assert!(file.len().is_multiple_of(ALIGN));
 
         let handle = disk.create(name).await.map_err(|source| {
             SstableError::new(

@@ -378,7 +378,7 @@ impl<D: Disk> SstableIterator<'_, D> {
             end_block += 1;
         }
         let len = (end_offset - first.offset) as usize;
-        assert!(len % ALIGN == 0 && len == align_up(len));
+        assert!(len.is_multiple_of(ALIGN) && len == align_up(len));
         let bytes = self
             .table
             .file

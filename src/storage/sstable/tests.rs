@@ -96,7 +96,7 @@ impl MemDisk {
 impl DiskFile for MemFile {
     async fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
         assert!(
-            offset % ALIGN as u64 == 0 && buf.len() % ALIGN == 0,
+            offset.is_multiple_of(ALIGN as u64) && buf.len().is_multiple_of(ALIGN),
             "unaligned write"
         );
         let mut files = self.files.borrow_mut();
@@ -111,7 +111,7 @@ impl DiskFile for MemFile {
         Ok(())
     }
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        assert!(offset % ALIGN as u64 == 0, "unaligned read");
+        assert!(offset.is_multiple_of(ALIGN as u64), "unaligned read");
         self.reads.set(self.reads.get() + 1);
         let files = self.files.borrow();
         let file = files.get(&self.name).ok_or_else(|| not_found(&self.name))?;
@@ -509,7 +509,7 @@ mod on_glommio {
 
     impl DiskFile for DmaDiskFile {
         async fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-            assert!(offset % ALIGN as u64 == 0 && buf.len() % ALIGN == 0);
+            assert!(offset.is_multiple_of(ALIGN as u64) && buf.len().is_multiple_of(ALIGN));
             let mut dma = self.file.alloc_dma_buffer(buf.len());
             dma.as_bytes_mut().copy_from_slice(buf);
             let written = self.file.write_at(dma, offset).await?;

@@ -1,1 +1,0 @@
-//! Peer and client authentication (DESIGN.md §6): handshake state machine.

@@ -1,0 +1,178 @@
+//! Async client on glommio, for the load generator: one [`AsyncConnection`] carries
+//! many requests in flight; a reader task matches responses to waiters by request id.
+//! Single-threaded (`Rc`): use one connection per executor.
+
+use super::ClientError;
+use crate::protocol::codec::{decode_response, Encoder};
+use crate::protocol::frame::next_frame;
+use crate::protocol::types::{Op, Reply, Request};
+use ahash::AHashMap;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::TcpStream;
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+const MAX_RESPONSE_FRAME_BYTES: usize = 64 << 20;
+
+type Waiters = RefCell<AHashMap<u64, LocalSender<Result<Reply, ClientError>>>>;
+
+struct Shared {
+    peer: SocketAddr,
+    waiters: Waiters,
+    /// Set once the connection has failed; every later call fails at once.
+    broken: Cell<bool>,
+    /// Encoded requests waiting for the writer task.
+    out: RefCell<Vec<u8>>,
+    wake_writer: LocalSender<()>,
+    encoder: RefCell<Encoder>,
+}
+
+impl Shared {
+    fn fail_all(&self, why: &str) {
+        self.broken.set(true);
+        for (_, tx) in self.waiters.borrow_mut().drain() {
+            let _ = tx.try_send(Err(ClientError::io(
+                format!("connection to {}", self.peer),
+                std::io::Error::new(std::io::ErrorKind::ConnectionAborted, why.to_string()),
+            )));
+        }
+    }
+}
+
+/// A pipelined connection to one shard port.
+pub struct AsyncConnection {
+    shared: Rc<Shared>,
+    next_id: Cell<u64>,
+    _reader: glommio::task::JoinHandle<()>,
+    _writer: glommio::task::JoinHandle<()>,
+}
+
+impl AsyncConnection {
+    pub async fn connect(addr: SocketAddr) -> Result<Self, ClientError> {
+        let stream = TcpStream::connect(addr).await.map_err(|e| {
+            ClientError::io(
+                format!("cannot connect to {addr}"),
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        let _ = stream.set_nodelay(true);
+        let (mut reader, mut writer) = futures_lite::io::split(stream);
+        let (wake_tx, wake_rx) = local_channel::new_bounded::<()>(1);
+        let shared = Rc::new(Shared {
+            peer: addr,
+            waiters: RefCell::new(AHashMap::new()),
+            broken: Cell::new(false),
+            out: RefCell::new(Vec::new()),
+            wake_writer: wake_tx,
+            encoder: RefCell::new(Encoder::new()),
+        });
+        let w = shared.clone();
+        let writer_task = glommio::spawn_local(async move {
+            let mut spare = Vec::new();
+            loop {
+                std::mem::swap(&mut *w.out.borrow_mut(), &mut spare);
+                if spare.is_empty() {
+                    if wake_rx.recv().await.is_none() {
+                        return;
+                    }
+                    continue;
+                }
+                if let Err(e) = writer.write_all(&spare).await {
+                    w.fail_all(&e.to_string());
+                    return;
+                }
+                let _ = writer.flush().await;
+                spare.clear();
+            }
+        })
+        .detach();
+        let r = shared.clone();
+        let reader_task = glommio::spawn_local(async move {
+            let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+            loop {
+                let mut consumed = 0;
+                loop {
+                    match next_frame(&buf[consumed..], MAX_RESPONSE_FRAME_BYTES) {
+                        Ok(Some(bounds)) => {
+                            let body =
+                                &buf[consumed + bounds.body.start..consumed + bounds.body.end];
+                            consumed += bounds.total_len;
+                            match decode_response(body) {
+                                Ok(response) => {
+                                    let waiter =
+                                        r.waiters.borrow_mut().remove(&response.request_id);
+                                    if let Some(tx) = waiter {
+                                        let _ = tx.try_send(Ok(response.body));
+                                    }
+                                }
+                                Err(e) => {
+                                    r.fail_all(&format!("undecodable response: {e}"));
+                                    return;
+                                }
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            r.fail_all(&e.to_string());
+                            return;
+                        }
+                    }
+                }
+                buf.drain(..consumed);
+                let filled = buf.len();
+                buf.resize(filled + 64 * 1024, 0);
+                match reader.read(&mut buf[filled..]).await {
+                    Ok(n) if n > 0 => buf.truncate(filled + n),
+                    Ok(_) => {
+                        r.fail_all("closed by server");
+                        return;
+                    }
+                    Err(e) => {
+                        r.fail_all(&e.to_string());
+                        return;
+                    }
+                }
+            }
+        })
+        .detach();
+        Ok(AsyncConnection {
+            shared,
+            next_id: Cell::new(1),
+            _reader: reader_task,
+            _writer: writer_task,
+        })
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.shared.peer
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.shared.broken.get()
+    }
+
+    /// Send `op` and wait for its reply; many calls may be in flight at once.
+    pub async fn call(&self, op: Op) -> Result<Reply, ClientError> {
+        if self.shared.broken.get() {
+            return Err(ClientError::io(
+                format!("connection to {}", self.shared.peer),
+                std::io::Error::new(std::io::ErrorKind::NotConnected, "connection is broken"),
+            ));
+        }
+        let request_id = self.next_id.get();
+        self.next_id.set(request_id + 1);
+        let (tx, rx) = local_channel::new_bounded(1);
+        self.shared.waiters.borrow_mut().insert(request_id, tx);
+        self.shared.encoder.borrow_mut().encode_request(
+            &Request { request_id, op },
+            &mut self.shared.out.borrow_mut(),
+        );
+        let _ = self.shared.wake_writer.try_send(());
+        match rx.recv().await {
+            Some(result) => result,
+            None => Err(ClientError::Protocol("reply channel closed".into())),
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! Blocking client over std sockets: for the CLI and tests. One [`Connection`] is a
+//! pipelined frame stream; [`Client`] routes each keyed request to its shard's port.
+
+use super::{route, shard_address, ClientError, GetResult};
+use crate::protocol::codec::{decode_response, Encoder};
+use crate::protocol::frame::next_frame;
+use crate::protocol::types::{Consistency, ErrorReply, Op, Reply, Request, Response, Topology};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Largest response frame a client accepts (value limit + slack).
+const MAX_RESPONSE_FRAME_BYTES: usize = 64 << 20;
+
+/// One TCP connection speaking frames; many requests may be in flight.
+pub struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    encoder: Encoder,
+    out: Vec<u8>,
+    buf: Vec<u8>,
+    next_id: u64,
+}
+
+impl Connection {
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self, ClientError> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|e| ClientError::io(format!("cannot connect to {addr}"), e))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| ClientError::io("set_nodelay", e))?;
+        stream
+            .set_read_timeout(Some(timeout.max(Duration::from_secs(1)) * 10))
+            .map_err(|e| ClientError::io("set_read_timeout", e))?;
+        Ok(Connection {
+            stream,
+            peer: addr,
+            encoder: Encoder::new(),
+            out: Vec::new(),
+            buf: Vec::new(),
+            next_id: 1,
+        })
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Queue a request (not yet sent); returns its id.
+    pub fn queue(&mut self, op: Op) -> u64 {
+        let request_id = self.next_id;
+        self.next_id += 1;
+        self.encoder
+            .encode_request(&Request { request_id, op }, &mut self.out);
+        request_id
+    }
+
+    /// Send everything queued.
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        let peer = self.peer;
+        self.stream
+            .write_all(&self.out)
+            .map_err(|e| ClientError::io(format!("send to {peer}"), e))?;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Read the next response (in whatever order the server answers).
+    pub fn receive(&mut self) -> Result<Response, ClientError> {
+        loop {
+            if let Some(bounds) = next_frame(&self.buf, MAX_RESPONSE_FRAME_BYTES)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+            {
+                let response = decode_response(&self.buf[bounds.body.clone()])
+                    .map_err(|e| ClientError::Protocol(e.to_string()));
+                self.buf.drain(..bounds.total_len);
+                return response;
+            }
+            let filled = self.buf.len();
+            self.buf.resize(filled + 64 * 1024, 0);
+            let n = self.stream.read(&mut self.buf[filled..]);
+            let peer = self.peer;
+            match n {
+                Ok(0) => {
+                    self.buf.truncate(filled);
+                    return Err(ClientError::io(
+                        format!("connection to {peer}"),
+                        std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed by server"),
+                    ));
+                }
+                Ok(n) => self.buf.truncate(filled + n),
+                Err(e) => {
+                    self.buf.truncate(filled);
+                    return Err(ClientError::io(format!("receive from {peer}"), e));
+                }
+            }
+        }
+    }
+
+    /// Send one request and wait for its reply.
+    pub fn call(&mut self, op: Op) -> Result<Reply, ClientError> {
+        let id = self.queue(op);
+        self.flush()?;
+        loop {
+            let response = self.receive()?;
+            if response.request_id == id {
+                return Ok(response.body);
+            }
+        }
+    }
+
+    /// Send all `ops` pipelined, then collect the replies in request order.
+    pub fn pipeline(&mut self, ops: Vec<Op>) -> Result<Vec<Reply>, ClientError> {
+        let ids: Vec<u64> = ops.into_iter().map(|op| self.queue(op)).collect();
+        self.flush()?;
+        let mut replies: HashMap<u64, Reply> = HashMap::with_capacity(ids.len());
+        while replies.len() < ids.len() {
+            let response = self.receive()?;
+            replies.insert(response.request_id, response.body);
+        }
+        ids.iter()
+            .map(|id| {
+                replies
+                    .remove(id)
+                    .ok_or_else(|| ClientError::Protocol(format!("no reply for request {id}")))
+            })
+            .collect()
+    }
+}
+
+/// A shard-aware client of one cluster, reached through a seed address.
+pub struct Client {
+    seed: SocketAddr,
+    timeout: Duration,
+    topology: Option<Topology>,
+    connections: HashMap<SocketAddr, Connection>,
+}
+
+impl Client {
+    /// Connect to `host` (HOST:PORT) and learn the topology.
+    pub fn connect(host: &str) -> Result<Self, ClientError> {
+        Self::connect_with_timeout(host, Duration::from_secs(5))
+    }
+
+    pub fn connect_with_timeout(host: &str, timeout: Duration) -> Result<Self, ClientError> {
+        let seed = host
+            .to_socket_addrs()
+            .map_err(|e| ClientError::Usage(format!("invalid address {host:?}: {e}")))?
+            .next()
+            .ok_or_else(|| ClientError::Usage(format!("address {host:?} resolves to nothing")))?;
+        let mut client = Client {
+            seed,
+            timeout,
+            topology: None,
+            connections: HashMap::new(),
+        };
+        client.refresh_topology()?;
+        Ok(client)
+    }
+
+    fn connection(&mut self, addr: SocketAddr) -> Result<&mut Connection, ClientError> {
+        if !self.connections.contains_key(&addr) {
+            let conn = Connection::connect(addr, self.timeout)?;
+            self.connections.insert(addr, conn);
+        }
+        self.connections
+            .get_mut(&addr)
+            .ok_or_else(|| ClientError::Protocol("connection vanished".into()))
+    }
+
+    /// Ask the seed node for the current topology.
+    pub fn refresh_topology(&mut self) -> Result<&Topology, ClientError> {
+        let seed = self.seed;
+        match self.connection(seed)?.call(Op::Topology)? {
+            Reply::Topology(t) => {
+                self.topology = Some(t);
+                self.topology
+                    .as_ref()
+                    .ok_or_else(|| ClientError::Protocol("no topology".into()))
+            }
+            Reply::Error(e) => Err(ClientError::Server(e)),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected reply to Topology: {other:?}"
+            ))),
+        }
+    }
+
+    pub fn topology(&self) -> Option<&Topology> {
+        self.topology.as_ref()
+    }
+
+    /// The address a request for `key` goes to (owning shard of a replica, else seed).
+    pub fn address_for(&self, key: &[u8]) -> SocketAddr {
+        self.topology
+            .as_ref()
+            .and_then(|t| route(t, key))
+            .and_then(|node| shard_address(node, key))
+            .unwrap_or(self.seed)
+    }
+
+    /// Send one keyed request to the owning shard. On a connection error, the cached
+    /// connection is dropped so the next call reconnects.
+    pub fn call_keyed(&mut self, key: &[u8], op: Op) -> Result<Reply, ClientError> {
+        let addr = self.address_for(key);
+        let result = self.connection(addr).and_then(|c| c.call(op));
+        if matches!(result, Err(ClientError::Io { .. })) {
+            self.connections.remove(&addr);
+        }
+        result
+    }
+
+    pub fn get(
+        &mut self,
+        key: &[u8],
+        consistency: Option<Consistency>,
+    ) -> Result<GetResult, ClientError> {
+        match self.call_keyed(
+            key,
+            Op::Get {
+                key: key.to_vec(),
+                consistency,
+            },
+        )? {
+            Reply::Value { values, context } => Ok(GetResult { values, context }),
+            Reply::Error(e) => Err(ClientError::Server(e)),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected reply to Get: {other:?}"
+            ))),
+        }
+    }
+
+    pub fn put(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        consistency: Option<Consistency>,
+        context: Option<Vec<u8>>,
+    ) -> Result<(), ClientError> {
+        let op = Op::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            consistency,
+            context,
+        };
+        expect_done(self.call_keyed(key, op)?)
+    }
+
+    pub fn delete(
+        &mut self,
+        key: &[u8],
+        consistency: Option<Consistency>,
+        context: Option<Vec<u8>>,
+    ) -> Result<(), ClientError> {
+        expect_done(self.call_keyed(
+            key,
+            Op::Delete {
+                key: key.to_vec(),
+                consistency,
+                context,
+            },
+        )?)
+    }
+
+    pub fn ping(&mut self) -> Result<(), ClientError> {
+        let seed = self.seed;
+        match self.connection(seed)?.call(Op::Ping)? {
+            Reply::Pong => Ok(()),
+            Reply::Error(e) => Err(ClientError::Server(e)),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected reply to Ping: {other:?}"
+            ))),
+        }
+    }
+}
+
+fn expect_done(reply: Reply) -> Result<(), ClientError> {
+    match reply {
+        Reply::Done => Ok(()),
+        Reply::Error(e) => Err(ClientError::Server(e)),
+        other => Err(ClientError::Protocol(format!(
+            "unexpected reply: {other:?}"
+        ))),
+    }
+}
+
+/// Is this error one the caller may retry later (unavailable, timeout, overloaded, I/O)?
+pub fn is_operational(err: &ClientError) -> bool {
+    matches!(
+        err,
+        ClientError::Io { .. }
+            | ClientError::Server(
+                ErrorReply::Unavailable { .. }
+                    | ErrorReply::Timeout { .. }
+                    | ErrorReply::Overloaded
+            )
+    )
+}

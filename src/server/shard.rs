@@ -1,0 +1,251 @@
+//! One shard: a glommio executor pinned to a core that owns an engine, its listeners
+//! and its connections. Everything here lives on the shard's thread (`Rc`, `Cell`);
+//! shards talk to each other only through the channel mesh ([`super::router`]).
+
+use super::connection::{self, ConnectionKind};
+use super::router::{self, MeshMsg};
+use crate::config::{CommitlogSync, Config};
+use crate::conflict::HlcClock;
+pub use crate::event::Event;
+use crate::protocol::codec::{Encoder, Limits};
+use crate::storage::engine::{Engine, EngineOptions};
+use crate::storage::glommio_disk::GlommioDisk;
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use glommio::net::TcpListener;
+use glommio::{Latency, Shares, TaskQueueHandle};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Counters of one shard (exported by `status` and metrics).
+#[derive(Default)]
+pub struct ShardMetrics {
+    pub requests: Cell<u64>,
+    pub bad_requests: Cell<u64>,
+    pub overloaded: Cell<u64>,
+    pub refused_peer_ops: Cell<u64>,
+    pub forwarded: Cell<u64>,
+}
+
+pub struct Shard {
+    pub id: u32,
+    pub shard_count: u32,
+    pub node_id: u64,
+    pub config: Rc<Config>,
+    pub limits: Limits,
+    pub encoder: RefCell<Encoder>,
+    pub engine: Engine<GlommioDisk>,
+    pub hlc: RefCell<HlcClock>,
+    pub mesh: router::Mesh,
+    /// Requests admitted and not yet answered, over all connections of this shard.
+    pub inflight: Cell<u32>,
+    pub metrics: ShardMetrics,
+    /// Set when the node is stopping: stop accepting and reading.
+    pub stopping: Event,
+    /// Set when `stopping` and no request is in flight.
+    pub drained: Event,
+    pub foreground_queue: TaskQueueHandle,
+    pub background_queue: TaskQueueHandle,
+}
+
+impl Shard {
+    pub fn on_request_done(&self) {
+        self.metrics.requests.set(self.metrics.requests.get() + 1);
+        if self.stopping.is_set() && self.inflight.get() == 0 {
+            self.drained.set();
+        }
+    }
+}
+
+/// What a shard thread tells the main thread at startup.
+pub enum StartupReport {
+    Ready {
+        shard: u32,
+        client_port: u16,
+        shard_port: u16,
+    },
+    Failed {
+        message: String,
+    },
+}
+
+/// Body of a shard thread: open the engine, bind, serve until `stop` is raised, drain,
+/// sync. Returns an error message if startup or shutdown failed.
+pub async fn run(
+    config: Rc<Config>,
+    node_id: u64,
+    mesh_builder: MeshBuilder<MeshMsg, Full>,
+    stop: Arc<AtomicBool>,
+    report: std::sync::mpsc::Sender<StartupReport>,
+) -> Result<(), String> {
+    let (senders, receivers) = mesh_builder
+        .join()
+        .await
+        .map_err(|e| format!("cannot join the shard channel mesh: {e}"))?;
+    let id = senders.peer_id() as u32;
+    let shard_count = config.shards;
+    let fail = |message: String| {
+        let _ = report.send(StartupReport::Failed {
+            message: message.clone(),
+        });
+        message
+    };
+
+    let executor = glommio::executor();
+    let foreground_queue =
+        executor.create_task_queue(Shares::Static(1000), Latency::NotImportant, "foreground");
+    let background_queue =
+        executor.create_task_queue(Shares::Static(100), Latency::NotImportant, "background");
+
+    let dir = config.data_dir.join(format!("shard-{id}"));
+    let disk = GlommioDisk::open(&dir).await.map_err(|e| {
+        fail(format!(
+            "shard {id}: cannot open data directory {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let options = EngineOptions::from_config(&config);
+    let (engine, recovered) = Engine::open(disk, options).await.map_err(|e| {
+        fail(format!(
+            "shard {id}: cannot open storage engine in {}: {e}",
+            dir.display()
+        ))
+    })?;
+    tracing::info!(
+        shard = id,
+        dir = %dir.display(),
+        recovered_records = recovered.records_replayed,
+        sstables = recovered.sstables,
+        torn_tail = recovered.torn_tail.as_deref().unwrap_or("none"),
+        "storage engine open"
+    );
+
+    let client_listener = TcpListener::bind(config.listen).map_err(|e| {
+        fail(format!(
+            "shard {id}: cannot listen on {}: {e}",
+            config.listen
+        ))
+    })?;
+    let shard_addr = std::net::SocketAddr::new(config.listen.ip(), config.shard_port(id));
+    let shard_listener = TcpListener::bind(shard_addr)
+        .map_err(|e| fail(format!("shard {id}: cannot listen on {shard_addr}: {e}")))?;
+
+    let limits = Limits {
+        max_key_bytes: config.max_key_size_bytes as usize,
+        max_value_bytes: config.max_value_size_bytes as usize,
+        max_frame_bytes: (config.max_value_size_bytes + config.max_key_size_bytes + (1 << 20))
+            as usize,
+    };
+    let shard = Rc::new(Shard {
+        id,
+        shard_count,
+        node_id,
+        config: config.clone(),
+        limits,
+        encoder: RefCell::new(Encoder::new()),
+        engine,
+        hlc: RefCell::new(HlcClock::new()),
+        mesh: router::Mesh::new(senders),
+        inflight: Cell::new(0),
+        metrics: ShardMetrics::default(),
+        stopping: Event::default(),
+        drained: Event::default(),
+        foreground_queue,
+        background_queue,
+    });
+
+    router::spawn_receivers(&shard, receivers);
+    let mut tasks = Vec::new();
+    for listener in [client_listener, shard_listener] {
+        tasks.push(
+            glommio::spawn_local_into(accept_loop(shard.clone(), listener), foreground_queue)
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let maintenance = shard.clone();
+    glommio::spawn_local_into(
+        async move {
+            maintenance
+                .engine
+                .run_maintenance(&maintenance.stopping)
+                .await
+        },
+        background_queue,
+    )
+    .map_err(|e| e.to_string())?
+    .detach();
+    if config.commitlog_sync == CommitlogSync::Periodic {
+        let syncer = shard.clone();
+        let period = Duration::from_millis(config.commitlog_sync_period_ms);
+        glommio::spawn_local_into(
+            async move {
+                while !syncer.stopping.is_set() {
+                    glommio::timer::sleep(period).await;
+                    if let Err(e) = syncer.engine.sync().await {
+                        tracing::error!(shard = syncer.id, error = %e, "periodic commit log sync failed");
+                    }
+                }
+            },
+            background_queue,
+        )
+        .map_err(|e| e.to_string())?
+        .detach();
+    }
+    tracing::info!(shard = id, client = %config.listen, shard_port = config.shard_port(id), "shard serving");
+    let _ = report.send(StartupReport::Ready {
+        shard: id,
+        client_port: config.listen.port(),
+        shard_port: config.shard_port(id),
+    });
+
+    // The main thread raises `stop` on SIGINT/SIGTERM; poll it at a coarse interval.
+    while !stop.load(Ordering::Acquire) {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    shard.stopping.set();
+    if shard.inflight.get() == 0 {
+        shard.drained.set();
+    }
+    for task in tasks {
+        task.await;
+    }
+    shard.drained.wait().await;
+    shard
+        .engine
+        .shutdown()
+        .await
+        .map_err(|e| format!("shard {id}: shutdown failed: {e}"))?;
+    tracing::info!(shard = id, "shard stopped");
+    Ok(())
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shard.stopping.wait().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => return,
+            Some(Ok(stream)) => {
+                let conn_shard = shard.clone();
+                match glommio::spawn_local_into(
+                    connection::serve(conn_shard, stream, ConnectionKind::Client),
+                    shard.foreground_queue,
+                ) {
+                    Ok(task) => {
+                        task.detach();
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot spawn connection task"),
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(shard = shard.id, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,1192 @@
+//! The per-shard commit log (DESIGN.md §5): durable, ordered, checksummed records in
+//! direct-I/O segment files, with group commit and crash recovery.
+//!
+//! It owns the segment files `commitlog-<generation:020>.log` of its [`Disk`] (other
+//! files in the directory are ignored) and the durability of every append: in
+//! [`SyncMode::Batch`] an append returns only after a write and an fdatasync covering it.
+//! It never interprets payloads, never retries a failed write or fdatasync (a failure
+//! puts the log into a failed state until the process restarts, the "fsyncgate"
+//! lesson), and never silently skips a corrupt record that is not at the tail.
+//!
+//! Group commit needs no background task, so it works on any executor: an append
+//! copies its payload into the open in-memory batch; if no flush is in flight it becomes
+//! the *leader*, takes every buffered batch, writes and fdatasyncs them, then wakes the
+//! others. Appends that arrive while a flush is in flight queue up; when it completes,
+//! one of them becomes the next leader and writes the whole queue with one fdatasync.
+//!
+//! [`SyncMode::Periodic`]: an append returns once buffered in memory; the shard driver
+//! calls [`CommitLog::sync`] every `period_ms` and at shutdown. Up to `period_ms` of
+//! acknowledged appends are lost on power loss *and on a process crash*: the buffer is
+//! in our memory, and direct I/O bypasses the page cache, so nothing else holds them.
+//!
+//! Recovery (`open`) replays every segment in generation order, applies the named
+//! [`RecoveryPolicy`], repairs a torn tail so that later recoveries see a clean segment,
+//! and always starts a fresh segment: a recovered segment is never appended to, so bytes
+//! of a torn batch can never be mistaken for a later valid batch.
+
+mod format;
+
+pub use format::{
+    parse_segment_file_name, segment_file_name, SegmentLayout, FORMAT_VERSION, MAX_RECORD_BYTES,
+    MAX_SEGMENT_BYTES, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
+};
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, VecDeque};
+use std::future::Future;
+use std::io;
+use std::ops::Range;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use format::{
+    batch_disk_bytes, check_segment_header, encode_segment_header, record_frame_bytes,
+    repaired_batch, scan_segment, BatchBuilder, HeaderProblem, BATCH_HEADER_BYTES,
+};
+
+use crate::storage::disk::{Disk, DiskFile, ALIGN};
+
+/// Identifies a segment; equal to its generation, which only grows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SegmentId(pub u64);
+
+impl SegmentId {
+    fn next(self) -> SegmentId {
+        SegmentId(self.0 + 1)
+    }
+}
+
+/// When appends become durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncMode {
+    /// An append returns after an fdatasync covering it (group commit). The default.
+    Batch,
+    /// An append returns once buffered; [`CommitLog::sync`] is called every `period_ms`.
+    Periodic { period_ms: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommitLogConfig {
+    /// Segment file size limit; a multiple of 4096 between 8 KiB and 1 GiB. A record too
+    /// large for an empty segment gets a segment of its own, larger than this.
+    pub segment_size_bytes: u64,
+    pub sync: SyncMode,
+}
+
+impl Default for CommitLogConfig {
+    fn default() -> Self {
+        Self {
+            segment_size_bytes: 32 << 20,
+            sync: SyncMode::Batch,
+        }
+    }
+}
+
+impl CommitLogConfig {
+    fn validate(&self) -> Result<(), CommitLogError> {
+        let size = self.segment_size_bytes;
+        if !size.is_multiple_of(ALIGN as u64) || size < 2 * ALIGN as u64 || size > MAX_SEGMENT_BYTES
+        {
+            return Err(CommitLogError::InvalidConfig(format!(
+                "segment_size_bytes {size} must be a multiple of {ALIGN} in [{}, {MAX_SEGMENT_BYTES}]",
+                2 * ALIGN
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What recovery does with damage it finds (DESIGN.md §5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RecoveryPolicy {
+    /// Damage at the tail of the newest segment (nothing valid after it: a write torn by
+    /// power loss, never acknowledged in batch mode) is discarded, repaired on disk and
+    /// reported in [`Recovery::torn_tail`]. Damage anywhere else is
+    /// [`CommitLogError::Corrupt`], naming file and offset.
+    #[default]
+    TolerateCorruptTail,
+    /// Any damage, even at the tail, is an error (for inspection tools).
+    Strict,
+}
+
+/// The discarded tail reported by recovery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    pub file: String,
+    /// Offset of the first byte that was not part of a whole valid record.
+    pub offset: u64,
+    /// Bytes of the file from `offset` to its end that were discarded.
+    pub bytes_dropped: u64,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoveredSegment {
+    pub id: SegmentId,
+    pub file: String,
+    pub records: u64,
+    pub bytes: u64,
+}
+
+/// What [`CommitLog::open`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Payloads in append order (empty when recovered through [`CommitLog::open_with`]).
+    pub records: Vec<Vec<u8>>,
+    /// Replayed segments, oldest first, with their record counts.
+    pub segments: Vec<RecoveredSegment>,
+    pub torn_tail: Option<TornTail>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommitLogError {
+    #[error("commit log I/O error ({op}) on {file}: {source}")]
+    Io {
+        file: String,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("commit log corrupt: {file} at offset {offset}: {reason}")]
+    Corrupt {
+        file: String,
+        offset: u64,
+        reason: String,
+    },
+    #[error("commit log segment {file} refused: {reason}")]
+    BadSegment { file: String, reason: String },
+    #[error("commit log failed after an earlier error ({cause}); restart the process")]
+    Failed { cause: String },
+    #[error("record of {len_bytes} bytes exceeds the limit of {max_bytes} bytes")]
+    RecordTooLarge { len_bytes: usize, max_bytes: usize },
+    #[error("invalid commit log config: {0}")]
+    InvalidConfig(String),
+}
+
+/// Counters for metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitLogStats {
+    pub appends: u64,
+    pub batches_written: u64,
+    pub bytes_written: u64,
+    /// fdatasyncs of segment data (header syncs of new segments not included).
+    pub syncs: u64,
+    pub segments_created: u64,
+}
+
+/// In periodic mode an append waits for a flush once this much is buffered, so memory
+/// stays bounded between syncs.
+const PERIODIC_BUFFER_BYTES_MAX: usize = 4 << 20;
+const READ_CHUNK_BYTES: usize = 1 << 20;
+const NEW_BUFFER_BYTES: usize = 64 << 10;
+const SPARE_BUFFERS_MAX: usize = 4;
+const SPARE_BUFFER_BYTES_MAX: usize = 8 << 20;
+
+const _: () = assert!(READ_CHUNK_BYTES.is_multiple_of(ALIGN));
+
+fn io_error(file: &str, op: &'static str, source: io::Error) -> CommitLogError {
+    CommitLogError::Io {
+        file: file.to_string(),
+        op,
+        source,
+    }
+}
+
+/// The first failure, kept to answer every later append.
+struct Failure {
+    /// Batch tickets the failing flush covered: their appends get the I/O error itself.
+    covered: Range<u64>,
+    file: String,
+    op: &'static str,
+    kind: io::ErrorKind,
+    raw_os_error: Option<i32>,
+    message: String,
+}
+
+impl Failure {
+    fn from_error(err: &CommitLogError, covered: Range<u64>) -> Self {
+        let (file, op, kind, raw_os_error) = match err {
+            CommitLogError::Io { file, op, source } => {
+                (file.clone(), *op, source.kind(), source.raw_os_error())
+            }
+            _ => (String::new(), "flush", io::ErrorKind::Other, None),
+        };
+        Self {
+            covered,
+            file,
+            op,
+            kind,
+            raw_os_error,
+            message: err.to_string(),
+        }
+    }
+
+    fn error_for(&self, ticket: Option<u64>) -> CommitLogError {
+        match ticket {
+            Some(t) if self.covered.contains(&t) => {
+                let source = match self.raw_os_error {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(self.kind, self.message.clone()),
+                };
+                io_error(&self.file, self.op, source)
+            }
+            _ => CommitLogError::Failed {
+                cause: self.message.clone(),
+            },
+        }
+    }
+}
+
+/// A batch being filled by appends; its place on disk is already decided.
+struct OpenBatch {
+    ticket: u64,
+    segment: SegmentId,
+    start: u64,
+    builder: BatchBuilder,
+}
+
+/// A batch ready to write: whole blocks destined for `segment` at `start`.
+struct SealedBatch {
+    ticket: u64,
+    segment: SegmentId,
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+/// Everything appends touch. Never borrowed across an await.
+struct State {
+    failed: Option<Failure>,
+    /// Where the next new batch goes: segment, offset and batch sequence. Appends decide
+    /// their segment at once (even in periodic mode) so `append` can return it.
+    layout_segment: SegmentId,
+    layout_pos: u64,
+    layout_sequence: u64,
+    open: Option<OpenBatch>,
+    sealed: VecDeque<SealedBatch>,
+    /// Batches get consecutive tickets; every ticket below `synced_below` is durable.
+    next_ticket: u64,
+    synced_below: u64,
+    flushing: bool,
+    /// Bumped at the end of every flush; waiters sleep until it changes.
+    epoch: u64,
+    wakers: Vec<Waker>,
+    buffered_bytes: usize,
+    live_segments: BTreeSet<SegmentId>,
+    spare_buffers: Vec<Vec<u8>>,
+    stats: CommitLogStats,
+}
+
+impl State {
+    fn seal_open(&mut self) {
+        if let Some(open) = self.open.take() {
+            assert_eq!(
+                open.start, self.layout_pos,
+                "the open batch sits at the layout cursor"
+            );
+            let bytes = open.builder.finish();
+            self.layout_pos = open.start + bytes.len() as u64;
+            self.sealed.push_back(SealedBatch {
+                ticket: open.ticket,
+                segment: open.segment,
+                start: open.start,
+                bytes,
+            });
+        }
+    }
+
+    /// Copy `payload` into the open batch (opening one if needed) and return the batch
+    /// ticket and segment it will be written to.
+    fn buffer(&mut self, payload: &[u8], segment_size_bytes: u64) -> (u64, SegmentId) {
+        let frame = record_frame_bytes(payload.len());
+        self.stats.appends += 1;
+        self.buffered_bytes += frame;
+        if let Some(open) = &mut self.open {
+            let end = open.start + batch_disk_bytes(open.builder.records_len() + frame) as u64;
+            if end <= segment_size_bytes {
+                open.builder.push(payload);
+                return (open.ticket, open.segment);
+            }
+        }
+        self.seal_open();
+        let need = batch_disk_bytes(frame) as u64;
+        if self.layout_pos + need > segment_size_bytes && self.layout_pos > SEGMENT_HEADER_BYTES {
+            self.move_layout_to_next_segment();
+        }
+        let buf = self
+            .spare_buffers
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(NEW_BUFFER_BYTES));
+        let mut builder = BatchBuilder::new(self.layout_segment.0, self.layout_sequence, buf);
+        builder.push(payload);
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.layout_sequence += 1;
+        self.buffered_bytes += BATCH_HEADER_BYTES;
+        self.open = Some(OpenBatch {
+            ticket,
+            segment: self.layout_segment,
+            start: self.layout_pos,
+            builder,
+        });
+        (ticket, self.layout_segment)
+    }
+
+    fn move_layout_to_next_segment(&mut self) {
+        assert!(self.open.is_none(), "seal before moving on");
+        self.layout_segment = self.layout_segment.next();
+        self.layout_pos = SEGMENT_HEADER_BYTES;
+        self.layout_sequence = 0;
+    }
+
+    /// Seal and take every buffered batch (the leader's share).
+    fn take_all(&mut self) -> Vec<SealedBatch> {
+        self.seal_open();
+        self.buffered_bytes = 0;
+        let batches: Vec<SealedBatch> = self.sealed.drain(..).collect();
+        for (i, b) in batches.iter().enumerate() {
+            assert_eq!(
+                b.ticket,
+                self.synced_below + i as u64,
+                "tickets are contiguous"
+            );
+        }
+        batches
+    }
+
+    fn wake_all(&mut self) -> Vec<Waker> {
+        self.epoch += 1;
+        std::mem::take(&mut self.wakers)
+    }
+}
+
+/// The segment the flush leader writes to. Touched only by the leader.
+struct Active<F> {
+    id: SegmentId,
+    name: String,
+    file: Rc<F>,
+    write_pos: u64,
+    dirty: bool,
+}
+
+struct Inner<D: Disk> {
+    disk: D,
+    cfg: CommitLogConfig,
+    state: RefCell<State>,
+    active: RefCell<Active<D::File>>,
+}
+
+/// The per-shard commit log; see the module documentation. Cheap to clone (an `Rc`).
+/// The on-disk layout is documented on [`SegmentLayout`].
+pub struct CommitLog<D: Disk> {
+    inner: Rc<Inner<D>>,
+}
+
+impl<D: Disk> Clone for CommitLog<D> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Rc::clone(&self.inner),
+        }
+    }
+}
+
+impl<D: Disk> std::fmt::Debug for CommitLog<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.inner.state.borrow();
+        f.debug_struct("CommitLog")
+            .field("current_segment", &st.layout_segment)
+            .field("failed", &st.failed.as_ref().map(|x| &x.message))
+            .field("stats", &st.stats)
+            .finish()
+    }
+}
+
+/// Resolves when the state's epoch moves past `seen_epoch` (a flush ended).
+struct EpochChanged<'a> {
+    state: &'a RefCell<State>,
+    seen_epoch: u64,
+    slot: Option<usize>,
+}
+
+impl Future for EpochChanged<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let mut st = this.state.borrow_mut();
+        if st.epoch != this.seen_epoch {
+            return Poll::Ready(());
+        }
+        // One waker slot per waiter per epoch, refreshed on re-poll, so repeated polls do
+        // not grow the list.
+        match this.slot {
+            Some(i) if i < st.wakers.len() => st.wakers[i].clone_from(cx.waker()),
+            _ => {
+                st.wakers.push(cx.waker().clone());
+                this.slot = Some(st.wakers.len() - 1);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// Ends a flush even if the leader's future is dropped mid-way: then what reached the
+/// disk is unknown, so the log fails rather than wedging every waiter.
+struct FlushGuard<'a> {
+    state: &'a RefCell<State>,
+    covered: Range<u64>,
+    /// Set by the leader when the flush ends; `None` on drop means it was cancelled.
+    outcome: Option<Result<(), Failure>>,
+}
+
+impl Drop for FlushGuard<'_> {
+    fn drop(&mut self) {
+        let wakers = {
+            let mut st = self.state.borrow_mut();
+            assert!(st.flushing, "only the leader ends a flush");
+            st.flushing = false;
+            match self.outcome.take() {
+                Some(Ok(())) => {
+                    assert_eq!(
+                        st.synced_below, self.covered.start,
+                        "flushes complete in order"
+                    );
+                    st.synced_below = self.covered.end;
+                }
+                Some(Err(failure)) => {
+                    if st.failed.is_none() {
+                        st.failed = Some(failure);
+                    }
+                }
+                None => {
+                    if st.failed.is_none() {
+                        st.failed = Some(Failure {
+                            covered: self.covered.clone(),
+                            file: String::new(),
+                            op: "flush",
+                            kind: io::ErrorKind::Interrupted,
+                            raw_os_error: None,
+                            message: "a flush was cancelled mid-way".into(),
+                        });
+                    }
+                }
+            }
+            st.wake_all()
+        };
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
+
+enum Step {
+    Done(Result<(), CommitLogError>),
+    Lead(Vec<SealedBatch>),
+    Wait(u64),
+}
+
+impl<D: Disk> CommitLog<D> {
+    /// Recover the log in `disk` and open it for appends. See [`CommitLog::open_with`].
+    pub async fn open(
+        disk: D,
+        cfg: CommitLogConfig,
+        policy: RecoveryPolicy,
+    ) -> Result<(Self, Recovery), CommitLogError> {
+        let mut records = Vec::new();
+        let (log, mut recovery) = Self::open_with(disk, cfg, policy, |_, payload| {
+            records.push(payload.to_vec())
+        })
+        .await?;
+        recovery.records = records;
+        Ok((log, recovery))
+    }
+
+    /// Recover the log, handing each payload to `on_record` in append order instead of
+    /// collecting them (an error return means some records may already have been handed
+    /// over: discard them). Then start a new segment for appends.
+    pub async fn open_with(
+        disk: D,
+        cfg: CommitLogConfig,
+        policy: RecoveryPolicy,
+        mut on_record: impl FnMut(SegmentId, &[u8]),
+    ) -> Result<(Self, Recovery), CommitLogError> {
+        cfg.validate()?;
+        let names = disk
+            .list()
+            .await
+            .map_err(|e| io_error(&disk.path_of(""), "list", e))?;
+        let mut segments: Vec<(u64, String)> = names
+            .into_iter()
+            .filter_map(|n| parse_segment_file_name(&n).map(|g| (g, n)))
+            .collect();
+        segments.sort();
+        let mut recovery = Recovery::default();
+        let mut live_segments = BTreeSet::new();
+        for (i, (generation, name)) in segments.iter().enumerate() {
+            let is_newest = i + 1 == segments.len();
+            let path = disk.path_of(name);
+            let file = disk
+                .open(name)
+                .await
+                .map_err(|e| io_error(&path, "open", e))?;
+            let data = read_all(&file)
+                .await
+                .map_err(|e| io_error(&path, "read", e))?;
+            match check_segment_header(&data, *generation) {
+                Ok(()) => {}
+                Err(HeaderProblem::Incomplete)
+                    if is_newest && policy == RecoveryPolicy::TolerateCorruptTail =>
+                {
+                    // Its creation never completed (header not durable), so nothing in it
+                    // was acknowledged: remove it.
+                    let _ = file.close().await;
+                    disk.remove(name)
+                        .await
+                        .map_err(|e| io_error(&path, "remove", e))?;
+                    disk.sync_dir()
+                        .await
+                        .map_err(|e| io_error(&disk.path_of(""), "sync_dir", e))?;
+                    recovery.torn_tail = Some(TornTail {
+                        file: path,
+                        offset: 0,
+                        bytes_dropped: data.len() as u64,
+                        reason: "segment header never completed".into(),
+                    });
+                    continue;
+                }
+                Err(HeaderProblem::Incomplete) => {
+                    return Err(CommitLogError::BadSegment {
+                        file: path,
+                        reason: "incomplete segment header (short or zero header block)".into(),
+                    })
+                }
+                Err(HeaderProblem::Invalid(reason)) => {
+                    return Err(CommitLogError::BadSegment { file: path, reason })
+                }
+            }
+            let scan = scan_segment(&data, *generation);
+            if let Some(d) = &scan.damage {
+                let why = if !is_newest {
+                    Some(format!("{} (a newer segment follows)", d.reason))
+                } else if let Some(later) = d.later_valid_batch {
+                    Some(format!(
+                        "{}; a valid batch follows at offset {later}",
+                        d.reason
+                    ))
+                } else if policy == RecoveryPolicy::Strict {
+                    Some(format!("{} (strict recovery policy)", d.reason))
+                } else {
+                    None
+                };
+                if let Some(reason) = why {
+                    return Err(CommitLogError::Corrupt {
+                        file: path,
+                        offset: d.offset,
+                        reason,
+                    });
+                }
+            }
+            let id = SegmentId(*generation);
+            for range in &scan.records {
+                on_record(id, &data[range.clone()]);
+            }
+            if let Some(d) = &scan.damage {
+                // Make the tail clean on disk, so that once a newer segment exists the next
+                // recovery does not see this damage in a non-newest segment.
+                repair_tail(&file, &data, *generation, d)
+                    .await
+                    .map_err(|e| io_error(&path, "repair", e))?;
+                recovery.torn_tail = Some(TornTail {
+                    file: path.clone(),
+                    offset: d.offset,
+                    bytes_dropped: (data.len() as u64).saturating_sub(d.offset),
+                    reason: d.reason.clone(),
+                });
+            }
+            file.close()
+                .await
+                .map_err(|e| io_error(&path, "close", e))?;
+            recovery.segments.push(RecoveredSegment {
+                id,
+                file: path,
+                records: scan.records.len() as u64,
+                bytes: data.len() as u64,
+            });
+            live_segments.insert(id);
+        }
+        let next = match segments.last() {
+            Some((g, _)) => g.checked_add(1).ok_or_else(|| CommitLogError::Corrupt {
+                file: disk.path_of(&segment_file_name(*g)),
+                offset: 0,
+                reason: "generation space exhausted".into(),
+            })?,
+            None => 0,
+        };
+        let id = SegmentId(next);
+        let (file, name) = create_segment(&disk, id).await?;
+        live_segments.insert(id);
+        let state = State {
+            failed: None,
+            layout_segment: id,
+            layout_pos: SEGMENT_HEADER_BYTES,
+            layout_sequence: 0,
+            open: None,
+            sealed: VecDeque::new(),
+            next_ticket: 0,
+            synced_below: 0,
+            flushing: false,
+            epoch: 0,
+            wakers: Vec::new(),
+            buffered_bytes: 0,
+            live_segments,
+            spare_buffers: Vec::new(),
+            stats: CommitLogStats {
+                segments_created: 1,
+                ..CommitLogStats::default()
+            },
+        };
+        let active = Active {
+            id,
+            name,
+            file: Rc::new(file),
+            write_pos: SEGMENT_HEADER_BYTES,
+            dirty: false,
+        };
+        let log = Self {
+            inner: Rc::new(Inner {
+                disk,
+                cfg,
+                state: RefCell::new(state),
+                active: RefCell::new(active),
+            }),
+        };
+        Ok((log, recovery))
+    }
+
+    /// Append one record. Batch mode: returns after an fdatasync covering it. Periodic
+    /// mode: returns once buffered (waits for a flush only when the buffer is full).
+    /// Returns the segment that holds (or will hold) the record.
+    pub async fn append(&self, payload: &[u8]) -> Result<SegmentId, CommitLogError> {
+        if payload.len() > MAX_RECORD_BYTES {
+            return Err(CommitLogError::RecordTooLarge {
+                len_bytes: payload.len(),
+                max_bytes: MAX_RECORD_BYTES,
+            });
+        }
+        let (ticket, segment, buffered_bytes) = {
+            let mut st = self.inner.state.borrow_mut();
+            if let Some(f) = &st.failed {
+                return Err(f.error_for(None));
+            }
+            let (ticket, segment) = st.buffer(payload, self.inner.cfg.segment_size_bytes);
+            (ticket, segment, st.buffered_bytes)
+        };
+        if matches!(self.inner.cfg.sync, SyncMode::Periodic { .. })
+            && buffered_bytes < PERIODIC_BUFFER_BYTES_MAX
+        {
+            return Ok(segment);
+        }
+        self.wait_durable(ticket).await?;
+        Ok(segment)
+    }
+
+    /// Write and fdatasync everything buffered (periodic mode calls this every
+    /// `period_ms` and at shutdown; harmless in batch mode).
+    pub async fn sync(&self) -> Result<(), CommitLogError> {
+        self.lead_once(None).await.map(|_| ())
+    }
+
+    /// The segment new appends go to.
+    pub fn current_segment(&self) -> SegmentId {
+        self.inner.state.borrow().layout_segment
+    }
+
+    /// Start a new segment now (flushing everything buffered first), unless the current
+    /// one is still empty. Returns the segment new appends go to. The engine calls this
+    /// when it freezes a memtable, so segment ranges align with memtables.
+    pub async fn roll(&self) -> Result<SegmentId, CommitLogError> {
+        let target = {
+            let mut st = self.inner.state.borrow_mut();
+            if let Some(f) = &st.failed {
+                return Err(f.error_for(None));
+            }
+            st.seal_open();
+            if st.layout_pos > SEGMENT_HEADER_BYTES {
+                st.move_layout_to_next_segment();
+            }
+            st.layout_segment
+        };
+        self.lead_once(Some(target)).await?;
+        Ok(target)
+    }
+
+    /// Delete every segment older than `id` (never the segment being written), durably
+    /// (sync_dir). The engine calls this once the memtables covering them are in durable
+    /// SSTables listed in the manifest. Returns how many segments were removed.
+    pub async fn release_before(&self, id: SegmentId) -> Result<usize, CommitLogError> {
+        let active = self.inner.active.borrow().id;
+        let victims: Vec<SegmentId> = {
+            let mut st = self.inner.state.borrow_mut();
+            if let Some(f) = &st.failed {
+                return Err(f.error_for(None));
+            }
+            let limit = id.min(active);
+            let victims: Vec<SegmentId> = st.live_segments.range(..limit).copied().collect();
+            for v in &victims {
+                st.live_segments.remove(v);
+            }
+            victims
+        };
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        let disk = &self.inner.disk;
+        for v in &victims {
+            let name = segment_file_name(v.0);
+            match disk.remove(&name).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error(&disk.path_of(&name), "remove", e)),
+            }
+        }
+        disk.sync_dir()
+            .await
+            .map_err(|e| io_error(&disk.path_of(""), "sync_dir", e))?;
+        Ok(victims.len())
+    }
+
+    /// True once a write or fdatasync failed; every later append fails until restart.
+    pub fn is_failed(&self) -> bool {
+        self.inner.state.borrow().failed.is_some()
+    }
+
+    pub fn stats(&self) -> CommitLogStats {
+        self.inner.state.borrow().stats
+    }
+
+    /// Segments on disk that have not been released, oldest first.
+    pub fn live_segments(&self) -> Vec<SegmentId> {
+        self.inner
+            .state
+            .borrow()
+            .live_segments
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    pub fn config(&self) -> &CommitLogConfig {
+        &self.inner.cfg
+    }
+
+    /// Wait until batch `ticket` is durable, leading flushes as needed.
+    async fn wait_durable(&self, ticket: u64) -> Result<(), CommitLogError> {
+        loop {
+            let step = {
+                let mut st = self.inner.state.borrow_mut();
+                if ticket < st.synced_below {
+                    Step::Done(Ok(()))
+                } else if let Some(f) = &st.failed {
+                    Step::Done(Err(f.error_for(Some(ticket))))
+                } else if !st.flushing {
+                    st.flushing = true;
+                    Step::Lead(st.take_all())
+                } else {
+                    Step::Wait(st.epoch)
+                }
+            };
+            match step {
+                Step::Done(result) => return result,
+                // The outcome is read back from the state on the next turn.
+                Step::Lead(batches) => {
+                    let _ = self.flush(batches, None).await;
+                }
+                Step::Wait(epoch) => self.epoch_changed(epoch).await,
+            }
+        }
+    }
+
+    /// Become leader once (after any flush in flight) and flush everything buffered,
+    /// then switch to `roll_to` if given.
+    async fn lead_once(&self, roll_to: Option<SegmentId>) -> Result<(), CommitLogError> {
+        loop {
+            let step = {
+                let mut st = self.inner.state.borrow_mut();
+                if let Some(f) = &st.failed {
+                    Step::Done(Err(f.error_for(None)))
+                } else if !st.flushing {
+                    st.flushing = true;
+                    Step::Lead(st.take_all())
+                } else {
+                    Step::Wait(st.epoch)
+                }
+            };
+            match step {
+                Step::Done(result) => return result,
+                Step::Lead(batches) => return self.flush(batches, roll_to).await,
+                Step::Wait(epoch) => self.epoch_changed(epoch).await,
+            }
+        }
+    }
+
+    fn epoch_changed(&self, seen_epoch: u64) -> EpochChanged<'_> {
+        EpochChanged {
+            state: &self.inner.state,
+            seen_epoch,
+            slot: None,
+        }
+    }
+
+    /// The leader's work: write `batches` in order (moving to new segments as laid
+    /// out), optionally switch to `roll_to`, fdatasync, then publish the outcome.
+    async fn flush(
+        &self,
+        batches: Vec<SealedBatch>,
+        roll_to: Option<SegmentId>,
+    ) -> Result<(), CommitLogError> {
+        let covered = {
+            let st = self.inner.state.borrow();
+            let start = batches.first().map_or(st.synced_below, |b| b.ticket);
+            start..start + batches.len() as u64
+        };
+        let mut guard = FlushGuard {
+            state: &self.inner.state,
+            covered: covered.clone(),
+            outcome: None,
+        };
+        let result = self.write_batches(&batches, roll_to).await;
+        guard.outcome = Some(match &result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(Failure::from_error(e, covered)),
+        });
+        {
+            let mut st = self.inner.state.borrow_mut();
+            for b in batches {
+                if st.spare_buffers.len() < SPARE_BUFFERS_MAX
+                    && b.bytes.capacity() <= SPARE_BUFFER_BYTES_MAX
+                {
+                    st.spare_buffers.push(b.bytes);
+                }
+            }
+        }
+        drop(guard);
+        result
+    }
+
+    async fn write_batches(
+        &self,
+        batches: &[SealedBatch],
+        roll_to: Option<SegmentId>,
+    ) -> Result<(), CommitLogError> {
+        let segment_size = self.inner.cfg.segment_size_bytes;
+        for batch in batches {
+            self.switch_to(batch.segment).await?;
+            let (file, name, pos) = {
+                let a = self.inner.active.borrow();
+                (Rc::clone(&a.file), a.name.clone(), a.write_pos)
+            };
+            let len = batch.bytes.len() as u64;
+            assert_eq!(
+                pos, batch.start,
+                "batches are written back to back as laid out"
+            );
+            assert!(
+                pos % ALIGN as u64 == 0 && len.is_multiple_of(ALIGN as u64),
+                "direct I/O alignment"
+            );
+            assert!(
+                pos + len <= segment_size || pos == SEGMENT_HEADER_BYTES,
+                "a batch stays within its segment unless it is alone in it"
+            );
+            file.write_at(pos, &batch.bytes)
+                .await
+                .map_err(|e| io_error(&self.inner.disk.path_of(&name), "write", e))?;
+            {
+                let mut a = self.inner.active.borrow_mut();
+                a.write_pos += len;
+                a.dirty = true;
+            }
+            let mut st = self.inner.state.borrow_mut();
+            st.stats.batches_written += 1;
+            st.stats.bytes_written += len;
+        }
+        if let Some(target) = roll_to {
+            self.switch_to(target).await?;
+        }
+        self.sync_active().await
+    }
+
+    async fn sync_active(&self) -> Result<(), CommitLogError> {
+        let (file, name) = {
+            let a = self.inner.active.borrow();
+            if !a.dirty {
+                return Ok(());
+            }
+            (Rc::clone(&a.file), a.name.clone())
+        };
+        file.sync()
+            .await
+            .map_err(|e| io_error(&self.inner.disk.path_of(&name), "fdatasync", e))?;
+        self.inner.active.borrow_mut().dirty = false;
+        self.inner.state.borrow_mut().stats.syncs += 1;
+        Ok(())
+    }
+
+    /// Make `target` the active segment: sync the current one, create the next.
+    async fn switch_to(&self, target: SegmentId) -> Result<(), CommitLogError> {
+        let current = self.inner.active.borrow().id;
+        if target <= current {
+            // Already there (or past it: another leader wrote batches laid out after a
+            // concurrent roll).
+            return Ok(());
+        }
+        assert_eq!(
+            target,
+            current.next(),
+            "segment generations advance one at a time"
+        );
+        self.sync_active().await?;
+        let (file, name) = create_segment(&self.inner.disk, target).await?;
+        let old = std::mem::replace(
+            &mut *self.inner.active.borrow_mut(),
+            Active {
+                id: target,
+                name,
+                file: Rc::new(file),
+                write_pos: SEGMENT_HEADER_BYTES,
+                dirty: false,
+            },
+        );
+        {
+            let mut st = self.inner.state.borrow_mut();
+            st.live_segments.insert(target);
+            st.stats.segments_created += 1;
+        }
+        if let Ok(file) = Rc::try_unwrap(old.file) {
+            // The old segment is fully synced; a close error cannot lose data.
+            if let Err(e) = file.close().await {
+                tracing::warn!(file = %old.name, error = %e, "closing a full commit log segment failed");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Create a segment durably: file, header block, fdatasync, directory sync. Only then
+/// may records in it be acknowledged.
+async fn create_segment<D: Disk>(
+    disk: &D,
+    id: SegmentId,
+) -> Result<(D::File, String), CommitLogError> {
+    let name = segment_file_name(id.0);
+    let path = disk.path_of(&name);
+    let file = disk
+        .create(&name)
+        .await
+        .map_err(|e| io_error(&path, "create", e))?;
+    file.write_at(0, &encode_segment_header(id.0))
+        .await
+        .map_err(|e| io_error(&path, "write header", e))?;
+    file.sync()
+        .await
+        .map_err(|e| io_error(&path, "fdatasync header", e))?;
+    disk.sync_dir()
+        .await
+        .map_err(|e| io_error(&disk.path_of(""), "sync_dir", e))?;
+    Ok((file, name))
+}
+
+async fn read_all<F: DiskFile>(file: &F) -> io::Result<Vec<u8>> {
+    let size = file.size().await?;
+    let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    let mut offset = 0u64;
+    loop {
+        let chunk = file.read_at(offset, READ_CHUNK_BYTES).await?;
+        data.extend_from_slice(&chunk);
+        offset += chunk.len() as u64;
+        if chunk.len() < READ_CHUNK_BYTES {
+            return Ok(data);
+        }
+    }
+}
+
+/// Rewrite the damaged tail so the segment ends cleanly after its last whole record.
+async fn repair_tail<F: DiskFile>(
+    file: &F,
+    data: &[u8],
+    generation: u64,
+    damage: &format::Damage,
+) -> io::Result<()> {
+    match repaired_batch(data, generation, damage) {
+        Some(bytes) => {
+            file.write_at(damage.batch_start, &bytes).await?;
+            file.truncate(damage.batch_start + bytes.len() as u64)
+                .await?;
+        }
+        None => file.truncate(damage.batch_start).await?,
+    }
+    file.sync().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::mem_disk::{Fault, MemDisk, OpKind};
+    use futures_lite::future::block_on;
+
+    fn cfg(segment_size_bytes: u64, sync: SyncMode) -> CommitLogConfig {
+        CommitLogConfig {
+            segment_size_bytes,
+            sync,
+        }
+    }
+
+    fn open(disk: &MemDisk, c: CommitLogConfig) -> (CommitLog<MemDisk>, Recovery) {
+        block_on(CommitLog::open(disk.clone(), c, RecoveryPolicy::default())).unwrap()
+    }
+
+    #[test]
+    fn append_then_reopen_replays_in_order() {
+        let disk = MemDisk::new();
+        let (log, rec) = open(&disk, CommitLogConfig::default());
+        assert!(rec.records.is_empty() && rec.torn_tail.is_none());
+        block_on(async {
+            for i in 0..10u32 {
+                assert_eq!(log.append(&i.to_le_bytes()).await.unwrap(), SegmentId(0));
+            }
+        });
+        assert_eq!(log.stats().syncs, 10);
+        drop(log);
+        disk.power_loss();
+        let (log, rec) = open(&disk, CommitLogConfig::default());
+        let expected: Vec<Vec<u8>> = (0..10u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        assert_eq!(rec.records, expected);
+        assert_eq!(rec.segments.len(), 1);
+        assert_eq!(log.current_segment(), SegmentId(1));
+    }
+
+    #[test]
+    fn segments_fill_and_roll_and_oversized_records_get_their_own() {
+        let disk = MemDisk::new();
+        let c = cfg(4 * ALIGN as u64, SyncMode::Batch);
+        let (log, _) = open(&disk, c);
+        let big = vec![7u8; 5 * ALIGN];
+        block_on(async {
+            assert_eq!(log.append(&[1; 3000]).await.unwrap(), SegmentId(0));
+            assert_eq!(log.append(&[2; 3000]).await.unwrap(), SegmentId(0));
+            assert_eq!(log.append(&[3; 3000]).await.unwrap(), SegmentId(0));
+            assert_eq!(log.append(&[4; 3000]).await.unwrap(), SegmentId(1));
+            assert_eq!(log.append(&big).await.unwrap(), SegmentId(2));
+            assert_eq!(log.append(&[5]).await.unwrap(), SegmentId(3));
+            assert_eq!(log.roll().await.unwrap(), SegmentId(4));
+            assert_eq!(
+                log.roll().await.unwrap(),
+                SegmentId(4),
+                "empty segment: no roll"
+            );
+            assert_eq!(log.append(&[6]).await.unwrap(), SegmentId(4));
+        });
+        assert_eq!(log.live_segments().len(), 5);
+        let removed = block_on(log.release_before(SegmentId(2))).unwrap();
+        assert_eq!(removed, 2);
+        drop(log);
+        disk.power_loss();
+        let (_, rec) = open(&disk, c);
+        let expected: Vec<Vec<u8>> = vec![big, vec![5], vec![6]];
+        assert_eq!(rec.records, expected);
+        let ids: Vec<u64> = rec.segments.iter().map(|s| s.id.0).collect();
+        assert_eq!(ids, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn periodic_mode_buffers_until_sync() {
+        let disk = MemDisk::new();
+        let c = cfg(1 << 20, SyncMode::Periodic { period_ms: 10 });
+        let (log, _) = open(&disk, c);
+        block_on(async {
+            log.append(b"a").await.unwrap();
+            log.append(b"b").await.unwrap();
+        });
+        assert_eq!(log.stats().batches_written, 0);
+        block_on(log.sync()).unwrap();
+        assert_eq!((log.stats().batches_written, log.stats().syncs), (1, 1));
+        block_on(log.append(b"lost")).unwrap();
+        drop(log);
+        disk.power_loss();
+        let (_, rec) = open(&disk, c);
+        assert_eq!(rec.records, vec![b"a".to_vec(), b"b".to_vec()]);
+    }
+
+    #[test]
+    fn failed_sync_fails_covered_and_later_appends() {
+        let disk = MemDisk::new();
+        let (log, _) = open(&disk, CommitLogConfig::default());
+        block_on(log.append(b"ok")).unwrap();
+        disk.fail_nth_of(OpKind::Sync, 1, Fault::Eio);
+        match block_on(log.append(b"covered")) {
+            Err(CommitLogError::Io { source, op, .. }) => {
+                assert_eq!(source.raw_os_error(), Some(libc::EIO));
+                assert_eq!(op, "fdatasync");
+            }
+            other => panic!("expected Io, got {other:?}"),
+        }
+        assert!(log.is_failed());
+        assert!(matches!(
+            block_on(log.append(b"later")),
+            Err(CommitLogError::Failed { .. })
+        ));
+        assert!(matches!(
+            block_on(log.roll()),
+            Err(CommitLogError::Failed { .. })
+        ));
+    }
+
+    #[test]
+    fn invalid_config_and_oversized_record_are_refused() {
+        let disk = MemDisk::new();
+        let bad = block_on(CommitLog::open(
+            disk.clone(),
+            cfg(1000, SyncMode::Batch),
+            RecoveryPolicy::default(),
+        ));
+        assert!(matches!(bad, Err(CommitLogError::InvalidConfig(_))));
+        let (log, _) = open(&disk, CommitLogConfig::default());
+        let huge = vec![0u8; MAX_RECORD_BYTES + 1];
+        assert!(matches!(
+            block_on(log.append(&huge)),
+            Err(CommitLogError::RecordTooLarge { .. })
+        ));
+        assert!(!log.is_failed());
+    }
+
+    #[test]
+    fn cancelled_leader_fails_the_log_instead_of_wedging_it() {
+        let disk = MemDisk::new();
+        disk.set_yield_on_io(true);
+        let (log, _) = open(&disk, CommitLogConfig::default());
+        block_on(async {
+            let mut leader = Box::pin(log.append(b"dropped mid-flush"));
+            assert!(futures_lite::future::poll_once(&mut leader).await.is_none());
+            drop(leader);
+            assert!(log.is_failed());
+            assert!(matches!(
+                log.append(b"next").await,
+                Err(CommitLogError::Failed { .. })
+            ));
+        });
+    }
+
+    #[test]
+    fn incomplete_newest_segment_is_dropped() {
+        let disk = MemDisk::new();
+        let (log, _) = open(&disk, CommitLogConfig::default());
+        block_on(log.append(b"x")).unwrap();
+        drop(log);
+        disk.put_file(&segment_file_name(1), &[]);
+        let (_, rec) = open(&disk, CommitLogConfig::default());
+        assert_eq!(rec.records, vec![b"x".to_vec()]);
+        let torn = rec.torn_tail.unwrap();
+        assert!(torn.file.ends_with(&segment_file_name(1)));
+        assert_eq!((torn.offset, torn.bytes_dropped), (0, 0));
+    }
+}

@@ -1,0 +1,241 @@
+//! Test harness: start real `ringkv serve` processes on free 127.0.0.1 ports with their
+//! own temp data directories, wait for readiness with a deadline, and always kill them
+//! (by PID, on drop) even when the test fails.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ringkv");
+
+/// Wait until `cond` holds, polling; panic with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A block of `n` consecutive free ports on 127.0.0.1 (client port + shard ports).
+pub fn free_port_block(n: u16) -> u16 {
+    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        ^ (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64);
+    for _ in 0..200 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let base = 20_000 + (x % 30_000) as u16;
+        let held: Vec<_> = (0..n)
+            .map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
+        if held.len() == n as usize {
+            return base;
+        }
+    }
+    panic!("no free port block of {n}");
+}
+
+pub struct Node {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub shards: u32,
+    pub data_dir: PathBuf,
+    pub extra_args: Vec<String>,
+    pub log: Arc<Mutex<Vec<String>>>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Node {
+    /// Start a node with `shards` shards and extra flags, on fresh ports and a temp dir.
+    pub fn start(shards: u32, extra: &[&str]) -> Node {
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = tmp.path().join("data");
+        let port = free_port_block(shards as u16 + 1);
+        let mut node = Node {
+            child: None,
+            port,
+            shards,
+            data_dir,
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            log: Arc::new(Mutex::new(Vec::new())),
+            _tmp: Some(tmp),
+        };
+        node.spawn();
+        node.wait_ready();
+        node
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn socket_addr(&self) -> SocketAddr {
+        self.addr().parse().unwrap()
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(self.addr())
+            .arg("--shards")
+            .arg(self.shards.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Start the process (again) and collect its stderr lines.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "node already running");
+        let mut child = self.command().spawn().expect("spawn ringkv serve");
+        let stderr = child.stderr.take().unwrap();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log.lock().unwrap().push(line);
+            }
+        });
+        self.child = Some(child);
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Wait until the node answers a ping on its client port.
+    pub fn wait_ready(&mut self) {
+        let addr = self.addr();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let sockets = Command::new("ss")
+                        .arg("-tanp")
+                        .output()
+                        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                        .unwrap_or_default();
+                    let port = format!("127.0.0.1:{}", &self.port.to_string()[..4]);
+                    let sockets: Vec<&str> =
+                        sockets.lines().filter(|l| l.contains(&port)).collect();
+                    panic!(
+                        "ringkv exited during startup with {status}:\n{}\nsockets on its port:\n{}",
+                        self.log_text(),
+                        sockets.join("\n")
+                    );
+                }
+            }
+            if let Ok(mut c) = ringkv::client::blocking::Client::connect_with_timeout(
+                &addr,
+                Duration::from_millis(500),
+            ) {
+                if c.ping().is_ok() && self.log_text().contains("ringkv ready") {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {addr} not ready after 30s:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// SIGKILL and reap, then wait until its ports stop accepting (a killed process's
+    /// io_uring sockets close asynchronously).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            for port in self.port..=self.port + self.shards as u16 {
+                let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+                while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                    .is_ok()
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// SIGTERM and wait (with a deadline) for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("node did not exit within 30s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Run the `ringkv` CLI; returns (exit code, stdout bytes, stderr text).
+pub fn cli(args: &[&str]) -> (i32, Vec<u8>, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,238 @@
+//! A real single node: CLI and library round trips, pipelining, shards, restarts, and
+//! two servers on one port.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{cli, Node};
+use ringkv::client::blocking::{Client, Connection};
+use ringkv::protocol::types::{Op, Reply};
+use std::collections::HashMap;
+use std::time::Duration;
+
+#[test]
+fn cli_put_get_delete_and_exit_codes() {
+    let node = Node::start(2, &[]);
+    let host = node.addr();
+    let (code, out, err) = cli(&["put", "greeting", "hello world", "--host", &host]);
+    assert_eq!(code, 0, "put failed: {err}");
+    assert!(out.is_empty());
+    let (code, out, _) = cli(&["get", "greeting", "--host", &host]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out, b"hello world",
+        "get prints the value's bytes and nothing else"
+    );
+
+    // Binary values through --value-file come back byte for byte.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("v.bin");
+    let binary: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    std::fs::write(&file, &binary).unwrap();
+    let (code, _, err) = cli(&[
+        "put",
+        "bin",
+        "--value-file",
+        file.to_str().unwrap(),
+        "--host",
+        &host,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = cli(&["get", "bin", "--host", &host, "--consistency", "one"]);
+    assert_eq!(code, 0);
+    assert_eq!(out, binary);
+
+    let (code, _, _) = cli(&["delete", "greeting", "--host", &host]);
+    assert_eq!(code, 0);
+    let (code, out, err) = cli(&["get", "greeting", "--host", &host]);
+    assert_eq!(code, 1, "not found exits 1");
+    assert!(out.is_empty());
+    assert_eq!(err.trim(), "not found");
+
+    let (code, _, err) = cli(&["get", "--host", &host]);
+    assert_eq!(code, 2, "usage error exits 2: {err}");
+    let (code, _, err) = cli(&["get", "k", "--consistency", "most", "--host", &host]);
+    assert_eq!(code, 2, "bad consistency is a usage error: {err}");
+
+    let dead = common::free_port_block(1);
+    let (code, _, err) = cli(&["get", "k", "--host", &format!("127.0.0.1:{dead}")]);
+    assert_eq!(code, 3, "connection refused exits 3: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one-line reason: {err}");
+
+    let (code, out, _) = cli(&["status", "--host", &host]);
+    assert_eq!(code, 0);
+    let status = String::from_utf8(out).unwrap();
+    assert!(status.contains(&host) && status.contains("up"), "{status}");
+}
+
+#[test]
+fn library_round_trip_and_not_found() {
+    let node = Node::start(2, &[]);
+    let mut client = Client::connect(&node.addr()).unwrap();
+    assert!(
+        client.get(b"missing", None).unwrap().is_empty(),
+        "not found is an empty success"
+    );
+    client.put(b"k1", b"v1", None, None).unwrap();
+    client.put(b"k1", b"v2", None, None).unwrap();
+    assert_eq!(
+        client.get(b"k1", None).unwrap().values,
+        vec![b"v2".to_vec()]
+    );
+    client.delete(b"k1", None, None).unwrap();
+    assert!(client.get(b"k1", None).unwrap().is_empty());
+    let topology = client.topology().unwrap();
+    assert_eq!(topology.nodes.len(), 1);
+    assert_eq!(topology.nodes[0].shard_count, 2);
+}
+
+#[test]
+fn ten_thousand_pipelined_requests_on_one_connection() {
+    let node = Node::start(2, &[]);
+    let mut conn = Connection::connect(node.socket_addr(), Duration::from_secs(5)).unwrap();
+    // Pipelined requests run concurrently and may be answered out of order, so the
+    // writes go first (5,000 in flight), then the reads of what they wrote (5,000).
+    for phase in 0..2u32 {
+        let mut expected = HashMap::new();
+        for i in 0..5_000u32 {
+            let key = format!("pipelined-{i}").into_bytes();
+            let op = if phase == 0 {
+                Op::Put {
+                    key,
+                    value: i.to_le_bytes().to_vec(),
+                    consistency: None,
+                    context: None,
+                }
+            } else {
+                Op::Get {
+                    key,
+                    consistency: None,
+                }
+            };
+            expected.insert(conn.queue(op), i);
+        }
+        conn.flush().unwrap();
+        for _ in 0..5_000 {
+            let response = conn.receive().unwrap();
+            let i = expected
+                .remove(&response.request_id)
+                .expect("every response echoes a request id we sent, once");
+            match (phase, response.body) {
+                (0, Reply::Done) => {}
+                (1, Reply::Value { values, .. }) => {
+                    assert_eq!(values, vec![i.to_le_bytes().to_vec()], "request {i}")
+                }
+                (_, other) => panic!("phase {phase} request {i}: unexpected {other:?}"),
+            }
+        }
+        assert!(expected.is_empty());
+    }
+}
+
+#[test]
+fn restart_after_sigterm_and_sigkill_keeps_acknowledged_writes() {
+    let mut node = Node::start(2, &[]);
+    let mut client = Client::connect(&node.addr()).unwrap();
+    for i in 0..500 {
+        client
+            .put(
+                format!("key-{i}").as_bytes(),
+                format!("value-{i}").as_bytes(),
+                None,
+                None,
+            )
+            .unwrap();
+    }
+    drop(client);
+    let status = node.terminate();
+    assert!(status.success(), "SIGTERM exits 0, got {status}");
+    node.log.lock().unwrap().clear();
+    node.restart();
+    let mut client = Client::connect(&node.addr()).unwrap();
+    for i in 0..500 {
+        let got = client.get(format!("key-{i}").as_bytes(), None).unwrap();
+        assert_eq!(
+            got.values,
+            vec![format!("value-{i}").into_bytes()],
+            "key-{i} after SIGTERM"
+        );
+    }
+    for i in 500..1000 {
+        client
+            .put(
+                format!("key-{i}").as_bytes(),
+                format!("value-{i}").as_bytes(),
+                None,
+                None,
+            )
+            .unwrap();
+    }
+    drop(client);
+    node.kill();
+    node.log.lock().unwrap().clear();
+    node.restart();
+    let log = node.log_text();
+    for shard in 0..2 {
+        let line = log
+            .lines()
+            .find(|l| l.contains("storage engine open") && l.contains(&format!("shard={shard}")))
+            .unwrap_or_else(|| panic!("no open line for shard {shard}:\n{log}"));
+        assert!(
+            !line.contains("recovered_records=0 "),
+            "shard {shard} received no writes: {line}"
+        );
+    }
+    let mut client = Client::connect(&node.addr()).unwrap();
+    for i in 0..1000 {
+        let got = client.get(format!("key-{i}").as_bytes(), None).unwrap();
+        assert_eq!(
+            got.values,
+            vec![format!("value-{i}").into_bytes()],
+            "key-{i} after SIGKILL"
+        );
+    }
+}
+
+#[test]
+fn second_server_on_the_same_port_fails_clearly() {
+    let node = Node::start(1, &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args([
+            "serve",
+            "--listen",
+            &node.addr(),
+            "--shards",
+            "1",
+            "--data-dir",
+        ])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "second server must fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&node.addr()) && err.contains("in use"),
+        "clear message naming the address: {err}"
+    );
+    // The first node is unaffected.
+    let mut client = Client::connect(&node.addr()).unwrap();
+    client.ping().unwrap();
+
+    // The same data directory cannot be opened twice either.
+    let port = common::free_port_block(2);
+    let out = std::process::Command::new(common::BIN)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--shards",
+            "1",
+            "--data-dir",
+        ])
+        .arg(node.data_dir())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another ringkv process"));
+}
