@@ -49,7 +49,7 @@ fn check_provenance(history: &History, key: &[u8], state: &KeyState) -> Result<(
 }
 
 /// Run when a coordinator stamps a write: a version names exactly one write. Two LWW
-/// writes may not share (timestamp, value) and two causal writes may not share a dot.
+/// puts may not share (timestamp, value) and two causal writes may not share a dot.
 pub fn check_stamp(history: &History, op: &OpRecord) -> Result<(), String> {
     let Some(version) = &op.version else {
         return Ok(());
@@ -57,7 +57,9 @@ pub fn check_stamp(history: &History, op: &OpRecord) -> Result<(), String> {
     let clash = history.writes_of(&op.key).find(|w| {
         w.id != op.id
             && match (&w.version, version) {
-                (Some(WriteVersion::Lww(a)), WriteVersion::Lww(b)) => a == b,
+                // Two deletes stamped alike are the same version (a tombstone carries
+                // no bytes to tell them apart); values are unique, so a live clash is not.
+                (Some(WriteVersion::Lww(a)), WriteVersion::Lww(b)) => a == b && b.value.is_some(),
                 (
                     Some(WriteVersion::Causal { dot: a, .. }),
                     WriteVersion::Causal { dot: b, .. },

@@ -15,6 +15,7 @@
 
 mod checker;
 mod client;
+mod engine_store;
 mod network;
 mod node;
 mod store;

@@ -462,13 +462,11 @@ impl SimNode {
         let replicas = self.replicas_of(&key, ctx.config.replication_factor);
         let physical_ms = self.physical_ms(ctx);
         let timestamp = self.clock.now(physical_ms);
+        let version;
         let state = match ctx.config.mode {
             ConflictMode::Lww => {
                 let cell = LwwCell { timestamp, value };
-                ctx.out.push(Out::Stamp {
-                    op,
-                    version: WriteVersion::Lww(cell.clone()),
-                });
+                version = WriteVersion::Lww(cell.clone());
                 KeyState::Lww(cell)
             }
             ConflictMode::Causal => {
@@ -510,13 +508,10 @@ impl SimNode {
                     counter: written.context.max_counter(&actor),
                 };
                 assert!(written.siblings.iter().any(|s| s.dot == dot));
-                ctx.out.push(Out::Stamp {
-                    op,
-                    version: WriteVersion::Causal {
-                        dot,
-                        context: client_context.clone(),
-                    },
-                });
+                version = WriteVersion::Causal {
+                    dot,
+                    context: client_context.clone(),
+                };
                 KeyState::Causal(written)
             }
         };
@@ -536,6 +531,10 @@ impl SimNode {
                 ringkv::coordinator::CoordinatorError::Unavailable { .. }
             ))
         );
+        if !refused {
+            // A refused write went nowhere; its version was never handed out.
+            ctx.out.push(Out::Stamp { op, version });
+        }
         if ctx.config.mode == ConflictMode::Causal && !refused {
             // Apply locally now, so the next write here sees this dot; the send to
             // ourselves (a replica) acks once it is durable.

@@ -31,6 +31,10 @@ pub trait NodeStore {
     /// The process died (or the power went): unsynced writes are lost, except a random
     /// prefix that happened to reach the disk; the record after that prefix is torn.
     fn crash(&mut self, rng: &mut SplitMix64);
+    /// (flushes, torn writes, records lost) so far, for the run summary.
+    fn counters(&self) -> (u64, u64, u64) {
+        (0, 0, 0)
+    }
 }
 
 /// The simulator's own model of a commit log plus memtable: a durable map, and the
@@ -45,6 +49,7 @@ pub struct ModelStore {
     durable_seq: u64,
     /// Records lost to crashes, torn ones included (for stats only).
     pub lost_records: u64,
+    pub torn_writes: u64,
 }
 
 impl NodeStore for ModelStore {
@@ -88,6 +93,10 @@ impl NodeStore for ModelStore {
         self.last_seq
     }
 
+    fn counters(&self) -> (u64, u64, u64) {
+        (0, self.torn_writes, self.lost_records)
+    }
+
     fn crash(&mut self, rng: &mut SplitMix64) {
         // A prefix of the unsynced tail may have reached the platter before the crash;
         // the record right after it is torn and discarded by recovery, the rest never
@@ -99,6 +108,7 @@ impl NodeStore for ModelStore {
             self.durable.insert(key, state);
         }
         self.visible = self.durable.clone();
+        self.torn_writes += u64::from(!tail.is_empty());
         // Sequence numbers keep growing across the crash so stale sync completions of
         // the previous life can never mark new records durable.
         self.durable_seq = self.last_seq;

@@ -20,9 +20,10 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::checker;
 use crate::client::{Client, History, OpId, OpKind, Outcome};
+use crate::engine_store::EngineStore;
 use crate::network::{Message, Network, NetworkFaults};
 use crate::node::{address_of, Bugs, ClientResult, Ctx, NodeConfig, NodeTimer, Out, SimNode};
-use crate::store::{Key, ModelStore};
+use crate::store::{Key, ModelStore, NodeStore};
 
 /// Upper bounds that keep every run finite whatever the seed.
 const MAX_EVENTS: u64 = 400_000;
@@ -54,6 +55,8 @@ pub struct SimConfig {
     pub one_way_cuts: u64,
     pub swizzles: u64,
     pub downtime_max_ms: u64,
+    /// Nodes store through the real engine over MemDisk (else the model store).
+    pub engine_store: bool,
 }
 
 fn pick<T: Copy>(rng: &mut SplitMix64, items: &[T]) -> T {
@@ -127,6 +130,7 @@ impl SimConfig {
             one_way_cuts: between(&mut rng, 0, 2),
             swizzles: between(&mut rng, 0, 1),
             downtime_max_ms: pick(&mut rng, &[200, 800, 2_000]),
+            engine_store: rng.chance(1, 2),
             node,
         }
     }
@@ -199,6 +203,8 @@ pub struct World {
     sweep_ops: Vec<OpId>,
     settle_started_ms: u64,
     crashes_done: u64,
+    /// Crashes waiting for the node's next replica write (node -> downtime).
+    armed_crashes: BTreeMap<NodeId, u64>,
     hash: Xxh3,
     failure: Option<String>,
     trace: bool,
@@ -215,14 +221,12 @@ impl World {
             let skew_steps = config.skew_max_ms / 10;
             let skew_ms = (rng.below(2 * skew_steps + 1) as i64 - skew_steps as i64) * 10;
             ring_nodes.push((id, tokens.clone()));
-            nodes.push(SimNode::new(
-                id,
-                tokens,
-                skew_ms,
-                1,
-                Box::new(ModelStore::default()),
-                &config.node,
-            ));
+            let store: Box<dyn NodeStore> = if config.engine_store {
+                Box::new(EngineStore::new(config.node.mode))
+            } else {
+                Box::new(ModelStore::default())
+            };
+            nodes.push(SimNode::new(id, tokens, skew_ms, 1, store, &config.node));
         }
         let ring = Ring::new(ring_nodes.iter().map(|(id, t)| (*id, t.as_slice())))
             .unwrap_or_else(|e| panic!("seed {}: ring: {e:?}", config.seed));
@@ -251,6 +255,7 @@ impl World {
             sweep_ops: Vec::new(),
             settle_started_ms: 0,
             crashes_done: 0,
+            armed_crashes: BTreeMap::new(),
             hash: Xxh3::new(),
             failure: None,
             trace: std::env::var_os("SIM_TRACE").is_some(),
@@ -334,10 +339,12 @@ impl World {
     fn summary(&self) -> String {
         let c = &self.config;
         format!(
-            "nodes={} rf={} w={} r={} mode={:?} tokens={} clients={}x{} keys={} \
+            "store={} nodes={} rf={} w={} r={} mode={:?} tokens={} clients={}x{} keys={} \
              loss={}‰ dup={}‰ lat={}..{}ms faults: crash={} power={} part={} oneway={} swizzle={} \
              | ops ok={} failed={} unknown={} | msgs sent={} lost={} dup={} cut={} | \
-             hints left={} dropped={} delivered={} | events={} end={}ms",
+             hints left={} dropped={} delivered={} | store flushes={} torn={} lost={} | \
+             events={} end={}ms",
+            if c.engine_store { "engine" } else { "model" },
             c.node_count,
             c.node.replication_factor,
             c.node.write_required,
@@ -366,6 +373,9 @@ impl World {
             self.nodes.iter().map(|n| n.hints.len()).sum::<usize>(),
             self.nodes.iter().map(|n| n.hints_dropped).sum::<u64>(),
             self.nodes.iter().map(|n| n.hints_delivered).sum::<u64>(),
+            self.nodes.iter().map(|n| n.store.counters().0).sum::<u64>(),
+            self.nodes.iter().map(|n| n.store.counters().1).sum::<u64>(),
+            self.nodes.iter().map(|n| n.store.counters().2).sum::<u64>(),
             self.step,
             self.now_ms,
         )
@@ -385,7 +395,20 @@ impl World {
                     self.log(&[0]);
                     return false;
                 }
+                let replica_write = matches!(
+                    msg.payload,
+                    crate::network::Payload::Write {
+                        request: Some(_),
+                        ..
+                    } | crate::network::Payload::Hint { .. }
+                );
                 self.with_node(to, |node, ctx| node.on_message(ctx, msg));
+                if replica_write && !self.faults_over {
+                    if let Some(downtime_ms) = self.armed_crashes.remove(&to) {
+                        self.log(&[15, to]);
+                        self.crash(to, downtime_ms);
+                    }
+                }
             }
             Event::Timer {
                 node,
@@ -415,7 +438,14 @@ impl World {
             Event::Crash { node, downtime_ms } => {
                 if self.node_mut(node).up && !self.faults_over {
                     self.log(&[4, node]);
-                    self.crash(node, downtime_ms);
+                    if self.rng.chance(1, 2) {
+                        // Armed: crash right after the node's next replica write is
+                        // applied, inside the window before its sync (where random
+                        // crash times rarely land).
+                        self.armed_crashes.insert(node, downtime_ms);
+                    } else {
+                        self.crash(node, downtime_ms);
+                    }
                 }
             }
             Event::PowerLoss => {
@@ -737,6 +767,7 @@ impl World {
 
     fn end_faults(&mut self) {
         self.faults_over = true;
+        self.armed_crashes.clear();
         self.network.heal();
         for id in 1..=self.nodes.len() as NodeId {
             if !self.node_mut(id).up {
