@@ -200,19 +200,37 @@ fn failed_fdatasync_stops_writes_until_restart() {
     let opts = options(864_000);
     let (engine, _) = block_on(Engine::open(disk.clone(), opts.clone())).unwrap();
     let put = |engine: &Engine<MemDisk>, k: u8, ts: u64| {
-        block_on(engine.write(&key(k), KeyState::Lww(LwwCell { timestamp: Hlc::new(ts, 0), value: Some(value(k, ts as u16)) })))
+        block_on(engine.write(
+            &key(k),
+            KeyState::Lww(LwwCell {
+                timestamp: Hlc::new(ts, 0),
+                value: Some(value(k, ts as u16)),
+            }),
+        ))
     };
     put(&engine, 1, 1).unwrap();
     disk.fail_nth_of(OpKind::Sync, 1, Fault::Eio);
     let err = put(&engine, 2, 2).expect_err("the write covered by the failed sync must fail");
-    assert!(err.to_string().contains("I/O") || err.to_string().contains("error"), "{err}");
+    assert!(
+        err.to_string().contains("I/O") || err.to_string().contains("error"),
+        "{err}"
+    );
     let err = put(&engine, 3, 3).expect_err("the engine must refuse writes after a failed sync");
     assert!(err.to_string().contains("restart"), "{err}");
-    assert!(block_on(engine.read(&key(1))).unwrap().is_some(), "reads still work");
+    assert!(
+        block_on(engine.read(&key(1))).unwrap().is_some(),
+        "reads still work"
+    );
     drop(engine);
     disk.power_loss();
     let (engine, _) = block_on(Engine::open(disk, opts)).unwrap();
-    assert!(block_on(engine.read(&key(1))).unwrap().is_some(), "acknowledged write survives");
-    assert!(block_on(engine.read(&key(3))).unwrap().is_none(), "refused write never appears");
+    assert!(
+        block_on(engine.read(&key(1))).unwrap().is_some(),
+        "acknowledged write survives"
+    );
+    assert!(
+        block_on(engine.read(&key(3))).unwrap().is_none(),
+        "refused write never appears"
+    );
     put(&engine, 4, 4).unwrap();
 }
