@@ -5,6 +5,7 @@
 use super::ClientError;
 use crate::protocol::codec::{decode_response, Encoder};
 use crate::protocol::frame::next_frame;
+use crate::protocol::read_buffer::ReadBuffer;
 use crate::protocol::types::{Op, Reply, Request};
 use ahash::AHashMap;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -90,16 +91,14 @@ impl AsyncConnection {
         .detach();
         let r = shared.clone();
         let reader_task = glommio::spawn_local(async move {
-            let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+            let mut buf = ReadBuffer::with_capacity(64 * 1024);
             loop {
-                let mut consumed = 0;
                 loop {
-                    match next_frame(&buf[consumed..], MAX_RESPONSE_FRAME_BYTES) {
+                    match next_frame(buf.filled(), MAX_RESPONSE_FRAME_BYTES) {
                         Ok(Some(bounds)) => {
-                            let body =
-                                &buf[consumed + bounds.body.start..consumed + bounds.body.end];
-                            consumed += bounds.total_len;
-                            match decode_response(body) {
+                            let decoded = decode_response(&buf.filled()[bounds.body.clone()]);
+                            buf.consume(bounds.total_len);
+                            match decoded {
                                 Ok(response) => {
                                     let waiter =
                                         r.waiters.borrow_mut().remove(&response.request_id);
@@ -120,11 +119,8 @@ impl AsyncConnection {
                         }
                     }
                 }
-                buf.drain(..consumed);
-                let filled = buf.len();
-                buf.resize(filled + 64 * 1024, 0);
-                match reader.read(&mut buf[filled..]).await {
-                    Ok(n) if n > 0 => buf.truncate(filled + n),
+                match reader.read(buf.spare(64 * 1024)).await {
+                    Ok(n) if n > 0 => buf.advance(n),
                     Ok(_) => {
                         r.fail_all("closed by server");
                         return;

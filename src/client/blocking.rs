@@ -4,6 +4,7 @@
 use super::{route, shard_address, ClientError, GetResult};
 use crate::protocol::codec::{decode_response, Encoder};
 use crate::protocol::frame::next_frame;
+use crate::protocol::read_buffer::ReadBuffer;
 use crate::protocol::types::{Consistency, ErrorReply, Op, Reply, Request, Response, Topology};
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -19,7 +20,7 @@ pub struct Connection {
     peer: SocketAddr,
     encoder: Encoder,
     out: Vec<u8>,
-    buf: Vec<u8>,
+    buf: ReadBuffer,
     next_id: u64,
 }
 
@@ -38,7 +39,7 @@ impl Connection {
             peer: addr,
             encoder: Encoder::new(),
             out: Vec::new(),
-            buf: Vec::new(),
+            buf: ReadBuffer::with_capacity(64 * 1024),
             next_id: 1,
         })
     }
@@ -69,29 +70,25 @@ impl Connection {
     /// Read the next response (in whatever order the server answers).
     pub fn receive(&mut self) -> Result<Response, ClientError> {
         loop {
-            if let Some(bounds) = next_frame(&self.buf, MAX_RESPONSE_FRAME_BYTES)
+            if let Some(bounds) = next_frame(self.buf.filled(), MAX_RESPONSE_FRAME_BYTES)
                 .map_err(|e| ClientError::Protocol(e.to_string()))?
             {
-                let response = decode_response(&self.buf[bounds.body.clone()])
+                let response = decode_response(&self.buf.filled()[bounds.body.clone()])
                     .map_err(|e| ClientError::Protocol(e.to_string()));
-                self.buf.drain(..bounds.total_len);
+                self.buf.consume(bounds.total_len);
                 return response;
             }
-            let filled = self.buf.len();
-            self.buf.resize(filled + 64 * 1024, 0);
-            let n = self.stream.read(&mut self.buf[filled..]);
+            let n = self.stream.read(self.buf.spare(64 * 1024));
             let peer = self.peer;
             match n {
                 Ok(0) => {
-                    self.buf.truncate(filled);
                     return Err(ClientError::io(
                         format!("connection to {peer}"),
                         std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed by server"),
                     ));
                 }
-                Ok(n) => self.buf.truncate(filled + n),
+                Ok(n) => self.buf.advance(n),
                 Err(e) => {
-                    self.buf.truncate(filled);
                     return Err(ClientError::io(format!("receive from {peer}"), e));
                 }
             }

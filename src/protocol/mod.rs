@@ -11,6 +11,7 @@
 
 pub mod codec;
 pub mod frame;
+pub mod read_buffer;
 pub mod token;
 pub mod types;
 

@@ -13,6 +13,7 @@
 use super::shard::Shard;
 use crate::protocol::codec::{decode_request, DecodeError};
 use crate::protocol::frame::{next_frame, FrameError};
+use crate::protocol::read_buffer::ReadBuffer;
 use crate::protocol::types::{ErrorReply, Op, Reply, Request, Response};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalSender};
@@ -96,16 +97,14 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
     });
 
     let limits = shard.limits;
-    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
-    let mut start = 0usize;
+    let mut buf = ReadBuffer::with_capacity(READ_CHUNK_BYTES);
     'read: loop {
         // Parse every complete frame already buffered.
         loop {
-            match next_frame(&buf[start..], limits.max_frame_bytes) {
+            match next_frame(buf.filled(), limits.max_frame_bytes) {
                 Ok(Some(bounds)) => {
-                    let body = &buf[start + bounds.body.start..start + bounds.body.end];
-                    let decoded = decode_request(body, &limits);
-                    start += bounds.total_len;
+                    let decoded = decode_request(&buf.filled()[bounds.body.clone()], &limits);
+                    buf.consume(bounds.total_len);
                     match decoded {
                         Ok(request) => {
                             // Per-connection bound: stop reading until a request finishes,
@@ -166,27 +165,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
                 }
             }
         }
-        // Compact the consumed prefix, then read more.
-        if start > 0 {
-            buf.drain(..start);
-            start = 0;
-        }
-        let filled = buf.len();
-        buf.resize(filled + READ_CHUNK_BYTES, 0);
-        let read = futures_lite::future::or(
-            async { Some(reader.read(&mut buf[filled..]).await) },
-            async {
-                shard.stopping.wait().await;
-                None
-            },
-        )
+        let spare = buf.spare(READ_CHUNK_BYTES);
+        let read = futures_lite::future::or(async { Some(reader.read(spare).await) }, async {
+            shard.stopping.wait().await;
+            None
+        })
         .await;
         match read {
-            Some(Ok(n)) if n > 0 => buf.truncate(filled + n),
-            _ => {
-                buf.truncate(filled);
-                break;
-            }
+            Some(Ok(n)) if n > 0 => buf.advance(n),
+            _ => break,
         }
     }
     outbox.closing.set(true);
