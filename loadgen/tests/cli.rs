@@ -89,7 +89,7 @@ fn help_exits_0() {
 }
 
 #[test]
-fn unplugged_real_target_is_an_operational_failure() {
+fn unreachable_host_is_an_operational_failure() {
     let o = loadgen(&["--hosts", "127.0.0.1:1", "--ops", "10"]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("cannot connect"), "{}", stderr(&o));
