@@ -236,3 +236,37 @@ fn second_server_on_the_same_port_fails_clearly() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another ringkv process"));
 }
+
+/// `metrics_listen` serves Prometheus text with every shard's counters.
+#[test]
+fn metrics_endpoint_reports_every_shard() {
+    let metrics_port = common::free_port_block(1);
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let node = Node::start(2, &["--metrics-listen", &metrics]);
+    let mut client = Client::connect(&node.addr()).unwrap();
+    for i in 0..100 {
+        client
+            .put(format!("m-{i}").as_bytes(), b"v", None, None)
+            .unwrap();
+    }
+    let scrape = || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&metrics).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    let text = scrape();
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    let writes: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("ringkv_engine_writes_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(writes, 100.0, "engine writes over both shards:\n{text}");
+    assert!(
+        text.contains("ringkv_requests_total{shard=\"1\"}"),
+        "{text}"
+    );
+}

@@ -66,7 +66,7 @@ async fn write_lww(shard: &Rc<Shard>, key: &[u8], value: Option<Vec<u8>>) -> Rep
 /// This node alone, as a one-node ring (the cluster layer replaces it with gossip state).
 pub async fn local_topology(shard: &Rc<Shard>) -> Topology {
     let stats = super::router::all_stats(shard).await;
-    let load_bytes = stats.iter().map(|s| s.data_bytes).sum();
+    let load_bytes = stats.iter().map(|s| s.engine.data_bytes).sum();
     Topology {
         nodes: vec![NodeInfo {
             node_id: shard.node_id,

@@ -5,6 +5,7 @@
 
 pub mod connection;
 pub mod handler;
+pub mod metrics;
 pub mod router;
 pub mod shard;
 

@@ -5,9 +5,9 @@
 
 use super::handler;
 use super::shard::Shard;
+use super::shard::ShardStats;
 use crate::protocol::token::{shard_of, token_of};
 use crate::protocol::types::{ErrorReply, Op, Reply};
-use crate::storage::engine::EngineStats;
 use ahash::AHashMap;
 use futures_lite::StreamExt;
 use glommio::channels::channel_mesh::{Receivers, Senders};
@@ -27,7 +27,7 @@ pub enum ShardOp {
 #[derive(Debug)]
 pub enum ShardReply {
     Client(Reply),
-    Stats(EngineStats),
+    Stats(ShardStats),
 }
 
 /// A message on the channel mesh.
@@ -106,7 +106,7 @@ pub fn spawn_receivers(shard: &Rc<Shard>, mut receivers: Receivers<MeshMsg>) {
                                         ShardOp::Client(op) => ShardReply::Client(
                                             handler::execute_local(&shard, op).await,
                                         ),
-                                        ShardOp::Stats => ShardReply::Stats(shard.engine.stats()),
+                                        ShardOp::Stats => ShardReply::Stats(shard.stats()),
                                     };
                                     let _ = shard
                                         .mesh
@@ -165,12 +165,12 @@ pub async fn execute(shard: &Rc<Shard>, op: Op) -> Reply {
     }
 }
 
-/// Statistics of every shard of this node (this one included).
-pub async fn all_stats(shard: &Rc<Shard>) -> Vec<EngineStats> {
+/// Statistics of every shard of this node (this one included), in shard order.
+pub async fn all_stats(shard: &Rc<Shard>) -> Vec<ShardStats> {
     let mut out = Vec::with_capacity(shard.shard_count as usize);
     for s in 0..shard.shard_count {
         if s == shard.id {
-            out.push(shard.engine.stats());
+            out.push(shard.stats());
         } else if let Ok(ShardReply::Stats(stats)) =
             shard.mesh.call(shard.id, s, ShardOp::Stats).await
         {

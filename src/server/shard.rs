@@ -8,7 +8,7 @@ use crate::config::{CommitlogSync, Config};
 use crate::conflict::HlcClock;
 pub use crate::event::Event;
 use crate::protocol::codec::{Encoder, Limits};
-use crate::storage::engine::{Engine, EngineOptions};
+use crate::storage::engine::{Engine, EngineOptions, EngineStats};
 use crate::storage::glommio_disk::GlommioDisk;
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::TcpListener;
@@ -50,7 +50,34 @@ pub struct Shard {
     pub background_queue: TaskQueueHandle,
 }
 
+/// A snapshot of one shard's counters, sent between shards for `status` and metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ShardStats {
+    pub shard: u32,
+    pub engine: EngineStats,
+    pub requests: u64,
+    pub bad_requests: u64,
+    pub overloaded: u64,
+    pub refused_peer_ops: u64,
+    pub forwarded: u64,
+    pub inflight: u32,
+}
+
 impl Shard {
+    pub fn stats(&self) -> ShardStats {
+        let m = &self.metrics;
+        ShardStats {
+            shard: self.id,
+            engine: self.engine.stats(),
+            requests: m.requests.get(),
+            bad_requests: m.bad_requests.get(),
+            overloaded: m.overloaded.get(),
+            refused_peer_ops: m.refused_peer_ops.get(),
+            forwarded: m.forwarded.get(),
+            inflight: self.inflight.get(),
+        }
+    }
+
     pub fn on_request_done(&self) {
         self.metrics.requests.set(self.metrics.requests.get() + 1);
         if self.stopping.is_set() && self.inflight.get() == 0 {
@@ -163,6 +190,18 @@ pub async fn run(
             glommio::spawn_local_into(accept_loop(shard.clone(), listener), foreground_queue)
                 .map_err(|e| e.to_string())?,
         );
+    }
+    if let (0, Some(addr)) = (id, config.metrics_listen) {
+        let listener = TcpListener::bind(addr)
+            .map_err(|e| fail(format!("cannot listen for metrics on {addr}: {e}")))?;
+        tasks.push(
+            glommio::spawn_local_into(
+                super::metrics::serve(shard.clone(), listener),
+                background_queue,
+            )
+            .map_err(|e| e.to_string())?,
+        );
+        tracing::info!(%addr, "serving Prometheus metrics on /metrics");
     }
     let maintenance = shard.clone();
     glommio::spawn_local_into(

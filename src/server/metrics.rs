@@ -1,0 +1,176 @@
+//! Prometheus metrics (`metrics_listen`): shard 0 serves `GET /metrics` in the text
+//! exposition format, gathering every shard's counters over the channel mesh. A tiny
+//! HTTP/1.0 responder: it reads one bounded request head and closes the connection.
+
+use super::router;
+use super::shard::{Shard, ShardStats};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpListener;
+use std::fmt::Write as _;
+use std::rc::Rc;
+
+/// Largest request head we read before answering.
+const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
+
+/// Render the exposition text for these shards.
+pub fn render(stats: &[ShardStats]) -> String {
+    type Field = fn(&ShardStats) -> f64;
+    let series: [(&str, &str, &str, Field); 14] = [
+        (
+            "ringkv_requests_total",
+            "counter",
+            "Requests answered by the shard.",
+            |s| s.requests as f64,
+        ),
+        (
+            "ringkv_bad_requests_total",
+            "counter",
+            "Frames refused with BadRequest.",
+            |s| s.bad_requests as f64,
+        ),
+        (
+            "ringkv_overloaded_total",
+            "counter",
+            "Requests refused with Overloaded.",
+            |s| s.overloaded as f64,
+        ),
+        (
+            "ringkv_refused_peer_ops_total",
+            "counter",
+            "Peer operations refused on client connections.",
+            |s| s.refused_peer_ops as f64,
+        ),
+        (
+            "ringkv_forwarded_total",
+            "counter",
+            "Requests forwarded to the owning shard.",
+            |s| s.forwarded as f64,
+        ),
+        (
+            "ringkv_inflight_requests",
+            "gauge",
+            "Requests admitted and not yet answered.",
+            |s| f64::from(s.inflight),
+        ),
+        (
+            "ringkv_engine_writes_total",
+            "counter",
+            "Writes applied by the storage engine.",
+            |s| s.engine.writes as f64,
+        ),
+        (
+            "ringkv_engine_reads_total",
+            "counter",
+            "Reads served by the storage engine.",
+            |s| s.engine.reads as f64,
+        ),
+        (
+            "ringkv_engine_flushes_total",
+            "counter",
+            "Memtables flushed to SSTables.",
+            |s| s.engine.flushes as f64,
+        ),
+        (
+            "ringkv_engine_compactions_total",
+            "counter",
+            "Compactions completed.",
+            |s| s.engine.compactions as f64,
+        ),
+        ("ringkv_engine_sstables", "gauge", "Live SSTables.", |s| {
+            s.engine.sstables as f64
+        }),
+        (
+            "ringkv_engine_memtable_bytes",
+            "gauge",
+            "Bytes in the active memtable.",
+            |s| s.engine.memtable_bytes as f64,
+        ),
+        (
+            "ringkv_engine_frozen_memtables",
+            "gauge",
+            "Memtables waiting to be flushed.",
+            |s| s.engine.frozen_memtables as f64,
+        ),
+        (
+            "ringkv_engine_data_bytes",
+            "gauge",
+            "SSTable and memtable bytes.",
+            |s| s.engine.data_bytes as f64,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, field) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in stats {
+            let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", s.shard, field(s));
+        }
+    }
+    out
+}
+
+/// Serve metrics until the shard stops.
+pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shard.stopping.wait().await;
+            None
+        })
+        .await;
+        let Some(Ok(mut stream)) = accepted else {
+            if shard.stopping.is_set() {
+                return;
+            }
+            continue;
+        };
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < REQUEST_HEAD_BYTES_MAX {
+            match stream.read(&mut chunk).await {
+                Ok(n) if n > 0 => head.extend_from_slice(&chunk[..n]),
+                _ => break,
+            }
+        }
+        let (status, body) = if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET / ") {
+            ("200 OK", render(&router::all_stats(&shard).await))
+        } else {
+            ("404 Not Found", "try GET /metrics\n".to_string())
+        };
+        let response = format!(
+            "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_help_type_and_one_sample_per_shard() {
+        let stats = [
+            ShardStats {
+                shard: 0,
+                requests: 7,
+                ..Default::default()
+            },
+            ShardStats {
+                shard: 1,
+                requests: 9,
+                ..Default::default()
+            },
+        ];
+        let text = render(&stats);
+        assert!(text.contains("# TYPE ringkv_requests_total counter"));
+        assert!(text.contains("ringkv_requests_total{shard=\"0\"} 7"));
+        assert!(text.contains("ringkv_requests_total{shard=\"1\"} 9"));
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("ringkv_engine_sstables{"))
+                .count(),
+            2
+        );
+    }
+}
