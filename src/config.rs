@@ -331,9 +331,10 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub shard_port_base: u16,
     pub cluster_name: String,
-    /// Never logged: see the `Debug` caution in the README.
-    pub cluster_secret: Option<String>,
-    pub client_auth_token: Option<String>,
+    /// Held only as the derived MAC key; prints as `<redacted>`.
+    pub cluster_secret: Option<crate::auth::ClusterSecret>,
+    /// Prints as `<redacted>`.
+    pub client_auth_token: Option<crate::auth::ClientAuthToken>,
 }
 
 /// A configuration error naming the key at fault.
@@ -524,9 +525,15 @@ impl ConfigLayer {
             ),
             (None, None) => None,
         };
-        if cluster_secret.as_deref() == Some("") {
-            return Err(invalid("cluster_secret", "must not be empty"));
-        }
+        let cluster_secret = cluster_secret
+            .map(|s| crate::auth::ClusterSecret::new(s.as_bytes()))
+            .transpose()
+            .map_err(|e| invalid("cluster_secret", e))?;
+        let client_auth_token = self
+            .client_auth_token
+            .map(|t| crate::auth::ClientAuthToken::new(t.as_bytes()))
+            .transpose()
+            .map_err(|e| invalid("client_auth_token", e))?;
         let max_inflight_per_connection = self.max_inflight_per_connection.unwrap_or(1024);
         let max_inflight_per_shard = self.max_inflight_per_shard.unwrap_or(16_384);
         if max_inflight_per_connection == 0 || max_inflight_per_shard == 0 {
@@ -575,7 +582,7 @@ impl ConfigLayer {
             shard_port_base,
             cluster_name: self.cluster_name.unwrap_or_else(|| "ringkv".to_string()),
             cluster_secret,
-            client_auth_token: self.client_auth_token,
+            client_auth_token,
         })
     }
 }
