@@ -1,10 +1,18 @@
 //! Property tests of the wire codec: every request and response round-trips through
 //! encode → split → decode; arbitrary and mutated bytes never panic the decoder; limits
-//! produce `Invalid` errors that carry the request id.
+//! produce `Invalid` errors that carry the request id. Peer ops (handshake bytes,
+//! gossip, hint replay) and client `Auth` are covered like the rest, including the
+//! bounds on every gossip vector.
 #![allow(clippy::unwrap_used)]
 
-use proptest::collection::vec;
+use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
+use ringkv::auth::{AuthMessage, ClusterName, Proof, RefuseReason};
+use ringkv::cluster::membership::{Ack, Ack2, Digest, GossipMessage, NodeState, Syn};
+use ringkv::protocol::codec::{
+    AUTH_TOKEN_BYTES_MAX, GOSSIP_APP_STATES_MAX, GOSSIP_NODES_MAX, GOSSIP_TEXT_BYTES_MAX,
+    GOSSIP_TOKENS_PER_NODE_MAX, PEER_HANDSHAKE_BYTES_MAX,
+};
 use ringkv::protocol::frame::{next_frame, FrameError, LENGTH_PREFIX_BYTES};
 use ringkv::protocol::types::{
     Consistency, ErrorReply, NodeInfo, NodeStatus, Op, Reply, Request, Response, Topology,
@@ -52,6 +60,87 @@ fn op() -> impl Strategy<Value = Op> {
         Just(Op::Topology),
         (bytes(64), bytes(256)).prop_map(|(key, state)| Op::ReplicaWrite { key, state }),
         bytes(64).prop_map(|key| Op::ReplicaRead { key }),
+        bytes(64).prop_map(|token| Op::Auth { token }),
+        bytes(128).prop_map(|message| Op::PeerHandshake { message }),
+        gossip_message().prop_map(Op::Gossip),
+        (bytes(64), bytes(256), any::<u64>()).prop_map(|(key, state, target_node_id)| {
+            Op::HintReplay {
+                key,
+                state,
+                target_node_id,
+            }
+        }),
+    ]
+}
+
+fn digest() -> impl Strategy<Value = Digest> {
+    (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(id, generation, version)| Digest {
+        id,
+        generation,
+        version,
+    })
+}
+
+fn node_state() -> impl Strategy<Value = NodeState> {
+    (
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
+        node_status(),
+        "[a-z0-9.:é]{0,24}",
+        (any::<u32>(), any::<u16>()),
+        vec(any::<u64>(), 0..8),
+        any::<u64>(),
+        btree_map("[a-z_]{0,12}", ".{0,16}", 0..4),
+    )
+        .prop_map(
+            |(
+                (id, generation, version, heartbeat),
+                status,
+                address,
+                (shard_count, shard_port_base),
+                tokens,
+                load_bytes,
+                app_states,
+            )| NodeState {
+                id,
+                generation,
+                version,
+                heartbeat,
+                status,
+                address,
+                shard_count,
+                shard_port_base,
+                tokens,
+                load_bytes,
+                app_states,
+            },
+        )
+}
+
+fn gossip_message() -> impl Strategy<Value = GossipMessage> {
+    prop_oneof![
+        (any::<u64>(), "[a-z0-9.:]{0,24}", vec(digest(), 0..6)).prop_map(
+            |(from, from_address, digests)| GossipMessage::Syn(Syn {
+                from,
+                from_address,
+                digests
+            })
+        ),
+        (
+            any::<u64>(),
+            "[a-z0-9.:]{0,24}",
+            vec(node_state(), 0..4),
+            vec(digest(), 0..6)
+        )
+            .prop_map(|(from, from_address, deltas, requests)| {
+                GossipMessage::Ack(Ack {
+                    from,
+                    from_address,
+                    deltas,
+                    requests,
+                })
+            }),
+        (any::<u64>(), vec(node_state(), 0..4))
+            .prop_map(|(from, deltas)| GossipMessage::Ack2(Ack2 { from, deltas })),
     ]
 }
 
@@ -122,6 +211,8 @@ fn reply() -> impl Strategy<Value = Reply> {
         }),
         proptest::option::of(bytes(256)).prop_map(|state| Reply::ReplicaState { state }),
         error_reply().prop_map(Reply::Error),
+        bytes(128).prop_map(|message| Reply::PeerHandshake { message }),
+        gossip_message().prop_map(Reply::Gossip),
     ]
 }
 
@@ -341,7 +432,7 @@ proptest! {
     fn over_limit_keys_are_invalid_with_their_request_id(
         request_id: u64,
         key in vec(any::<u8>(), 17..64),
-        which in 0usize..5,
+        which in 0usize..6,
     ) {
         let limits = Limits { max_key_bytes: 16, max_value_bytes: 32, max_frame_bytes: 4096 };
         let op = match which {
@@ -349,6 +440,7 @@ proptest! {
             1 => Op::Put { key, value: vec![1], consistency: None, context: None },
             2 => Op::Delete { key, consistency: None, context: None },
             3 => Op::ReplicaWrite { key, state: vec![1] },
+            4 => Op::HintReplay { key, state: vec![1], target_node_id: 3 },
             _ => Op::ReplicaRead { key },
         };
         let mut out = Vec::new();
@@ -462,4 +554,361 @@ fn encoder_reuse_across_sizes() {
         assert_eq!(&decode_request(body, &limits).unwrap(), request);
     }
     assert_eq!(bodies.len(), sent.len());
+}
+
+/// Encodes `message` as a Gossip request and as a Gossip response with `request_id` and
+/// decodes both.
+fn decode_gossip_both_ways(
+    request_id: u64,
+    message: &GossipMessage,
+) -> (Result<Request, DecodeError>, Result<Response, DecodeError>) {
+    let mut encoder = Encoder::new();
+    let mut out = Vec::new();
+    encoder.encode_request(
+        &Request {
+            request_id,
+            op: Op::Gossip(message.clone()),
+        },
+        &mut out,
+    );
+    let request = decode_request(&out[LENGTH_PREFIX_BYTES..], &Limits::default());
+    out.clear();
+    encoder.encode_response(
+        &Response {
+            request_id,
+            body: Reply::Gossip(message.clone()),
+        },
+        &mut out,
+    );
+    let response = decode_response(&out[LENGTH_PREFIX_BYTES..]);
+    (request, response)
+}
+
+fn assert_invalid<T: std::fmt::Debug>(result: Result<T, DecodeError>, id: u64, needle: &str) {
+    match result {
+        Err(DecodeError::Invalid { request_id, reason }) => {
+            assert_eq!(request_id, id, "{reason}");
+            assert!(reason.contains(needle), "{reason:?} lacks {needle:?}");
+        }
+        other => panic!("expected Invalid({needle}), got {other:?}"),
+    }
+}
+
+fn small_state(id: u64) -> NodeState {
+    let mut state = NodeState::new(id, 1_700_000_000_000, format!("10.0.0.{}:7400", id % 256));
+    state.tokens = vec![id, id.wrapping_mul(7)];
+    state
+        .app_states
+        .insert("conflict_mode".to_owned(), "lww".to_owned());
+    state
+}
+
+/// Every gossip vector and string at its bound decodes; one past it is `Invalid` for
+/// that request id (the connection stays open), in requests and responses alike.
+#[test]
+fn gossip_bounds() {
+    let digests = |n: usize| -> Vec<Digest> {
+        (0..n as u64)
+            .map(|id| Digest {
+                id,
+                generation: 1,
+                version: id,
+            })
+            .collect()
+    };
+    let text = |n: usize| "x".repeat(n);
+    let with_tokens = |n: usize| NodeState {
+        tokens: (0..n as u64).collect(),
+        ..small_state(1)
+    };
+    let with_app_states = |n: usize, text_bytes: usize| NodeState {
+        app_states: (0..n)
+            .map(|i| {
+                (
+                    format!("{i:0>width$}", width = text_bytes),
+                    text(text_bytes),
+                )
+            })
+            .collect(),
+        ..small_state(2)
+    };
+    let ack = |deltas: Vec<NodeState>, requests: Vec<Digest>, from_address: String| {
+        GossipMessage::Ack(Ack {
+            from: 9,
+            from_address,
+            deltas,
+            requests,
+        })
+    };
+    let ack2 = |deltas: Vec<NodeState>| GossipMessage::Ack2(Ack2 { from: 9, deltas });
+    let syn = |digests: Vec<Digest>, from_address: String| {
+        GossipMessage::Syn(Syn {
+            from: 9,
+            from_address,
+            digests,
+        })
+    };
+
+    let at_limit = [
+        syn(digests(GOSSIP_NODES_MAX), text(GOSSIP_TEXT_BYTES_MAX)),
+        ack(
+            (0..GOSSIP_NODES_MAX as u64).map(small_state).collect(),
+            digests(GOSSIP_NODES_MAX),
+            text(GOSSIP_TEXT_BYTES_MAX),
+        ),
+        ack2(vec![with_tokens(GOSSIP_TOKENS_PER_NODE_MAX)]),
+        ack2(vec![with_app_states(
+            GOSSIP_APP_STATES_MAX,
+            GOSSIP_TEXT_BYTES_MAX,
+        )]),
+        ack2(vec![NodeState {
+            address: text(GOSSIP_TEXT_BYTES_MAX),
+            ..small_state(3)
+        }]),
+    ];
+    for (i, message) in at_limit.iter().enumerate() {
+        let request_id = 100 + i as u64;
+        let (request, response) = decode_gossip_both_ways(request_id, message);
+        assert_eq!(request.unwrap().op, Op::Gossip(message.clone()), "case {i}");
+        assert_eq!(
+            response.unwrap().body,
+            Reply::Gossip(message.clone()),
+            "case {i}"
+        );
+    }
+
+    let over_limit = [
+        (
+            syn(digests(GOSSIP_NODES_MAX + 1), "a:1".to_owned()),
+            "GossipSyn.digests",
+        ),
+        (
+            syn(Vec::new(), text(GOSSIP_TEXT_BYTES_MAX + 1)),
+            "GossipSyn.from_address",
+        ),
+        (
+            ack(Vec::new(), digests(GOSSIP_NODES_MAX + 1), "a:1".to_owned()),
+            "GossipAck.requests",
+        ),
+        (
+            ack(
+                (0..=GOSSIP_NODES_MAX as u64).map(small_state).collect(),
+                Vec::new(),
+                "a:1".to_owned(),
+            ),
+            "GossipAck.deltas",
+        ),
+        (
+            ack2((0..=GOSSIP_NODES_MAX as u64).map(small_state).collect()),
+            "GossipAck2.deltas",
+        ),
+        (
+            ack2(vec![with_tokens(GOSSIP_TOKENS_PER_NODE_MAX + 1)]),
+            "GossipNodeState.tokens",
+        ),
+        (
+            ack2(vec![with_app_states(GOSSIP_APP_STATES_MAX + 1, 4)]),
+            "GossipNodeState.app_states",
+        ),
+        (
+            ack2(vec![NodeState {
+                address: text(GOSSIP_TEXT_BYTES_MAX + 1),
+                ..small_state(3)
+            }]),
+            "GossipNodeState.address",
+        ),
+        (
+            ack2(vec![with_app_states(1, GOSSIP_TEXT_BYTES_MAX + 1)]),
+            "AppState.key",
+        ),
+        (
+            ack2(vec![NodeState {
+                app_states: [("k".to_owned(), text(GOSSIP_TEXT_BYTES_MAX + 1))].into(),
+                ..small_state(4)
+            }]),
+            "AppState.value",
+        ),
+    ];
+    for (i, (message, needle)) in over_limit.iter().enumerate() {
+        let request_id = 200 + i as u64;
+        let (request, response) = decode_gossip_both_ways(request_id, message);
+        assert_invalid(request, request_id, needle);
+        assert_invalid(response, request_id, needle);
+    }
+}
+
+/// `Auth.token` and `PeerHandshake.message` are bounded; at the bound they decode.
+#[test]
+fn auth_and_handshake_bytes_are_bounded() {
+    let limits = Limits::default();
+    let mut encoder = Encoder::new();
+    let request = |encoder: &mut Encoder, op: Op| {
+        let mut out = Vec::new();
+        encoder.encode_request(&Request { request_id: 5, op }, &mut out);
+        decode_request(&out[LENGTH_PREFIX_BYTES..], &limits)
+    };
+    let token = vec![b't'; AUTH_TOKEN_BYTES_MAX];
+    assert_eq!(
+        request(
+            &mut encoder,
+            Op::Auth {
+                token: token.clone()
+            }
+        )
+        .unwrap()
+        .op,
+        Op::Auth { token }
+    );
+    assert_invalid(
+        request(
+            &mut encoder,
+            Op::Auth {
+                token: vec![b't'; AUTH_TOKEN_BYTES_MAX + 1],
+            },
+        ),
+        5,
+        "token",
+    );
+    let message = vec![7; PEER_HANDSHAKE_BYTES_MAX];
+    assert_eq!(
+        request(
+            &mut encoder,
+            Op::PeerHandshake {
+                message: message.clone()
+            }
+        )
+        .unwrap()
+        .op,
+        Op::PeerHandshake { message }
+    );
+    let too_long = vec![7; PEER_HANDSHAKE_BYTES_MAX + 1];
+    assert_invalid(
+        request(
+            &mut encoder,
+            Op::PeerHandshake {
+                message: too_long.clone(),
+            },
+        ),
+        5,
+        "message",
+    );
+    let mut out = Vec::new();
+    encoder.encode_response(
+        &Response {
+            request_id: 6,
+            body: Reply::PeerHandshake { message: too_long },
+        },
+        &mut out,
+    );
+    assert_invalid(decode_response(&out[LENGTH_PREFIX_BYTES..]), 6, "message");
+}
+
+/// Every kind of handshake message, at its largest, travels unchanged through a
+/// PeerHandshake request and reply.
+#[test]
+fn auth_messages_travel_through_peer_handshake() {
+    let longest_name = ClusterName::new(&"c".repeat(ringkv::auth::CLUSTER_NAME_BYTES_MAX)).unwrap();
+    let messages = [
+        AuthMessage::Hello {
+            version: ringkv::auth::PROTOCOL_VERSION,
+            cluster_name: longest_name.clone(),
+            node_id: 1,
+            nonce: [1; ringkv::auth::NONCE_BYTES],
+        },
+        AuthMessage::Challenge {
+            cluster_name: longest_name,
+            node_id: 2,
+            nonce: [2; ringkv::auth::NONCE_BYTES],
+            proof: Proof::from_bytes([3; ringkv::auth::PROOF_BYTES]),
+        },
+        AuthMessage::Response {
+            proof: Proof::from_bytes([4; ringkv::auth::PROOF_BYTES]),
+        },
+        AuthMessage::Welcome,
+        AuthMessage::Refuse {
+            reason: RefuseReason::ALL[0],
+        },
+    ];
+    let limits = Limits::default();
+    let mut encoder = Encoder::new();
+    for (i, message) in messages.iter().enumerate() {
+        let bytes = message.encode();
+        let mut out = Vec::new();
+        encoder.encode_request(
+            &Request {
+                request_id: i as u64,
+                op: Op::PeerHandshake {
+                    message: bytes.clone(),
+                },
+            },
+            &mut out,
+        );
+        let Op::PeerHandshake { message: carried } =
+            decode_request(&out[LENGTH_PREFIX_BYTES..], &limits)
+                .unwrap()
+                .op
+        else {
+            panic!("not a PeerHandshake");
+        };
+        assert_eq!(&AuthMessage::decode(&carried).unwrap(), message);
+        out.clear();
+        encoder.encode_response(
+            &Response {
+                request_id: i as u64,
+                body: Reply::PeerHandshake { message: bytes },
+            },
+            &mut out,
+        );
+        let Reply::PeerHandshake { message: carried } =
+            decode_response(&out[LENGTH_PREFIX_BYTES..]).unwrap().body
+        else {
+            panic!("not a PeerHandshake reply");
+        };
+        assert_eq!(&AuthMessage::decode(&carried).unwrap(), message);
+    }
+}
+
+/// Only `Auth` and the original client ops are client ops; everything a peer sends is a
+/// peer op that a client connection refuses.
+#[test]
+fn peer_ops_are_classified() {
+    let client_ops = [
+        Op::Get {
+            key: vec![],
+            consistency: None,
+        },
+        Op::Put {
+            key: vec![],
+            value: vec![],
+            consistency: None,
+            context: None,
+        },
+        Op::Delete {
+            key: vec![],
+            consistency: None,
+            context: None,
+        },
+        Op::Ping,
+        Op::Topology,
+        Op::Auth { token: vec![1] },
+    ];
+    let peer_ops = [
+        Op::ReplicaWrite {
+            key: vec![],
+            state: vec![],
+        },
+        Op::ReplicaRead { key: vec![] },
+        Op::PeerHandshake { message: vec![] },
+        Op::Gossip(GossipMessage::Ack2(Ack2 {
+            from: 1,
+            deltas: vec![],
+        })),
+        Op::HintReplay {
+            key: vec![],
+            state: vec![],
+            target_node_id: 1,
+        },
+    ];
+    assert!(client_ops.iter().all(|op| !op.is_peer_op()));
+    assert!(peer_ops.iter().all(Op::is_peer_op));
 }

@@ -116,10 +116,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Consistency {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST_BODY: u8 = 7;
+pub const ENUM_MAX_REQUEST_BODY: u8 = 11;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 8] = [
+pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 12] = [
   RequestBody::NONE,
   RequestBody::Get,
   RequestBody::Put,
@@ -128,6 +128,10 @@ pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 8] = [
   RequestBody::Topology,
   RequestBody::ReplicaWrite,
   RequestBody::ReplicaRead,
+  RequestBody::Auth,
+  RequestBody::PeerHandshake,
+  RequestBody::Gossip,
+  RequestBody::HintReplay,
 ];
 
 /// APPEND-ONLY (rule 1). Member numbers are part of the protocol.
@@ -144,9 +148,13 @@ impl RequestBody {
   pub const Topology: Self = Self(5);
   pub const ReplicaWrite: Self = Self(6);
   pub const ReplicaRead: Self = Self(7);
+  pub const Auth: Self = Self(8);
+  pub const PeerHandshake: Self = Self(9);
+  pub const Gossip: Self = Self(10);
+  pub const HintReplay: Self = Self(11);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 7;
+  pub const ENUM_MAX: u8 = 11;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Get,
@@ -156,6 +164,10 @@ impl RequestBody {
     Self::Topology,
     Self::ReplicaWrite,
     Self::ReplicaRead,
+    Self::Auth,
+    Self::PeerHandshake,
+    Self::Gossip,
+    Self::HintReplay,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -168,6 +180,10 @@ impl RequestBody {
       Self::Topology => Some("Topology"),
       Self::ReplicaWrite => Some("ReplicaWrite"),
       Self::ReplicaRead => Some("ReplicaRead"),
+      Self::Auth => Some("Auth"),
+      Self::PeerHandshake => Some("PeerHandshake"),
+      Self::Gossip => Some("Gossip"),
+      Self::HintReplay => Some("HintReplay"),
       _ => None,
     }
   }
@@ -419,10 +435,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ErrorKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE_BODY: u8 = 6;
+pub const ENUM_MAX_RESPONSE_BODY: u8 = 8;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 7] = [
+pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 9] = [
   ResponseBody::NONE,
   ResponseBody::Value,
   ResponseBody::Done,
@@ -430,6 +446,8 @@ pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 7] = [
   ResponseBody::TopologyReply,
   ResponseBody::ReplicaState,
   ResponseBody::Error,
+  ResponseBody::PeerHandshake,
+  ResponseBody::Gossip,
 ];
 
 /// APPEND-ONLY (rule 1). Member numbers are part of the protocol.
@@ -445,9 +463,11 @@ impl ResponseBody {
   pub const TopologyReply: Self = Self(4);
   pub const ReplicaState: Self = Self(5);
   pub const Error: Self = Self(6);
+  pub const PeerHandshake: Self = Self(7);
+  pub const Gossip: Self = Self(8);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 6;
+  pub const ENUM_MAX: u8 = 8;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Value,
@@ -456,6 +476,8 @@ impl ResponseBody {
     Self::TopologyReply,
     Self::ReplicaState,
     Self::Error,
+    Self::PeerHandshake,
+    Self::Gossip,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -467,6 +489,8 @@ impl ResponseBody {
       Self::TopologyReply => Some("TopologyReply"),
       Self::ReplicaState => Some("ReplicaState"),
       Self::Error => Some("Error"),
+      Self::PeerHandshake => Some("PeerHandshake"),
+      Self::Gossip => Some("Gossip"),
       _ => None,
     }
   }
@@ -522,6 +546,101 @@ impl<'a> ::flatbuffers::Verifiable for ResponseBody {
 
 impl ::flatbuffers::SimpleToVerifyInSlice for ResponseBody {}
 pub struct ResponseBodyUnionTableOffset {}
+
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_GOSSIP_MESSAGE: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_GOSSIP_MESSAGE: u8 = 3;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_GOSSIP_MESSAGE: [GossipMessage; 4] = [
+  GossipMessage::NONE,
+  GossipMessage::GossipSyn,
+  GossipMessage::GossipAck,
+  GossipMessage::GossipAck2,
+];
+
+/// APPEND-ONLY (rule 1). The three messages of one gossip round.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct GossipMessage(pub u8);
+#[allow(non_upper_case_globals)]
+impl GossipMessage {
+  pub const NONE: Self = Self(0);
+  pub const GossipSyn: Self = Self(1);
+  pub const GossipAck: Self = Self(2);
+  pub const GossipAck2: Self = Self(3);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 3;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::NONE,
+    Self::GossipSyn,
+    Self::GossipAck,
+    Self::GossipAck2,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::NONE => Some("NONE"),
+      Self::GossipSyn => Some("GossipSyn"),
+      Self::GossipAck => Some("GossipAck"),
+      Self::GossipAck2 => Some("GossipAck2"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for GossipMessage {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for GossipMessage {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for GossipMessage {
+    type Output = GossipMessage;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for GossipMessage {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for GossipMessage {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for GossipMessage {}
+pub struct GossipMessageUnionTableOffset {}
 
 pub enum GetOffset {}
 #[derive(Copy, Clone, PartialEq)]
@@ -1337,6 +1456,340 @@ impl ::core::fmt::Debug for ReplicaRead<'_> {
       ds.finish()
   }
 }
+pub enum AuthOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Client op: present the connection's client auth token (server setting
+/// `client_auth_token`). Answered with Done, or Error(Unauthorized) for a wrong token.
+/// When the server requires a token, it must be the connection's first request.
+/// At most 4096 bytes.
+pub struct Auth<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Auth<'a> {
+  type Inner = Auth<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Auth<'a> {
+  pub const VT_TOKEN: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Auth { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AuthArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Auth<'bldr>> {
+    let mut builder = AuthBuilder::new(_fbb);
+    if let Some(x) = args.token { builder.add_token(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn token(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Auth::VT_TOKEN, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Auth<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("token", Self::VT_TOKEN, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AuthArgs<'a> {
+    pub token: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for AuthArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AuthArgs {
+      token: None,
+    }
+  }
+}
+
+pub struct AuthBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AuthBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_token(&mut self, token: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Auth::VT_TOKEN, token);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AuthBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AuthBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Auth<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Auth<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Auth");
+      ds.field("token", &self.token());
+      ds.finish()
+  }
+}
+pub enum PeerHandshakeOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Peer op (and its reply): one message of the peer authentication handshake, the bytes
+/// of an `auth::AuthMessage` ("RKAU" magic and version inside). Opaque to the frame
+/// codec, which only bounds its size (at most 1024 bytes). Sent before anything else on
+/// a peer connection; the only peer op allowed before the handshake completes.
+pub struct PeerHandshake<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PeerHandshake<'a> {
+  type Inner = PeerHandshake<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PeerHandshake<'a> {
+  pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PeerHandshake { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PeerHandshakeArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PeerHandshake<'bldr>> {
+    let mut builder = PeerHandshakeBuilder::new(_fbb);
+    if let Some(x) = args.message { builder.add_message(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn message(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(PeerHandshake::VT_MESSAGE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PeerHandshake<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("message", Self::VT_MESSAGE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PeerHandshakeArgs<'a> {
+    pub message: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for PeerHandshakeArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PeerHandshakeArgs {
+      message: None,
+    }
+  }
+}
+
+pub struct PeerHandshakeBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PeerHandshakeBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_message(&mut self, message: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PeerHandshake::VT_MESSAGE, message);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PeerHandshakeBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PeerHandshakeBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PeerHandshake<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PeerHandshake<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PeerHandshake");
+      ds.field("message", &self.message());
+      ds.finish()
+  }
+}
+pub enum HintReplayOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Peer op: a mutation replayed from a hint by the node that stored it (hinted handoff).
+/// Merged like ReplicaWrite; `target_node_id` is the node the hint was stored for, so a
+/// receiver that is not that node (e.g. a reused address) can refuse it. Answered with
+/// Done.
+pub struct HintReplay<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for HintReplay<'a> {
+  type Inner = HintReplay<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> HintReplay<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_STATE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_TARGET_NODE_ID: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    HintReplay { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args HintReplayArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<HintReplay<'bldr>> {
+    let mut builder = HintReplayBuilder::new(_fbb);
+    builder.add_target_node_id(args.target_node_id);
+    if let Some(x) = args.state { builder.add_state(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(HintReplay::VT_KEY, None)}
+  }
+  #[inline]
+  pub fn state(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(HintReplay::VT_STATE, None)}
+  }
+  #[inline]
+  pub fn target_node_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(HintReplay::VT_TARGET_NODE_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for HintReplay<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("state", Self::VT_STATE, false)?
+     .visit_field::<u64>("target_node_id", Self::VT_TARGET_NODE_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct HintReplayArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub state: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub target_node_id: u64,
+}
+impl<'a> Default for HintReplayArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    HintReplayArgs {
+      key: None,
+      state: None,
+      target_node_id: 0,
+    }
+  }
+}
+
+pub struct HintReplayBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HintReplayBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(HintReplay::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_state(&mut self, state: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(HintReplay::VT_STATE, state);
+  }
+  #[inline]
+  pub fn add_target_node_id(&mut self, target_node_id: u64) {
+    self.fbb_.push_slot::<u64>(HintReplay::VT_TARGET_NODE_ID, target_node_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HintReplayBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    HintReplayBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<HintReplay<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for HintReplay<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("HintReplay");
+      ds.field("key", &self.key());
+      ds.field("state", &self.state());
+      ds.field("target_node_id", &self.target_node_id());
+      ds.finish()
+  }
+}
 pub enum BlobOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1552,7 +2005,8 @@ impl ::core::fmt::Debug for Value<'_> {
 pub enum DoneOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// Put / Delete / ReplicaWrite acknowledged.
+/// Put / Delete / ReplicaWrite / HintReplay / Auth acknowledged; also a Gossip answer
+/// with nothing to send back.
 pub struct Done<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -2300,6 +2754,1112 @@ impl ::core::fmt::Debug for Error<'_> {
       ds.finish()
   }
 }
+pub enum GossipDigestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Gossip: "I know node `node_id` at (`generation`, `version`)". An unknown node is
+/// requested at (0, 0).
+pub struct GossipDigest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GossipDigest<'a> {
+  type Inner = GossipDigest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GossipDigest<'a> {
+  pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_GENERATION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GossipDigest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GossipDigestArgs
+  ) -> ::flatbuffers::WIPOffset<GossipDigest<'bldr>> {
+    let mut builder = GossipDigestBuilder::new(_fbb);
+    builder.add_version(args.version);
+    builder.add_generation(args.generation);
+    builder.add_node_id(args.node_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn node_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GossipDigest::VT_NODE_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn generation(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GossipDigest::VT_GENERATION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GossipDigest::VT_VERSION, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GossipDigest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
+     .visit_field::<u64>("generation", Self::VT_GENERATION, false)?
+     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GossipDigestArgs {
+    pub node_id: u64,
+    pub generation: u64,
+    pub version: u64,
+}
+impl<'a> Default for GossipDigestArgs {
+  #[inline]
+  fn default() -> Self {
+    GossipDigestArgs {
+      node_id: 0,
+      generation: 0,
+      version: 0,
+    }
+  }
+}
+
+pub struct GossipDigestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GossipDigestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_node_id(&mut self, node_id: u64) {
+    self.fbb_.push_slot::<u64>(GossipDigest::VT_NODE_ID, node_id, 0);
+  }
+  #[inline]
+  pub fn add_generation(&mut self, generation: u64) {
+    self.fbb_.push_slot::<u64>(GossipDigest::VT_GENERATION, generation, 0);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: u64) {
+    self.fbb_.push_slot::<u64>(GossipDigest::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GossipDigestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GossipDigestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GossipDigest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GossipDigest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GossipDigest");
+      ds.field("node_id", &self.node_id());
+      ds.field("generation", &self.generation());
+      ds.field("version", &self.version());
+      ds.finish()
+  }
+}
+pub enum AppStateOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One free-form named fact about a node (e.g. "conflict_mode"). Keys are unique within
+/// one GossipNodeState; each key and value is at most 1024 bytes.
+pub struct AppState<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AppState<'a> {
+  type Inner = AppState<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AppState<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AppState { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AppStateArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AppState<'bldr>> {
+    let mut builder = AppStateBuilder::new(_fbb);
+    if let Some(x) = args.value { builder.add_value(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AppState::VT_KEY, None)}
+  }
+  #[inline]
+  pub fn value(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AppState::VT_VALUE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AppState<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("key", Self::VT_KEY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("value", Self::VT_VALUE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AppStateArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub value: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for AppStateArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AppStateArgs {
+      key: None,
+      value: None,
+    }
+  }
+}
+
+pub struct AppStateBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AppStateBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AppState::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AppState::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AppStateBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AppStateBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AppState<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AppState<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AppState");
+      ds.field("key", &self.key());
+      ds.field("value", &self.value());
+      ds.finish()
+  }
+}
+pub enum GossipNodeStateOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Gossip: everything gossiped about one node (cluster::membership::NodeState).
+/// Limits checked by the decoder: address ≤ 1024 bytes, ≤ 4096 tokens, ≤ 64 app states.
+pub struct GossipNodeState<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GossipNodeState<'a> {
+  type Inner = GossipNodeState<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GossipNodeState<'a> {
+  pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_GENERATION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 8;
+  pub const VT_HEARTBEAT: ::flatbuffers::VOffsetT = 10;
+  pub const VT_STATUS: ::flatbuffers::VOffsetT = 12;
+  pub const VT_ADDRESS: ::flatbuffers::VOffsetT = 14;
+  pub const VT_SHARD_COUNT: ::flatbuffers::VOffsetT = 16;
+  pub const VT_SHARD_PORT_BASE: ::flatbuffers::VOffsetT = 18;
+  pub const VT_TOKENS: ::flatbuffers::VOffsetT = 20;
+  pub const VT_LOAD_BYTES: ::flatbuffers::VOffsetT = 22;
+  pub const VT_APP_STATES: ::flatbuffers::VOffsetT = 24;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GossipNodeState { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GossipNodeStateArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GossipNodeState<'bldr>> {
+    let mut builder = GossipNodeStateBuilder::new(_fbb);
+    builder.add_load_bytes(args.load_bytes);
+    builder.add_heartbeat(args.heartbeat);
+    builder.add_version(args.version);
+    builder.add_generation(args.generation);
+    builder.add_node_id(args.node_id);
+    if let Some(x) = args.app_states { builder.add_app_states(x); }
+    if let Some(x) = args.tokens { builder.add_tokens(x); }
+    builder.add_shard_count(args.shard_count);
+    if let Some(x) = args.address { builder.add_address(x); }
+    builder.add_shard_port_base(args.shard_port_base);
+    builder.add_status(args.status);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn node_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GossipNodeState::VT_NODE_ID, Some(0)).unwrap()}
+  }
+  /// Boot time of the node's current process.
+  #[inline]
+  pub fn generation(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GossipNodeState::VT_GENERATION, Some(0)).unwrap()}
+  }
+  /// Bumped by the owner on every change within a generation.
+  #[inline]
+  pub fn version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GossipNodeState::VT_VERSION, Some(0)).unwrap()}
+  }
+  /// Bumped by the owner once per gossip round.
+  #[inline]
+  pub fn heartbeat(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GossipNodeState::VT_HEARTBEAT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn status(&self) -> NodeStatus {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<NodeStatus>(GossipNodeState::VT_STATUS, Some(NodeStatus::Joining)).unwrap()}
+  }
+  /// Client address "host:port".
+  #[inline]
+  pub fn address(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GossipNodeState::VT_ADDRESS, None)}
+  }
+  #[inline]
+  pub fn shard_count(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(GossipNodeState::VT_SHARD_COUNT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn shard_port_base(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(GossipNodeState::VT_SHARD_PORT_BASE, Some(0)).unwrap()}
+  }
+  /// The node's vnode tokens, sorted.
+  #[inline]
+  pub fn tokens(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(GossipNodeState::VT_TOKENS, None)}
+  }
+  #[inline]
+  pub fn load_bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GossipNodeState::VT_LOAD_BYTES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn app_states(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AppState<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AppState>>>>(GossipNodeState::VT_APP_STATES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GossipNodeState<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
+     .visit_field::<u64>("generation", Self::VT_GENERATION, false)?
+     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .visit_field::<u64>("heartbeat", Self::VT_HEARTBEAT, false)?
+     .visit_field::<NodeStatus>("status", Self::VT_STATUS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("address", Self::VT_ADDRESS, false)?
+     .visit_field::<u32>("shard_count", Self::VT_SHARD_COUNT, false)?
+     .visit_field::<u16>("shard_port_base", Self::VT_SHARD_PORT_BASE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("tokens", Self::VT_TOKENS, false)?
+     .visit_field::<u64>("load_bytes", Self::VT_LOAD_BYTES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<AppState>>>>("app_states", Self::VT_APP_STATES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GossipNodeStateArgs<'a> {
+    pub node_id: u64,
+    pub generation: u64,
+    pub version: u64,
+    pub heartbeat: u64,
+    pub status: NodeStatus,
+    pub address: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub shard_count: u32,
+    pub shard_port_base: u16,
+    pub tokens: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+    pub load_bytes: u64,
+    pub app_states: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AppState<'a>>>>>,
+}
+impl<'a> Default for GossipNodeStateArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GossipNodeStateArgs {
+      node_id: 0,
+      generation: 0,
+      version: 0,
+      heartbeat: 0,
+      status: NodeStatus::Joining,
+      address: None,
+      shard_count: 0,
+      shard_port_base: 0,
+      tokens: None,
+      load_bytes: 0,
+      app_states: None,
+    }
+  }
+}
+
+pub struct GossipNodeStateBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GossipNodeStateBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_node_id(&mut self, node_id: u64) {
+    self.fbb_.push_slot::<u64>(GossipNodeState::VT_NODE_ID, node_id, 0);
+  }
+  #[inline]
+  pub fn add_generation(&mut self, generation: u64) {
+    self.fbb_.push_slot::<u64>(GossipNodeState::VT_GENERATION, generation, 0);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: u64) {
+    self.fbb_.push_slot::<u64>(GossipNodeState::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn add_heartbeat(&mut self, heartbeat: u64) {
+    self.fbb_.push_slot::<u64>(GossipNodeState::VT_HEARTBEAT, heartbeat, 0);
+  }
+  #[inline]
+  pub fn add_status(&mut self, status: NodeStatus) {
+    self.fbb_.push_slot::<NodeStatus>(GossipNodeState::VT_STATUS, status, NodeStatus::Joining);
+  }
+  #[inline]
+  pub fn add_address(&mut self, address: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GossipNodeState::VT_ADDRESS, address);
+  }
+  #[inline]
+  pub fn add_shard_count(&mut self, shard_count: u32) {
+    self.fbb_.push_slot::<u32>(GossipNodeState::VT_SHARD_COUNT, shard_count, 0);
+  }
+  #[inline]
+  pub fn add_shard_port_base(&mut self, shard_port_base: u16) {
+    self.fbb_.push_slot::<u16>(GossipNodeState::VT_SHARD_PORT_BASE, shard_port_base, 0);
+  }
+  #[inline]
+  pub fn add_tokens(&mut self, tokens: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GossipNodeState::VT_TOKENS, tokens);
+  }
+  #[inline]
+  pub fn add_load_bytes(&mut self, load_bytes: u64) {
+    self.fbb_.push_slot::<u64>(GossipNodeState::VT_LOAD_BYTES, load_bytes, 0);
+  }
+  #[inline]
+  pub fn add_app_states(&mut self, app_states: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<AppState<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GossipNodeState::VT_APP_STATES, app_states);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GossipNodeStateBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GossipNodeStateBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GossipNodeState<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GossipNodeState<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GossipNodeState");
+      ds.field("node_id", &self.node_id());
+      ds.field("generation", &self.generation());
+      ds.field("version", &self.version());
+      ds.field("heartbeat", &self.heartbeat());
+      ds.field("status", &self.status());
+      ds.field("address", &self.address());
+      ds.field("shard_count", &self.shard_count());
+      ds.field("shard_port_base", &self.shard_port_base());
+      ds.field("tokens", &self.tokens());
+      ds.field("load_bytes", &self.load_bytes());
+      ds.field("app_states", &self.app_states());
+      ds.finish()
+  }
+}
+pub enum GossipSynOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Opens a gossip round: the digests of every state the sender knows.
+pub struct GossipSyn<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GossipSyn<'a> {
+  type Inner = GossipSyn<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GossipSyn<'a> {
+  pub const VT_FROM_NODE_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_FROM_ADDRESS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_DIGESTS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GossipSyn { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GossipSynArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GossipSyn<'bldr>> {
+    let mut builder = GossipSynBuilder::new(_fbb);
+    builder.add_from_node_id(args.from_node_id);
+    if let Some(x) = args.digests { builder.add_digests(x); }
+    if let Some(x) = args.from_address { builder.add_from_address(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn from_node_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GossipSyn::VT_FROM_NODE_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn from_address(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GossipSyn::VT_FROM_ADDRESS, None)}
+  }
+  #[inline]
+  pub fn digests(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GossipDigest<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GossipDigest>>>>(GossipSyn::VT_DIGESTS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GossipSyn<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("from_node_id", Self::VT_FROM_NODE_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("from_address", Self::VT_FROM_ADDRESS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<GossipDigest>>>>("digests", Self::VT_DIGESTS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GossipSynArgs<'a> {
+    pub from_node_id: u64,
+    pub from_address: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub digests: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GossipDigest<'a>>>>>,
+}
+impl<'a> Default for GossipSynArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GossipSynArgs {
+      from_node_id: 0,
+      from_address: None,
+      digests: None,
+    }
+  }
+}
+
+pub struct GossipSynBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GossipSynBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_from_node_id(&mut self, from_node_id: u64) {
+    self.fbb_.push_slot::<u64>(GossipSyn::VT_FROM_NODE_ID, from_node_id, 0);
+  }
+  #[inline]
+  pub fn add_from_address(&mut self, from_address: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GossipSyn::VT_FROM_ADDRESS, from_address);
+  }
+  #[inline]
+  pub fn add_digests(&mut self, digests: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<GossipDigest<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GossipSyn::VT_DIGESTS, digests);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GossipSynBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GossipSynBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GossipSyn<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GossipSyn<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GossipSyn");
+      ds.field("from_node_id", &self.from_node_id());
+      ds.field("from_address", &self.from_address());
+      ds.field("digests", &self.digests());
+      ds.finish()
+  }
+}
+pub enum GossipAckOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Answers a GossipSyn: states newer than the sender's, and requests for states the
+/// sender has newer.
+pub struct GossipAck<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GossipAck<'a> {
+  type Inner = GossipAck<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GossipAck<'a> {
+  pub const VT_FROM_NODE_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_FROM_ADDRESS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_DELTAS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_REQUESTS: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GossipAck { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GossipAckArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GossipAck<'bldr>> {
+    let mut builder = GossipAckBuilder::new(_fbb);
+    builder.add_from_node_id(args.from_node_id);
+    if let Some(x) = args.requests { builder.add_requests(x); }
+    if let Some(x) = args.deltas { builder.add_deltas(x); }
+    if let Some(x) = args.from_address { builder.add_from_address(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn from_node_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GossipAck::VT_FROM_NODE_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn from_address(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GossipAck::VT_FROM_ADDRESS, None)}
+  }
+  #[inline]
+  pub fn deltas(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GossipNodeState<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GossipNodeState>>>>(GossipAck::VT_DELTAS, None)}
+  }
+  #[inline]
+  pub fn requests(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GossipDigest<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GossipDigest>>>>(GossipAck::VT_REQUESTS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GossipAck<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("from_node_id", Self::VT_FROM_NODE_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("from_address", Self::VT_FROM_ADDRESS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<GossipNodeState>>>>("deltas", Self::VT_DELTAS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<GossipDigest>>>>("requests", Self::VT_REQUESTS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GossipAckArgs<'a> {
+    pub from_node_id: u64,
+    pub from_address: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub deltas: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GossipNodeState<'a>>>>>,
+    pub requests: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GossipDigest<'a>>>>>,
+}
+impl<'a> Default for GossipAckArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GossipAckArgs {
+      from_node_id: 0,
+      from_address: None,
+      deltas: None,
+      requests: None,
+    }
+  }
+}
+
+pub struct GossipAckBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GossipAckBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_from_node_id(&mut self, from_node_id: u64) {
+    self.fbb_.push_slot::<u64>(GossipAck::VT_FROM_NODE_ID, from_node_id, 0);
+  }
+  #[inline]
+  pub fn add_from_address(&mut self, from_address: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GossipAck::VT_FROM_ADDRESS, from_address);
+  }
+  #[inline]
+  pub fn add_deltas(&mut self, deltas: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<GossipNodeState<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GossipAck::VT_DELTAS, deltas);
+  }
+  #[inline]
+  pub fn add_requests(&mut self, requests: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<GossipDigest<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GossipAck::VT_REQUESTS, requests);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GossipAckBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GossipAckBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GossipAck<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GossipAck<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GossipAck");
+      ds.field("from_node_id", &self.from_node_id());
+      ds.field("from_address", &self.from_address());
+      ds.field("deltas", &self.deltas());
+      ds.field("requests", &self.requests());
+      ds.finish()
+  }
+}
+pub enum GossipAck2Offset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Closes a gossip round: the states the GossipAck requested.
+pub struct GossipAck2<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GossipAck2<'a> {
+  type Inner = GossipAck2<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GossipAck2<'a> {
+  pub const VT_FROM_NODE_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_DELTAS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GossipAck2 { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GossipAck2Args<'args>
+  ) -> ::flatbuffers::WIPOffset<GossipAck2<'bldr>> {
+    let mut builder = GossipAck2Builder::new(_fbb);
+    builder.add_from_node_id(args.from_node_id);
+    if let Some(x) = args.deltas { builder.add_deltas(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn from_node_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GossipAck2::VT_FROM_NODE_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn deltas(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GossipNodeState<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GossipNodeState>>>>(GossipAck2::VT_DELTAS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GossipAck2<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("from_node_id", Self::VT_FROM_NODE_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<GossipNodeState>>>>("deltas", Self::VT_DELTAS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GossipAck2Args<'a> {
+    pub from_node_id: u64,
+    pub deltas: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GossipNodeState<'a>>>>>,
+}
+impl<'a> Default for GossipAck2Args<'a> {
+  #[inline]
+  fn default() -> Self {
+    GossipAck2Args {
+      from_node_id: 0,
+      deltas: None,
+    }
+  }
+}
+
+pub struct GossipAck2Builder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GossipAck2Builder<'a, 'b, A> {
+  #[inline]
+  pub fn add_from_node_id(&mut self, from_node_id: u64) {
+    self.fbb_.push_slot::<u64>(GossipAck2::VT_FROM_NODE_ID, from_node_id, 0);
+  }
+  #[inline]
+  pub fn add_deltas(&mut self, deltas: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<GossipNodeState<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GossipAck2::VT_DELTAS, deltas);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GossipAck2Builder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GossipAck2Builder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GossipAck2<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GossipAck2<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GossipAck2");
+      ds.field("from_node_id", &self.from_node_id());
+      ds.field("deltas", &self.deltas());
+      ds.finish()
+  }
+}
+pub enum GossipOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Peer op (and its reply): one gossip message. Every vector holds at most 1024 entries
+/// (nodes).
+pub struct Gossip<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Gossip<'a> {
+  type Inner = Gossip<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Gossip<'a> {
+  pub const VT_MESSAGE_TYPE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Gossip { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GossipArgs
+  ) -> ::flatbuffers::WIPOffset<Gossip<'bldr>> {
+    let mut builder = GossipBuilder::new(_fbb);
+    if let Some(x) = args.message { builder.add_message(x); }
+    builder.add_message_type(args.message_type);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn message_type(&self) -> GossipMessage {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<GossipMessage>(Gossip::VT_MESSAGE_TYPE, Some(GossipMessage::NONE)).unwrap()}
+  }
+  #[inline]
+  pub fn message(&self) -> Option<::flatbuffers::Table<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Table<'a>>>(Gossip::VT_MESSAGE, None)}
+  }
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn message_as_gossip_syn(&self) -> Option<GossipSyn<'a>> {
+    if self.message_type() == GossipMessage::GossipSyn {
+      self.message().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GossipSyn::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn message_as_gossip_ack(&self) -> Option<GossipAck<'a>> {
+    if self.message_type() == GossipMessage::GossipAck {
+      self.message().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GossipAck::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn message_as_gossip_ack_2(&self) -> Option<GossipAck2<'a>> {
+    if self.message_type() == GossipMessage::GossipAck2 {
+      self.message().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GossipAck2::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for Gossip<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_union::<GossipMessage, _>("message_type", Self::VT_MESSAGE_TYPE, "message", Self::VT_MESSAGE, false, |key, v, pos| {
+        match key {
+          GossipMessage::GossipSyn => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GossipSyn>>("GossipMessage::GossipSyn", pos),
+          GossipMessage::GossipAck => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GossipAck>>("GossipMessage::GossipAck", pos),
+          GossipMessage::GossipAck2 => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GossipAck2>>("GossipMessage::GossipAck2", pos),
+          _ => Ok(()),
+        }
+     })?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GossipArgs {
+    pub message_type: GossipMessage,
+    pub message: Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>>,
+}
+impl<'a> Default for GossipArgs {
+  #[inline]
+  fn default() -> Self {
+    GossipArgs {
+      message_type: GossipMessage::NONE,
+      message: None,
+    }
+  }
+}
+
+pub struct GossipBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GossipBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_message_type(&mut self, message_type: GossipMessage) {
+    self.fbb_.push_slot::<GossipMessage>(Gossip::VT_MESSAGE_TYPE, message_type, GossipMessage::NONE);
+  }
+  #[inline]
+  pub fn add_message(&mut self, message: ::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Gossip::VT_MESSAGE, message);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GossipBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GossipBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Gossip<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Gossip<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Gossip");
+      ds.field("message_type", &self.message_type());
+      match self.message_type() {
+        GossipMessage::GossipSyn => {
+          if let Some(x) = self.message_as_gossip_syn() {
+            ds.field("message", &x)
+          } else {
+            ds.field("message", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        GossipMessage::GossipAck => {
+          if let Some(x) = self.message_as_gossip_ack() {
+            ds.field("message", &x)
+          } else {
+            ds.field("message", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        GossipMessage::GossipAck2 => {
+          if let Some(x) = self.message_as_gossip_ack_2() {
+            ds.field("message", &x)
+          } else {
+            ds.field("message", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        _ => {
+          let x: Option<()> = None;
+          ds.field("message", &x)
+        },
+      };
+      ds.finish()
+  }
+}
 pub enum FrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2485,6 +4045,66 @@ impl<'a> Frame<'a> {
 
   #[inline]
   #[allow(non_snake_case)]
+  pub fn request_as_auth(&self) -> Option<Auth<'a>> {
+    if self.request_type() == RequestBody::Auth {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Auth::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_peer_handshake(&self) -> Option<PeerHandshake<'a>> {
+    if self.request_type() == RequestBody::PeerHandshake {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { PeerHandshake::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_gossip(&self) -> Option<Gossip<'a>> {
+    if self.request_type() == RequestBody::Gossip {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Gossip::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_hint_replay(&self) -> Option<HintReplay<'a>> {
+    if self.request_type() == RequestBody::HintReplay {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { HintReplay::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
   pub fn response_as_value(&self) -> Option<Value<'a>> {
     if self.response_type() == ResponseBody::Value {
       self.response().map(|t| {
@@ -2573,6 +4193,36 @@ impl<'a> Frame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn response_as_peer_handshake(&self) -> Option<PeerHandshake<'a>> {
+    if self.response_type() == ResponseBody::PeerHandshake {
+      self.response().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { PeerHandshake::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn response_as_gossip(&self) -> Option<Gossip<'a>> {
+    if self.response_type() == ResponseBody::Gossip {
+      self.response().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Gossip::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -2591,6 +4241,10 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           RequestBody::Topology => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Topology>>("RequestBody::Topology", pos),
           RequestBody::ReplicaWrite => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReplicaWrite>>("RequestBody::ReplicaWrite", pos),
           RequestBody::ReplicaRead => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReplicaRead>>("RequestBody::ReplicaRead", pos),
+          RequestBody::Auth => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Auth>>("RequestBody::Auth", pos),
+          RequestBody::PeerHandshake => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PeerHandshake>>("RequestBody::PeerHandshake", pos),
+          RequestBody::Gossip => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Gossip>>("RequestBody::Gossip", pos),
+          RequestBody::HintReplay => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<HintReplay>>("RequestBody::HintReplay", pos),
           _ => Ok(()),
         }
      })?
@@ -2602,6 +4256,8 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           ResponseBody::TopologyReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TopologyReply>>("ResponseBody::TopologyReply", pos),
           ResponseBody::ReplicaState => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReplicaState>>("ResponseBody::ReplicaState", pos),
           ResponseBody::Error => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Error>>("ResponseBody::Error", pos),
+          ResponseBody::PeerHandshake => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PeerHandshake>>("ResponseBody::PeerHandshake", pos),
+          ResponseBody::Gossip => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Gossip>>("ResponseBody::Gossip", pos),
           _ => Ok(()),
         }
      })?
@@ -2724,6 +4380,34 @@ impl ::core::fmt::Debug for Frame<'_> {
             ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
           }
         },
+        RequestBody::Auth => {
+          if let Some(x) = self.request_as_auth() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::PeerHandshake => {
+          if let Some(x) = self.request_as_peer_handshake() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::Gossip => {
+          if let Some(x) = self.request_as_gossip() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::HintReplay => {
+          if let Some(x) = self.request_as_hint_replay() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
         _ => {
           let x: Option<()> = None;
           ds.field("request", &x)
@@ -2768,6 +4452,20 @@ impl ::core::fmt::Debug for Frame<'_> {
         },
         ResponseBody::Error => {
           if let Some(x) = self.response_as_error() {
+            ds.field("response", &x)
+          } else {
+            ds.field("response", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::PeerHandshake => {
+          if let Some(x) = self.response_as_peer_handshake() {
+            ds.field("response", &x)
+          } else {
+            ds.field("response", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::Gossip => {
+          if let Some(x) = self.response_as_gossip() {
             ds.field("response", &x)
           } else {
             ds.field("response", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -10,14 +10,42 @@
 //! The frame layout (4-byte little-endian length, then a standard FlatBuffers buffer with
 //! file identifier "RKV1") is documented in [`super::frame`]; the schema and its
 //! evolution rules are in `schema/ringkv.fbs`.
+//!
+//! Gossip messages are converted to and from the membership state machine's own types
+//! ([`crate::cluster::membership`]); every vector and string in them is bounded by the
+//! `GOSSIP_*` limits below before anything is copied. Handshake messages are carried as
+//! opaque bytes: the codec bounds their size and leaves their meaning to `crate::auth`.
 
-use flatbuffers::{FlatBufferBuilder, Vector, WIPOffset};
+use std::collections::BTreeMap;
+
+use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, WIPOffset};
 
 use super::frame::{FrameError, LENGTH_PREFIX_BYTES};
 use super::types::{
     Consistency, ErrorReply, NodeInfo, NodeStatus, Op, Reply, Request, Response, Topology,
 };
 use super::wire;
+use crate::cluster::membership::{
+    Ack, Ack2, Digest, GossipMessage, NodeState, Syn, MAX_APP_STATES, MAX_APP_STATE_BYTES,
+    MAX_NODES,
+};
+use crate::cluster::ring::MAX_TOKENS_PER_NODE;
+
+/// Longest `Auth.token` accepted, in bytes. A configured `client_auth_token` must not be
+/// longer, or no client could present it.
+pub const AUTH_TOKEN_BYTES_MAX: usize = 4096;
+/// Longest `PeerHandshake.message` accepted, in bytes: room for every handshake message.
+pub const PEER_HANDSHAKE_BYTES_MAX: usize = 1024;
+const _: () = assert!(crate::auth::MESSAGE_BYTES_MAX <= PEER_HANDSHAKE_BYTES_MAX);
+/// Most entries in any vector of a gossip message (digests, deltas, requests): one per
+/// node, as many as a membership tracks.
+pub const GOSSIP_NODES_MAX: usize = MAX_NODES;
+/// Most tokens in one gossiped node state: what the ring accepts of one node.
+pub const GOSSIP_TOKENS_PER_NODE_MAX: usize = MAX_TOKENS_PER_NODE;
+/// Most application states in one gossiped node state.
+pub const GOSSIP_APP_STATES_MAX: usize = MAX_APP_STATES;
+/// Longest address, application-state key or application-state value, in bytes.
+pub const GOSSIP_TEXT_BYTES_MAX: usize = MAX_APP_STATE_BYTES;
 
 /// Size limits a server enforces on what it receives (DESIGN.md §4; config keys
 /// `max_key_size`, `max_value_size`).
@@ -108,6 +136,15 @@ pub struct Encoder {
     /// Scratch lists of table offsets, kept to avoid an allocation per frame.
     blobs: Vec<WIPOffset<wire::Blob<'static>>>,
     nodes: Vec<WIPOffset<wire::NodeInfo<'static>>>,
+    gossip: GossipScratch,
+}
+
+/// Scratch lists of table offsets for encoding one gossip message.
+#[derive(Default)]
+struct GossipScratch {
+    digests: Vec<WIPOffset<wire::GossipDigest<'static>>>,
+    states: Vec<WIPOffset<wire::GossipNodeState<'static>>>,
+    app_states: Vec<WIPOffset<wire::AppState<'static>>>,
 }
 
 impl Default for Encoder {
@@ -131,6 +168,7 @@ impl Encoder {
             retained_builder_bytes_max,
             blobs: Vec::new(),
             nodes: Vec::new(),
+            gossip: GossipScratch::default(),
         }
     }
 
@@ -221,6 +259,36 @@ impl Encoder {
                 let table =
                     wire::ReplicaRead::create(builder, &wire::ReplicaReadArgs { key: Some(key) });
                 (wire::RequestBody::ReplicaRead, table.as_union_value())
+            }
+            Op::Auth { token } => {
+                let token = byte_vector(builder, token);
+                let table = wire::Auth::create(builder, &wire::AuthArgs { token: Some(token) });
+                (wire::RequestBody::Auth, table.as_union_value())
+            }
+            Op::PeerHandshake { message } => {
+                let table = peer_handshake_to_wire(builder, message);
+                (wire::RequestBody::PeerHandshake, table.as_union_value())
+            }
+            Op::Gossip(message) => {
+                let table = gossip_to_wire(builder, &mut self.gossip, message);
+                (wire::RequestBody::Gossip, table.as_union_value())
+            }
+            Op::HintReplay {
+                key,
+                state,
+                target_node_id,
+            } => {
+                let key = byte_vector(builder, key);
+                let state = byte_vector(builder, state);
+                let table = wire::HintReplay::create(
+                    builder,
+                    &wire::HintReplayArgs {
+                        key: Some(key),
+                        state: Some(state),
+                        target_node_id: *target_node_id,
+                    },
+                );
+                (wire::RequestBody::HintReplay, table.as_union_value())
             }
         };
         let frame = wire::Frame::create(
@@ -330,6 +398,14 @@ impl Encoder {
                 );
                 (wire::ResponseBody::Error, table.as_union_value())
             }
+            Reply::PeerHandshake { message } => {
+                let table = peer_handshake_to_wire(builder, message);
+                (wire::ResponseBody::PeerHandshake, table.as_union_value())
+            }
+            Reply::Gossip(message) => {
+                let table = gossip_to_wire(builder, &mut self.gossip, message);
+                (wire::ResponseBody::Gossip, table.as_union_value())
+            }
         };
         let frame = wire::Frame::create(
             builder,
@@ -393,6 +469,165 @@ fn byte_vector(
     WIPOffset::new(builder.create_byte_string(bytes).value())
 }
 
+fn peer_handshake_to_wire(
+    builder: &mut FlatBufferBuilder<'static>,
+    message: &[u8],
+) -> WIPOffset<wire::PeerHandshake<'static>> {
+    let message = byte_vector(builder, message);
+    wire::PeerHandshake::create(
+        builder,
+        &wire::PeerHandshakeArgs {
+            message: Some(message),
+        },
+    )
+}
+
+/// Writes a list of digests and returns its vector.
+fn digests_to_wire(
+    builder: &mut FlatBufferBuilder<'static>,
+    scratch: &mut Vec<WIPOffset<wire::GossipDigest<'static>>>,
+    digests: &[Digest],
+) -> WIPOffset<Vector<'static, ForwardsUOffset<wire::GossipDigest<'static>>>> {
+    scratch.clear();
+    for digest in digests {
+        scratch.push(wire::GossipDigest::create(
+            builder,
+            &wire::GossipDigestArgs {
+                node_id: digest.id,
+                generation: digest.generation,
+                version: digest.version,
+            },
+        ));
+    }
+    builder.create_vector(scratch)
+}
+
+/// Writes a list of node states and returns its vector. App states go out in key order
+/// (the map's), so equal states encode to equal bytes.
+fn node_states_to_wire(
+    builder: &mut FlatBufferBuilder<'static>,
+    scratch: &mut GossipScratch,
+    states: &[NodeState],
+) -> WIPOffset<Vector<'static, ForwardsUOffset<wire::GossipNodeState<'static>>>> {
+    scratch.states.clear();
+    for state in states {
+        scratch.app_states.clear();
+        for (key, value) in &state.app_states {
+            let key = builder.create_string(key);
+            let value = builder.create_string(value);
+            scratch.app_states.push(wire::AppState::create(
+                builder,
+                &wire::AppStateArgs {
+                    key: Some(key),
+                    value: Some(value),
+                },
+            ));
+        }
+        let app_states = builder.create_vector(&scratch.app_states);
+        let address = builder.create_string(&state.address);
+        let tokens = builder.create_vector(&state.tokens);
+        scratch.states.push(wire::GossipNodeState::create(
+            builder,
+            &wire::GossipNodeStateArgs {
+                node_id: state.id,
+                generation: state.generation,
+                version: state.version,
+                heartbeat: state.heartbeat,
+                status: node_status_to_wire(state.status),
+                address: Some(address),
+                shard_count: state.shard_count,
+                shard_port_base: state.shard_port_base,
+                tokens: Some(tokens),
+                load_bytes: state.load_bytes,
+                app_states: Some(app_states),
+            },
+        ));
+    }
+    builder.create_vector(&scratch.states)
+}
+
+fn gossip_to_wire(
+    builder: &mut FlatBufferBuilder<'static>,
+    scratch: &mut GossipScratch,
+    message: &GossipMessage,
+) -> WIPOffset<wire::Gossip<'static>> {
+    let (message_type, table) = match message {
+        GossipMessage::Syn(syn) => {
+            let from_address = builder.create_string(&syn.from_address);
+            let digests = digests_to_wire(builder, &mut scratch.digests, &syn.digests);
+            let table = wire::GossipSyn::create(
+                builder,
+                &wire::GossipSynArgs {
+                    from_node_id: syn.from,
+                    from_address: Some(from_address),
+                    digests: Some(digests),
+                },
+            );
+            (wire::GossipMessage::GossipSyn, table.as_union_value())
+        }
+        GossipMessage::Ack(ack) => {
+            let from_address = builder.create_string(&ack.from_address);
+            let deltas = node_states_to_wire(builder, scratch, &ack.deltas);
+            let requests = digests_to_wire(builder, &mut scratch.digests, &ack.requests);
+            let table = wire::GossipAck::create(
+                builder,
+                &wire::GossipAckArgs {
+                    from_node_id: ack.from,
+                    from_address: Some(from_address),
+                    deltas: Some(deltas),
+                    requests: Some(requests),
+                },
+            );
+            (wire::GossipMessage::GossipAck, table.as_union_value())
+        }
+        GossipMessage::Ack2(ack2) => {
+            let deltas = node_states_to_wire(builder, scratch, &ack2.deltas);
+            let table = wire::GossipAck2::create(
+                builder,
+                &wire::GossipAck2Args {
+                    from_node_id: ack2.from,
+                    deltas: Some(deltas),
+                },
+            );
+            (wire::GossipMessage::GossipAck2, table.as_union_value())
+        }
+    };
+    wire::Gossip::create(
+        builder,
+        &wire::GossipArgs {
+            message_type,
+            message: Some(table),
+        },
+    )
+}
+
+fn gossip_size_hint(message: &GossipMessage) -> usize {
+    const DIGEST_BYTES: usize = 24 + OVERHEAD_BYTES_PER_OBJECT;
+    let states_bytes = |states: &[NodeState]| -> usize {
+        states
+            .iter()
+            .map(|state| {
+                let app_states_bytes: usize = state
+                    .app_states
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len() + 3 * OVERHEAD_BYTES_PER_OBJECT)
+                    .sum();
+                state.address.len()
+                    + 8 * state.tokens.len()
+                    + app_states_bytes
+                    + 4 * OVERHEAD_BYTES_PER_OBJECT
+            })
+            .sum()
+    };
+    match message {
+        GossipMessage::Syn(syn) => syn.from_address.len() + DIGEST_BYTES * syn.digests.len(),
+        GossipMessage::Ack(ack) => {
+            ack.from_address.len() + states_bytes(&ack.deltas) + DIGEST_BYTES * ack.requests.len()
+        }
+        GossipMessage::Ack2(ack2) => states_bytes(&ack2.deltas),
+    }
+}
+
 fn request_size_hint(op: &Op) -> usize {
     let payload_bytes = match op {
         Op::Get { key, .. } | Op::ReplicaRead { key } => key.len(),
@@ -404,7 +639,12 @@ fn request_size_hint(op: &Op) -> usize {
         } => key.len() + value.len() + context.as_ref().map_or(0, Vec::len),
         Op::Delete { key, context, .. } => key.len() + context.as_ref().map_or(0, Vec::len),
         Op::Ping | Op::Topology => 0,
-        Op::ReplicaWrite { key, state } => key.len() + state.len(),
+        Op::ReplicaWrite { key, state } | Op::HintReplay { key, state, .. } => {
+            key.len() + state.len()
+        }
+        Op::Auth { token } => token.len(),
+        Op::PeerHandshake { message } => message.len(),
+        Op::Gossip(message) => gossip_size_hint(message),
     };
     payload_bytes + 8 * OVERHEAD_BYTES_PER_OBJECT
 }
@@ -428,6 +668,8 @@ fn response_size_hint(reply: &Reply) -> usize {
             message.len()
         }
         Reply::Error(_) | Reply::Done | Reply::Pong => 0,
+        Reply::PeerHandshake { message } => message.len(),
+        Reply::Gossip(message) => gossip_size_hint(message),
     };
     payload_bytes + 8 * OVERHEAD_BYTES_PER_OBJECT
 }
@@ -565,6 +807,158 @@ fn checked_key(
     required_bytes(field, "key", request_id)
 }
 
+/// Checks a byte field's presence and size before copying it.
+fn bounded_bytes(
+    field: Option<Vector<'_, u8>>,
+    name: &str,
+    max_bytes: usize,
+    request_id: u64,
+) -> Result<Vec<u8>, DecodeError> {
+    if let Some(bytes) = field {
+        if bytes.len() > max_bytes {
+            return Err(DecodeError::Invalid {
+                request_id,
+                reason: format!(
+                    "{name} of {} bytes exceeds the limit of {max_bytes} bytes",
+                    bytes.len()
+                ),
+            });
+        }
+    }
+    required_bytes(field, name, request_id)
+}
+
+/// Refuses a vector longer than `max_len` (an absent one is empty), before anything of
+/// it is copied.
+fn check_len<T>(field: &Option<Vector<'_, T>>, name: &str, max_len: usize) -> Result<(), String> {
+    match field {
+        Some(vector) if vector.len() > max_len => Err(format!(
+            "{name} has {} entries; at most {max_len} are allowed",
+            vector.len()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Copies a present string of at most [`GOSSIP_TEXT_BYTES_MAX`] bytes.
+fn gossip_text(field: Option<&str>, name: &str) -> Result<String, String> {
+    let text = field.ok_or_else(|| format!("missing field {name}"))?;
+    if text.len() > GOSSIP_TEXT_BYTES_MAX {
+        return Err(format!(
+            "{name} of {} bytes exceeds the limit of {GOSSIP_TEXT_BYTES_MAX} bytes",
+            text.len()
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+fn digests_from_wire(
+    field: Option<Vector<'_, ForwardsUOffset<wire::GossipDigest<'_>>>>,
+    name: &str,
+) -> Result<Vec<Digest>, String> {
+    check_len(&field, name, GOSSIP_NODES_MAX)?;
+    Ok(field.map_or_else(Vec::new, |digests| {
+        digests
+            .iter()
+            .map(|digest| Digest {
+                id: digest.node_id(),
+                generation: digest.generation(),
+                version: digest.version(),
+            })
+            .collect()
+    }))
+}
+
+fn node_state_from_wire(state: wire::GossipNodeState<'_>) -> Result<NodeState, String> {
+    let tokens = state.tokens();
+    check_len(
+        &tokens,
+        "GossipNodeState.tokens",
+        GOSSIP_TOKENS_PER_NODE_MAX,
+    )?;
+    let wire_app_states = state.app_states();
+    check_len(
+        &wire_app_states,
+        "GossipNodeState.app_states",
+        GOSSIP_APP_STATES_MAX,
+    )?;
+    let mut app_states = BTreeMap::new();
+    for app_state in wire_app_states.iter().flatten() {
+        let key = gossip_text(app_state.key(), "AppState.key")?;
+        let value = gossip_text(app_state.value(), "AppState.value")?;
+        // A repeated key has no single meaning; refuse rather than pick one.
+        if let Some(_earlier) = app_states.insert(key, value) {
+            return Err("GossipNodeState.app_states repeats a key".to_owned());
+        }
+    }
+    Ok(NodeState {
+        id: state.node_id(),
+        generation: state.generation(),
+        version: state.version(),
+        heartbeat: state.heartbeat(),
+        status: node_status_from_wire(state.status())?,
+        address: gossip_text(state.address(), "GossipNodeState.address")?,
+        shard_count: state.shard_count(),
+        shard_port_base: state.shard_port_base(),
+        tokens: tokens.map_or_else(Vec::new, |t| t.iter().collect()),
+        load_bytes: state.load_bytes(),
+        app_states,
+    })
+}
+
+fn node_states_from_wire(
+    field: Option<Vector<'_, ForwardsUOffset<wire::GossipNodeState<'_>>>>,
+    name: &str,
+) -> Result<Vec<NodeState>, String> {
+    check_len(&field, name, GOSSIP_NODES_MAX)?;
+    let Some(states) = field else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(states.len());
+    for state in states {
+        out.push(node_state_from_wire(state)?);
+    }
+    Ok(out)
+}
+
+/// Converts a verified `Gossip` table into the membership's message, enforcing the
+/// `GOSSIP_*` limits. The error is the reason for an `Invalid`.
+fn gossip_from_wire(gossip: wire::Gossip<'_>) -> Result<GossipMessage, String> {
+    let missing_table = || "gossip message tag without its table".to_owned();
+    let message = match gossip.message_type() {
+        wire::GossipMessage::GossipSyn => {
+            let syn = gossip.message_as_gossip_syn().ok_or_else(missing_table)?;
+            GossipMessage::Syn(Syn {
+                from: syn.from_node_id(),
+                from_address: gossip_text(syn.from_address(), "GossipSyn.from_address")?,
+                digests: digests_from_wire(syn.digests(), "GossipSyn.digests")?,
+            })
+        }
+        wire::GossipMessage::GossipAck => {
+            let ack = gossip.message_as_gossip_ack().ok_or_else(missing_table)?;
+            GossipMessage::Ack(Ack {
+                from: ack.from_node_id(),
+                from_address: gossip_text(ack.from_address(), "GossipAck.from_address")?,
+                deltas: node_states_from_wire(ack.deltas(), "GossipAck.deltas")?,
+                requests: digests_from_wire(ack.requests(), "GossipAck.requests")?,
+            })
+        }
+        wire::GossipMessage::GossipAck2 => {
+            let ack2 = gossip.message_as_gossip_ack_2().ok_or_else(missing_table)?;
+            GossipMessage::Ack2(Ack2 {
+                from: ack2.from_node_id(),
+                deltas: node_states_from_wire(ack2.deltas(), "GossipAck2.deltas")?,
+            })
+        }
+        wire::GossipMessage::NONE => return Err("Gossip carries no message".to_owned()),
+        // A newer peer's gossip message: refuse this one request, keep the connection.
+        wire::GossipMessage(unknown) => {
+            return Err(format!("unknown gossip message type {unknown}"))
+        }
+    };
+    Ok(message)
+}
+
 /// Decodes one request frame body (the bytes after the length prefix), verifying it and
 /// enforcing `limits`.
 pub fn decode_request(body: &[u8], limits: &Limits) -> Result<Request, DecodeError> {
@@ -635,6 +1029,38 @@ pub fn decode_request(body: &[u8], limits: &Limits) -> Result<Request, DecodeErr
             let read = frame.request_as_replica_read().ok_or_else(missing_table)?;
             Op::ReplicaRead {
                 key: checked_key(read.key(), limits, request_id)?,
+            }
+        }
+        wire::RequestBody::Auth => {
+            let auth = frame.request_as_auth().ok_or_else(missing_table)?;
+            Op::Auth {
+                token: bounded_bytes(auth.token(), "token", AUTH_TOKEN_BYTES_MAX, request_id)?,
+            }
+        }
+        wire::RequestBody::PeerHandshake => {
+            let handshake = frame
+                .request_as_peer_handshake()
+                .ok_or_else(missing_table)?;
+            Op::PeerHandshake {
+                message: bounded_bytes(
+                    handshake.message(),
+                    "message",
+                    PEER_HANDSHAKE_BYTES_MAX,
+                    request_id,
+                )?,
+            }
+        }
+        wire::RequestBody::Gossip => {
+            let gossip = frame.request_as_gossip().ok_or_else(missing_table)?;
+            Op::Gossip(gossip_from_wire(gossip).map_err(invalid)?)
+        }
+        wire::RequestBody::HintReplay => {
+            let hint = frame.request_as_hint_replay().ok_or_else(missing_table)?;
+            Op::HintReplay {
+                key: checked_key(hint.key(), limits, request_id)?,
+                // As for ReplicaWrite, the frame limit bounds the state.
+                state: required_bytes(hint.state(), "state", request_id)?,
+                target_node_id: hint.target_node_id(),
             }
         }
         wire::RequestBody::NONE => return Err(invalid("frame carries no request".to_owned())),
@@ -736,6 +1162,23 @@ pub fn decode_response(body: &[u8]) -> Result<Response, DecodeError> {
                 },
             })
         }
+        wire::ResponseBody::PeerHandshake => {
+            let handshake = frame
+                .response_as_peer_handshake()
+                .ok_or_else(missing_table)?;
+            Reply::PeerHandshake {
+                message: bounded_bytes(
+                    handshake.message(),
+                    "message",
+                    PEER_HANDSHAKE_BYTES_MAX,
+                    request_id,
+                )?,
+            }
+        }
+        wire::ResponseBody::Gossip => {
+            let gossip = frame.response_as_gossip().ok_or_else(missing_table)?;
+            Reply::Gossip(gossip_from_wire(gossip).map_err(invalid)?)
+        }
         wire::ResponseBody::NONE => return Err(invalid("frame carries no response".to_owned())),
         wire::ResponseBody(unknown) => {
             return Err(invalid(format!("unknown response type {unknown}")))
@@ -769,6 +1212,31 @@ mod tests {
         0, 4, 0, 0, 0, 5, 0, 0, 0, 119, 111, 114, 108, 100, 0, 0, 0,
     ];
 
+    /// A `Gossip(Syn { from: 2, "n2:7400", digests: [(1, 5, 9)] })` request with id 3.
+    const GOLDEN_GOSSIP_SYN: [u8; 164] = [
+        160, 0, 0, 0, 20, 0, 0, 0, 82, 75, 86, 49, 0, 0, 10, 0, 24, 0, 12, 0, 7, 0, 8, 0, 10, 0, 0,
+        0, 0, 0, 0, 10, 24, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 14, 0, 7, 0, 8, 0,
+        8, 0, 0, 0, 0, 0, 0, 1, 16, 0, 0, 0, 0, 0, 10, 0, 20, 0, 12, 0, 4, 0, 8, 0, 10, 0, 0, 0,
+        68, 0, 0, 0, 12, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 16, 0, 0, 0, 0, 0, 10, 0, 32,
+        0, 4, 0, 12, 0, 20, 0, 10, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 9, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 110, 50, 58, 55, 52, 48, 48, 0,
+    ];
+
+    fn golden_gossip_syn() -> Request {
+        Request {
+            request_id: 3,
+            op: Op::Gossip(GossipMessage::Syn(Syn {
+                from: 2,
+                from_address: "n2:7400".to_owned(),
+                digests: vec![Digest {
+                    id: 1,
+                    generation: 5,
+                    version: 9,
+                }],
+            })),
+        }
+    }
+
     fn golden_get() -> Request {
         Request {
             request_id: 0x0102_0304_0506_0708,
@@ -801,6 +1269,10 @@ mod tests {
         );
         assert_eq!(decode_request(&GOLDEN_GET[4..], &limits), Ok(golden_get()));
         assert_eq!(decode_response(&GOLDEN_VALUE[4..]), Ok(golden_value()));
+        assert_eq!(
+            decode_request(&GOLDEN_GOSSIP_SYN[4..], &limits),
+            Ok(golden_gossip_syn())
+        );
     }
 
     #[test]
@@ -821,6 +1293,9 @@ mod tests {
         out.clear();
         encoder.encode_response(&golden_value(), &mut out);
         assert_eq!(out, GOLDEN_VALUE);
+        out.clear();
+        encoder.encode_request(&golden_gossip_syn(), &mut out);
+        assert_eq!(out, GOLDEN_GOSSIP_SYN);
     }
 
     /// Builds a request frame body by hand, to send what our encoder never would.
@@ -1026,6 +1501,184 @@ mod tests {
         let err = decode_request(&builder.finished_data()[4..], &Limits::default()).unwrap_err();
         assert!(err.closes_connection());
         assert!(err.to_string().contains("size prefix"), "{err}");
+    }
+
+    /// Union member numbers are part of the protocol (schema rule 1): the new ops were
+    /// appended, and the old members kept their numbers.
+    #[test]
+    fn union_member_numbers_are_stable() {
+        let requests = [
+            (wire::RequestBody::Get, 1),
+            (wire::RequestBody::ReplicaRead, 7),
+            (wire::RequestBody::Auth, 8),
+            (wire::RequestBody::PeerHandshake, 9),
+            (wire::RequestBody::Gossip, 10),
+            (wire::RequestBody::HintReplay, 11),
+        ];
+        for (member, number) in requests {
+            assert_eq!(member.0, number, "{member:?}");
+        }
+        let responses = [
+            (wire::ResponseBody::Value, 1),
+            (wire::ResponseBody::Error, 6),
+            (wire::ResponseBody::PeerHandshake, 7),
+            (wire::ResponseBody::Gossip, 8),
+        ];
+        for (member, number) in responses {
+            assert_eq!(member.0, number, "{member:?}");
+        }
+        assert_eq!(wire::GossipMessage::GossipSyn.0, 1);
+        assert_eq!(wire::GossipMessage::GossipAck.0, 2);
+        assert_eq!(wire::GossipMessage::GossipAck2.0, 3);
+    }
+
+    /// A Gossip request frame whose message is built by `build`.
+    fn gossip_frame(
+        request_id: u64,
+        build: impl FnOnce(
+            &mut FlatBufferBuilder<'static>,
+        ) -> (
+            wire::GossipMessage,
+            Option<WIPOffset<flatbuffers::UnionWIPOffset>>,
+        ),
+    ) -> Vec<u8> {
+        hand_built(request_id, |builder| {
+            let (message_type, message) = build(builder);
+            let gossip = wire::Gossip::create(
+                builder,
+                &wire::GossipArgs {
+                    message_type,
+                    message,
+                },
+            );
+            (wire::RequestBody::Gossip, Some(gossip.as_union_value()))
+        })
+    }
+
+    /// An Ack2 carrying one node state with the given address and app states.
+    fn ack2_frame(request_id: u64, address: Option<&str>, app_states: &[(&str, &str)]) -> Vec<u8> {
+        gossip_frame(request_id, |builder| {
+            let mut entries = Vec::new();
+            for (key, value) in app_states {
+                let key = builder.create_string(key);
+                let value = builder.create_string(value);
+                entries.push(wire::AppState::create(
+                    builder,
+                    &wire::AppStateArgs {
+                        key: Some(key),
+                        value: Some(value),
+                    },
+                ));
+            }
+            let app_states = builder.create_vector(&entries);
+            let address = address.map(|a| builder.create_string(a));
+            let state = wire::GossipNodeState::create(
+                builder,
+                &wire::GossipNodeStateArgs {
+                    node_id: 4,
+                    address,
+                    app_states: Some(app_states),
+                    ..Default::default()
+                },
+            );
+            let deltas = builder.create_vector(&[state]);
+            let ack2 = wire::GossipAck2::create(
+                builder,
+                &wire::GossipAck2Args {
+                    from_node_id: 4,
+                    deltas: Some(deltas),
+                },
+            );
+            (wire::GossipMessage::GossipAck2, Some(ack2.as_union_value()))
+        })
+    }
+
+    #[test]
+    fn gossip_fields_the_encoder_never_omits_are_checked() {
+        let limits = Limits::default();
+        assert_invalid(
+            decode_request(&ack2_frame(21, None, &[]), &limits),
+            21,
+            "missing field GossipNodeState.address",
+        );
+        assert_invalid(
+            decode_request(
+                &ack2_frame(22, Some("a:1"), &[("k", "1"), ("k", "2")]),
+                &limits,
+            ),
+            22,
+            "repeats a key",
+        );
+        let decoded = decode_request(&ack2_frame(23, Some("a:1"), &[("k", "1")]), &limits);
+        match decoded.map(|request| request.op) {
+            Ok(Op::Gossip(GossipMessage::Ack2(ack2))) => {
+                assert_eq!(ack2.deltas.len(), 1);
+                assert_eq!(ack2.deltas[0].address, "a:1");
+                assert_eq!(
+                    ack2.deltas[0].app_states.get("k").map(String::as_str),
+                    Some("1")
+                );
+                // Absent scalars read as their defaults, absent tokens as none.
+                assert_eq!(ack2.deltas[0].status, NodeStatus::Joining);
+                assert!(ack2.deltas[0].tokens.is_empty());
+            }
+            other => panic!("expected an Ack2, got {other:?}"),
+        }
+        let syn_without_address = gossip_frame(24, |builder| {
+            let syn = wire::GossipSyn::create(builder, &wire::GossipSynArgs::default());
+            (wire::GossipMessage::GossipSyn, Some(syn.as_union_value()))
+        });
+        assert_invalid(
+            decode_request(&syn_without_address, &limits),
+            24,
+            "missing field GossipSyn.from_address",
+        );
+        let empty = gossip_frame(25, |_| (wire::GossipMessage::NONE, None));
+        assert_invalid(decode_request(&empty, &limits), 25, "no message");
+        // A newer peer's gossip message refuses only that request.
+        let newer = gossip_frame(26, |builder| {
+            let ping = wire::Ping::create(builder, &wire::PingArgs {});
+            (wire::GossipMessage(9), Some(ping.as_union_value()))
+        });
+        let err = decode_request(&newer, &limits).unwrap_err();
+        assert!(!err.closes_connection());
+        assert_invalid(Err(err), 26, "unknown gossip message type 9");
+    }
+
+    #[test]
+    fn new_ops_without_their_byte_fields_are_invalid() {
+        let limits = Limits::default();
+        let auth = hand_built(31, |builder| {
+            let auth = wire::Auth::create(builder, &wire::AuthArgs { token: None });
+            (wire::RequestBody::Auth, Some(auth.as_union_value()))
+        });
+        assert_invalid(decode_request(&auth, &limits), 31, "missing field token");
+        let handshake = hand_built(32, |builder| {
+            let handshake =
+                wire::PeerHandshake::create(builder, &wire::PeerHandshakeArgs { message: None });
+            (
+                wire::RequestBody::PeerHandshake,
+                Some(handshake.as_union_value()),
+            )
+        });
+        assert_invalid(
+            decode_request(&handshake, &limits),
+            32,
+            "missing field message",
+        );
+        let hint = hand_built(33, |builder| {
+            let key = builder.create_vector(b"k".as_slice());
+            let hint = wire::HintReplay::create(
+                builder,
+                &wire::HintReplayArgs {
+                    key: Some(key),
+                    state: None,
+                    target_node_id: 7,
+                },
+            );
+            (wire::RequestBody::HintReplay, Some(hint.as_union_value()))
+        });
+        assert_invalid(decode_request(&hint, &limits), 33, "missing field state");
     }
 
     #[test]

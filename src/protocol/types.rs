@@ -1,5 +1,9 @@
 //! Our own request and response types: what a frame means once decoded and verified.
 //! The codec converts between these and FlatBuffers; the rest of ringkv sees only these.
+//! Gossip messages are the membership state machine's own types
+//! ([`crate::cluster::membership`]), carried as they are.
+
+use crate::cluster::membership::GossipMessage;
 
 /// How many replicas must answer (DESIGN.md §6). `Count(n)` is an explicit count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +83,46 @@ pub enum Op {
     ReplicaRead {
         key: Vec<u8>,
     },
+    /// Client op: present the client auth token (`client_auth_token`). Answered with
+    /// `Done`, or `Error(Unauthorized)` for a wrong token.
+    Auth {
+        token: Vec<u8>,
+    },
+    /// Peer op: one peer-handshake message, the bytes of an `auth::AuthMessage` (opaque
+    /// here). Answered with `Reply::PeerHandshake`.
+    PeerHandshake {
+        message: Vec<u8>,
+    },
+    /// Peer op: one gossip message. Answered with `Reply::Gossip` (a Syn's Ack) or
+    /// `Done`.
+    Gossip(GossipMessage),
+    /// Peer op: a mutation replayed from a hint: merge this encoded `KeyState` for `key`
+    /// like `ReplicaWrite`. `target_node_id` is the node the hint was stored for.
+    HintReplay {
+        key: Vec<u8>,
+        state: Vec<u8>,
+        target_node_id: u64,
+    },
+}
+
+impl Op {
+    /// Whether this op is for peers only: refused with `Unauthorized` anywhere but on an
+    /// authenticated peer connection (and, for `PeerHandshake`, one still handshaking).
+    pub fn is_peer_op(&self) -> bool {
+        match self {
+            Op::ReplicaWrite { .. }
+            | Op::ReplicaRead { .. }
+            | Op::PeerHandshake { .. }
+            | Op::Gossip(_)
+            | Op::HintReplay { .. } => true,
+            Op::Get { .. }
+            | Op::Put { .. }
+            | Op::Delete { .. }
+            | Op::Ping
+            | Op::Topology
+            | Op::Auth { .. } => false,
+        }
+    }
 }
 
 /// A response frame: the echoed request id and the outcome.
@@ -96,7 +140,8 @@ pub enum Reply {
         values: Vec<Vec<u8>>,
         context: Option<Vec<u8>>,
     },
-    /// Put/Delete/ReplicaWrite acknowledged.
+    /// Put/Delete/ReplicaWrite/HintReplay/Auth acknowledged; a Gossip answer with
+    /// nothing to send back.
     Done,
     Pong,
     Topology(Topology),
@@ -105,6 +150,12 @@ pub enum Reply {
         state: Option<Vec<u8>>,
     },
     Error(ErrorReply),
+    /// PeerHandshake answer: the bytes of the next `auth::AuthMessage`.
+    PeerHandshake {
+        message: Vec<u8>,
+    },
+    /// Gossip answer: the next message of the round (an Ack to a Syn).
+    Gossip(GossipMessage),
 }
 
 /// Typed errors (DESIGN.md §4).

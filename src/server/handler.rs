@@ -50,7 +50,18 @@ pub async fn execute_local(shard: &Rc<Shard>, op: Op) -> Reply {
         Op::Delete { key, .. } => write_lww(shard, &key, None).await,
         Op::Ping => Reply::Pong,
         Op::Topology => Reply::Topology(local_topology(shard).await),
-        Op::ReplicaWrite { .. } | Op::ReplicaRead { .. } => Reply::Error(ErrorReply::Unauthorized),
+        Op::ReplicaWrite { .. }
+        | Op::ReplicaRead { .. }
+        | Op::PeerHandshake { .. }
+        | Op::Gossip(_)
+        | Op::HintReplay { .. } => Reply::Error(ErrorReply::Unauthorized),
+        // Placeholder until client auth is wired: with no token configured, Auth succeeds
+        // whatever it carries (as `auth::ClientAuthState::NotRequired` says); with one
+        // configured, refuse rather than pretend to have checked it.
+        Op::Auth { .. } if shard.config.client_auth_token.is_none() => Reply::Done,
+        Op::Auth { .. } => Reply::Error(ErrorReply::BadRequest {
+            message: "client authentication is not implemented by this server yet".to_owned(),
+        }),
     }
 }
 

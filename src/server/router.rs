@@ -138,8 +138,12 @@ pub fn spawn_receivers(shard: &Rc<Shard>, mut receivers: Receivers<MeshMsg>) {
 fn key_of(op: &Op) -> Option<&[u8]> {
     match op {
         Op::Get { key, .. } | Op::Put { key, .. } | Op::Delete { key, .. } => Some(key),
-        Op::ReplicaWrite { key, .. } | Op::ReplicaRead { key } => Some(key),
-        Op::Ping | Op::Topology => None,
+        Op::ReplicaWrite { key, .. } | Op::ReplicaRead { key } | Op::HintReplay { key, .. } => {
+            Some(key)
+        }
+        Op::Ping | Op::Topology | Op::Auth { .. } | Op::PeerHandshake { .. } | Op::Gossip(_) => {
+            None
+        }
     }
 }
 
