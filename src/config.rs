@@ -529,6 +529,19 @@ impl ConfigLayer {
             .map(|s| crate::auth::ClusterSecret::new(s.as_bytes()))
             .transpose()
             .map_err(|e| invalid("cluster_secret", e))?;
+        if self
+            .client_auth_token
+            .as_ref()
+            .is_some_and(|t| t.len() > crate::protocol::codec::AUTH_TOKEN_BYTES_MAX)
+        {
+            return Err(invalid(
+                "client_auth_token",
+                format!(
+                    "longer than {} bytes",
+                    crate::protocol::codec::AUTH_TOKEN_BYTES_MAX
+                ),
+            ));
+        }
         let client_auth_token = self
             .client_auth_token
             .map(|t| crate::auth::ClientAuthToken::new(t.as_bytes()))

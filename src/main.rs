@@ -31,6 +31,36 @@ struct HostArgs {
     /// Node to talk to, HOST:PORT
     #[arg(long, default_value = "127.0.0.1:7400")]
     host: String,
+    /// Token to present when the server sets `client_auth_token`
+    #[arg(long, conflicts_with = "token_file")]
+    token: Option<String>,
+    /// File holding the token (trailing newline ignored)
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+impl HostArgs {
+    fn connect(&self) -> Result<Client, Failure> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => Some(t.clone().into_bytes()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| Failure {
+                        code: EXIT_USAGE,
+                        message: format!("cannot read {}: {e}", path.display()),
+                    })?
+                    .trim_end_matches(['\n', '\r'])
+                    .as_bytes()
+                    .to_vec(),
+            ),
+            (None, None) => None,
+        };
+        Ok(Client::connect_with(
+            &self.host,
+            std::time::Duration::from_secs(5),
+            token,
+        )?)
+    }
 }
 
 #[derive(Subcommand)]
@@ -123,7 +153,7 @@ fn run(command: Command) -> Result<(), Failure> {
             host,
         } => {
             let value = read_value(value, value_file)?;
-            let mut client = Client::connect(&host.host)?;
+            let mut client = host.connect()?;
             client.put(key.as_bytes(), &value, consistency, None)?;
             Ok(())
         }
@@ -132,7 +162,7 @@ fn run(command: Command) -> Result<(), Failure> {
             consistency,
             host,
         } => {
-            let mut client = Client::connect(&host.host)?;
+            let mut client = host.connect()?;
             let result = client.get(key.as_bytes(), consistency)?;
             let mut out = std::io::stdout().lock();
             match result.values.as_slice() {
@@ -163,12 +193,12 @@ fn run(command: Command) -> Result<(), Failure> {
             consistency,
             host,
         } => {
-            let mut client = Client::connect(&host.host)?;
+            let mut client = host.connect()?;
             client.delete(key.as_bytes(), consistency, None)?;
             Ok(())
         }
         Command::Status { host } => {
-            let mut client = Client::connect(&host.host)?;
+            let mut client = host.connect()?;
             let topology = client.refresh_topology()?.clone();
             println!(
                 "{:<18} {:<22} {:<6} {:<8} {:>7} {:>12} {:>8}",

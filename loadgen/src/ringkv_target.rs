@@ -42,6 +42,27 @@ fn reply_error(reply: Reply) -> OpError {
     }
 }
 
+/// Open a socket and, when a token is given, present it before anything else.
+async fn connect_authenticated(
+    addr: SocketAddr,
+    token: Option<&[u8]>,
+) -> Result<AsyncConnection, OpError> {
+    let conn = AsyncConnection::connect(addr).await.map_err(op_error)?;
+    if let Some(token) = token {
+        match conn
+            .call(Op::Auth {
+                token: token.to_vec(),
+            })
+            .await
+            .map_err(op_error)?
+        {
+            Reply::Done => {}
+            other => return Err(reply_error(other)),
+        }
+    }
+    Ok(conn)
+}
+
 impl Connector for RingkvConnector {
     type Conn = RingkvConnection;
 
@@ -55,7 +76,8 @@ impl Connector for RingkvConnector {
             .map_err(|e| OpError::Disconnected(format!("{host}: {e}")))?
             .next()
             .ok_or_else(|| OpError::Disconnected(format!("{host}: resolves to nothing")))?;
-        let seed = AsyncConnection::connect(addr).await.map_err(op_error)?;
+        let token = options.token.as_ref().map(|t| t.as_bytes().to_vec());
+        let seed = connect_authenticated(addr, token.as_deref()).await?;
         let topology = match seed.call(Op::Topology).await.map_err(op_error)? {
             Reply::Topology(t) => t,
             other => return Err(reply_error(other)),
@@ -75,9 +97,7 @@ impl Connector for RingkvConnector {
                 .checked_add(s as u16)
                 .ok_or_else(|| OpError::Other(format!("{host}: shard port overflow")))?;
             shards.push(
-                AsyncConnection::connect(SocketAddr::new(addr.ip(), port))
-                    .await
-                    .map_err(op_error)?,
+                connect_authenticated(SocketAddr::new(addr.ip(), port), token.as_deref()).await?,
             );
         }
         if shards.is_empty() {

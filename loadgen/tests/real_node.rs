@@ -29,10 +29,12 @@ impl Drop for Server {
 }
 
 fn free_ports(n: u16) -> u16 {
-    for base in (24_000u16..40_000)
-        .step_by(37)
-        .skip((std::process::id() % 300) as usize)
-    {
+    // Tests of this file run in parallel in one process: each call starts its search at
+    // a different place, and holds what it found only until the server binds it.
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let call = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let start = 24_000 + ((std::process::id() as u16 % 500) * 16 + call * 211) % 16_000;
+    for base in (start..40_000).step_by(7) {
         if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }
@@ -40,15 +42,15 @@ fn free_ports(n: u16) -> u16 {
     panic!("no free ports");
 }
 
-#[test]
-fn loadgen_against_a_real_node_reports_sane_numbers() {
-    let dir = tempfile::tempdir().unwrap();
+/// Start `ringkv serve` with `extra` flags; returns it and its client address.
+fn start_server(dir: &std::path::Path, extra: &[&str]) -> (Server, String) {
     let port = free_ports(3);
     let addr = format!("127.0.0.1:{port}");
-    let _server = Server(
+    let server = Server(
         Command::new(ringkv_bin())
             .args(["serve", "--listen", &addr, "--shards", "2", "--data-dir"])
-            .arg(dir.path().join("data"))
+            .arg(dir.join("data"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -59,6 +61,52 @@ fn loadgen_against_a_real_node_reports_sane_numbers() {
         assert!(Instant::now() < deadline, "server did not start");
         std::thread::sleep(Duration::from_millis(25));
     }
+    (server, addr)
+}
+
+/// With `client_auth_token` set, the load generator works with `--token` and fails
+/// to connect (exit 3) without it.
+#[test]
+fn loadgen_presents_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr) = start_server(dir.path(), &["--client-auth-token", "lg-secret"]);
+    let run = |extra: &[&str]| {
+        Command::new(LOADGEN)
+            .args([
+                "--hosts",
+                &addr,
+                "--workload",
+                "a",
+                "--keys",
+                "100",
+                "--ops",
+                "500",
+                "--connections",
+                "2",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let without = run(&[]);
+    assert_eq!(
+        without.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&without.stderr)
+    );
+    let with = run(&["--token", "lg-secret"]);
+    assert!(
+        with.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+}
+
+#[test]
+fn loadgen_against_a_real_node_reports_sane_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr) = start_server(dir.path(), &[]);
     let json = dir.path().join("out.json");
     let hgrm = dir.path().join("out.hgrm");
     let out = Command::new(LOADGEN)

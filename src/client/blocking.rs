@@ -130,6 +130,8 @@ impl Connection {
 pub struct Client {
     seed: SocketAddr,
     timeout: Duration,
+    /// Presented with an `Auth` request on every new connection, when set.
+    token: Option<Vec<u8>>,
     topology: Option<Topology>,
     connections: HashMap<SocketAddr, Connection>,
 }
@@ -141,6 +143,15 @@ impl Client {
     }
 
     pub fn connect_with_timeout(host: &str, timeout: Duration) -> Result<Self, ClientError> {
+        Self::connect_with(host, timeout, None)
+    }
+
+    /// Connect presenting `token` (the server's `client_auth_token`) on every connection.
+    pub fn connect_with(
+        host: &str,
+        timeout: Duration,
+        token: Option<Vec<u8>>,
+    ) -> Result<Self, ClientError> {
         let seed = host
             .to_socket_addrs()
             .map_err(|e| ClientError::Usage(format!("invalid address {host:?}: {e}")))?
@@ -149,6 +160,7 @@ impl Client {
         let mut client = Client {
             seed,
             timeout,
+            token,
             topology: None,
             connections: HashMap::new(),
         };
@@ -158,7 +170,12 @@ impl Client {
 
     fn connection(&mut self, addr: SocketAddr) -> Result<&mut Connection, ClientError> {
         if !self.connections.contains_key(&addr) {
-            let conn = Connection::connect(addr, self.timeout)?;
+            let mut conn = Connection::connect(addr, self.timeout)?;
+            if let Some(token) = &self.token {
+                expect_done(conn.call(Op::Auth {
+                    token: token.clone(),
+                })?)?;
+            }
             self.connections.insert(addr, conn);
         }
         self.connections

@@ -11,6 +11,7 @@
 //! `max_inflight_per_shard` in flight answers `Overloaded`.
 
 use super::shard::Shard;
+use crate::auth::ClientAuthState;
 use crate::protocol::codec::{decode_request, DecodeError};
 use crate::protocol::frame::{next_frame, FrameError};
 use crate::protocol::read_buffer::ReadBuffer;
@@ -67,6 +68,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
         reader_parked: RefCell::new(None),
     });
     let inflight = Rc::new(Cell::new(0u32));
+    let auth = RefCell::new(ClientAuthState::new(
+        shard.config.client_auth_token.as_ref(),
+    ));
 
     // Writer task: drain the outbox whenever woken; stop after a close was requested
     // and everything queued has been written.
@@ -119,7 +123,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
                                 }
                             })
                             .await;
-                            dispatch(&shard, &outbox, &inflight, request)
+                            dispatch(&shard, &outbox, &inflight, &auth, request)
                         }
                         Err(DecodeError::Invalid { request_id, reason }) => {
                             shard
@@ -190,9 +194,44 @@ fn error(request_id: u64, err: ErrorReply) -> Response {
 }
 
 /// Admit a request (or answer `Overloaded`) and run it as its own task.
-fn dispatch(shard: &Rc<Shard>, outbox: &Rc<Outbox>, inflight: &Rc<Cell<u32>>, request: Request) {
+fn dispatch(
+    shard: &Rc<Shard>,
+    outbox: &Rc<Outbox>,
+    inflight: &Rc<Cell<u32>>,
+    auth: &RefCell<ClientAuthState>,
+    request: Request,
+) {
     let Request { request_id, op } = request;
-    if matches!(op, Op::ReplicaWrite { .. } | Op::ReplicaRead { .. }) {
+    // Client authentication runs in arrival order, before anything else: with
+    // `client_auth_token` set, the first request must be a correct `Auth`.
+    let is_auth = matches!(op, Op::Auth { .. });
+    if let Err(refusal) = auth.borrow_mut().allows(is_auth) {
+        shard
+            .metrics
+            .unauthorized
+            .set(shard.metrics.unauthorized.get() + 1);
+        outbox.push(shard, &error(request_id, refusal.to_error_reply()));
+        return;
+    }
+    if let Op::Auth { token } = &op {
+        let body = match auth
+            .borrow_mut()
+            .on_auth(shard.config.client_auth_token.as_ref(), token)
+        {
+            Ok(()) => Reply::Done,
+            Err(refusal) => {
+                tracing::info!(shard = shard.id, %refusal, "client authentication refused");
+                shard
+                    .metrics
+                    .unauthorized
+                    .set(shard.metrics.unauthorized.get() + 1);
+                Reply::Error(refusal.to_error_reply())
+            }
+        };
+        outbox.push(shard, &Response { request_id, body });
+        return;
+    }
+    if op.is_peer_op() {
         // Peer operations are accepted only on authenticated peer connections.
         shard
             .metrics

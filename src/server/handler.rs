@@ -58,9 +58,9 @@ pub async fn execute_local(shard: &Rc<Shard>, op: Op) -> Reply {
         // Placeholder until client auth is wired: with no token configured, Auth succeeds
         // whatever it carries (as `auth::ClientAuthState::NotRequired` says); with one
         // configured, refuse rather than pretend to have checked it.
-        Op::Auth { .. } if shard.config.client_auth_token.is_none() => Reply::Done,
-        Op::Auth { .. } => Reply::Error(ErrorReply::BadRequest {
-            message: "client authentication is not implemented by this server yet".to_owned(),
+        // Answered by the connection (it owns the authentication state); never routed.
+        Op::Auth { .. } => Reply::Error(ErrorReply::Internal {
+            message: "Auth reached a shard".to_owned(),
         }),
     }
 }

@@ -15,7 +15,7 @@ const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
 /// Render the exposition text for these shards.
 pub fn render(stats: &[ShardStats]) -> String {
     type Field = fn(&ShardStats) -> f64;
-    let series: [(&str, &str, &str, Field); 14] = [
+    let series: [(&str, &str, &str, Field); 15] = [
         (
             "ringkv_requests_total",
             "counter",
@@ -39,6 +39,12 @@ pub fn render(stats: &[ShardStats]) -> String {
             "counter",
             "Peer operations refused on client connections.",
             |s| s.refused_peer_ops as f64,
+        ),
+        (
+            "ringkv_unauthorized_total",
+            "counter",
+            "Client requests refused for authentication.",
+            |s| s.unauthorized as f64,
         ),
         (
             "ringkv_forwarded_total",

@@ -26,6 +26,7 @@ pub struct ShardMetrics {
     pub bad_requests: Cell<u64>,
     pub overloaded: Cell<u64>,
     pub refused_peer_ops: Cell<u64>,
+    pub unauthorized: Cell<u64>,
     pub forwarded: Cell<u64>,
 }
 
@@ -59,6 +60,7 @@ pub struct ShardStats {
     pub bad_requests: u64,
     pub overloaded: u64,
     pub refused_peer_ops: u64,
+    pub unauthorized: u64,
     pub forwarded: u64,
     pub inflight: u32,
 }
@@ -73,6 +75,7 @@ impl Shard {
             bad_requests: m.bad_requests.get(),
             overloaded: m.overloaded.get(),
             refused_peer_ops: m.refused_peer_ops.get(),
+            unauthorized: m.unauthorized.get(),
             forwarded: m.forwarded.get(),
             inflight: self.inflight.get(),
         }

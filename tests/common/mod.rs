@@ -144,9 +144,17 @@ impl Node {
                     );
                 }
             }
-            if let Ok(mut c) = ringkv::client::blocking::Client::connect_with_timeout(
+            // A node that requires a client token is pinged with it.
+            let token = self
+                .extra_args
+                .iter()
+                .position(|a| a == "--client-auth-token")
+                .and_then(|i| self.extra_args.get(i + 1))
+                .map(|t| t.clone().into_bytes());
+            if let Ok(mut c) = ringkv::client::blocking::Client::connect_with(
                 &addr,
                 Duration::from_millis(500),
+                token,
             ) {
                 if c.ping().is_ok() && self.log_text().contains("ringkv ready") {
                     return;
