@@ -84,14 +84,22 @@ enum Command {
         value_file: Option<PathBuf>,
         #[arg(long)]
         consistency: Option<Consistency>,
+        /// Causal mode: the context (hex) from the `get` this write replaces
+        #[arg(long, value_parser = parse_hex)]
+        context: Option<HexBytes>,
         #[command(flatten)]
         host: HostArgs,
     },
-    /// Print the value of KEY (its bytes, nothing else)
+    /// Print the value of KEY (its bytes, nothing else); siblings each under a header,
+    /// followed by the causal context
     Get {
         key: String,
         #[arg(long)]
         consistency: Option<Consistency>,
+        /// Print {"values": [...], "context": "<hex>"} instead (values as UTF-8 text,
+        /// or as {"hex": ...} when they are not valid UTF-8)
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         host: HostArgs,
     },
@@ -100,6 +108,9 @@ enum Command {
         key: String,
         #[arg(long)]
         consistency: Option<Consistency>,
+        /// Causal mode: the context (hex) from the `get` this delete replaces
+        #[arg(long, value_parser = parse_hex)]
+        context: Option<HexBytes>,
         #[command(flatten)]
         host: HostArgs,
     },
@@ -150,21 +161,43 @@ fn run(command: Command) -> Result<(), Failure> {
             value,
             value_file,
             consistency,
+            context,
             host,
         } => {
             let value = read_value(value, value_file)?;
             let mut client = host.connect()?;
-            client.put(key.as_bytes(), &value, consistency, None)?;
+            client.put(key.as_bytes(), &value, consistency, context.map(|c| c.0))?;
             Ok(())
         }
         Command::Get {
             key,
             consistency,
+            json,
             host,
         } => {
             let mut client = host.connect()?;
             let result = client.get(key.as_bytes(), consistency)?;
             let mut out = std::io::stdout().lock();
+            if json {
+                let values: Vec<serde_json::Value> = result
+                    .values
+                    .iter()
+                    .map(|v| match std::str::from_utf8(v) {
+                        Ok(text) => serde_json::Value::String(text.to_string()),
+                        Err(_) => serde_json::json!({ "hex": hex(v) }),
+                    })
+                    .collect();
+                let doc = serde_json::json!({ "values": values, "context": result.context.as_deref().map(hex) });
+                writeln!(out, "{doc}").map_err(io_failure)?;
+                return if result.values.is_empty() {
+                    Err(Failure {
+                        code: EXIT_NOT_FOUND,
+                        message: "not found".into(),
+                    })
+                } else {
+                    Ok(())
+                };
+            }
             match result.values.as_slice() {
                 [] => Err(Failure {
                     code: EXIT_NOT_FOUND,
@@ -184,6 +217,9 @@ fn run(command: Command) -> Result<(), Failure> {
                         out.write_all(v).map_err(io_failure)?;
                         writeln!(out).map_err(io_failure)?;
                     }
+                    if let Some(context) = &result.context {
+                        writeln!(out, "--- context {}", hex(context)).map_err(io_failure)?;
+                    }
                     Ok(())
                 }
             }
@@ -191,10 +227,11 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Delete {
             key,
             consistency,
+            context,
             host,
         } => {
             let mut client = host.connect()?;
-            client.delete(key.as_bytes(), consistency, None)?;
+            client.delete(key.as_bytes(), consistency, context.map(|c| c.0))?;
             Ok(())
         }
         Command::Status { host } => {
@@ -270,6 +307,29 @@ fn read_value(value: Option<String>, value_file: Option<PathBuf>) -> Result<Vec<
             message: "give a VALUE or --value-file".into(),
         }),
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes given on the command line as hex (a causal context).
+#[derive(Clone, Debug)]
+struct HexBytes(Vec<u8>);
+
+fn parse_hex(text: &str) -> Result<HexBytes, String> {
+    let text = text.trim();
+    if !text.is_ascii() || !text.len().is_multiple_of(2) {
+        return Err("a context is an even number of hex digits".into());
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&text[i..i + 2], 16)
+                .map_err(|_| format!("invalid hex in context {text:?}"))
+        })
+        .collect::<Result<Vec<u8>, String>>()
+        .map(HexBytes)
 }
 
 fn io_failure(e: std::io::Error) -> Failure {

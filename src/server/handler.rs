@@ -3,7 +3,7 @@
 //! coordinator replaces the local write/read with a quorum fan-out.)
 
 use super::shard::Shard;
-use crate::conflict::{KeyState, LwwCell};
+use crate::conflict::{causal, Actor, CausalContext, CausalState, ConflictMode, KeyState, LwwCell};
 use crate::protocol::types::{ErrorReply, NodeInfo, NodeStatus, Op, Reply, Topology};
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -46,8 +46,13 @@ pub async fn execute_local(shard: &Rc<Shard>, op: Op) -> Reply {
             Ok(state) => value_reply(state),
             Err(e) => internal(e),
         },
-        Op::Put { key, value, .. } => write_lww(shard, &key, Some(value)).await,
-        Op::Delete { key, .. } => write_lww(shard, &key, None).await,
+        Op::Put {
+            key,
+            value,
+            context,
+            ..
+        } => write(shard, &key, Some(value), context).await,
+        Op::Delete { key, context, .. } => write(shard, &key, None, context).await,
         Op::Ping => Reply::Pong,
         Op::Topology => Reply::Topology(local_topology(shard).await),
         Op::ReplicaWrite { .. }
@@ -62,6 +67,65 @@ pub async fn execute_local(shard: &Rc<Shard>, op: Op) -> Reply {
         Op::Auth { .. } => Reply::Error(ErrorReply::Internal {
             message: "Auth reached a shard".to_owned(),
         }),
+    }
+}
+
+/// A put (`Some(value)`) or delete (`None`) under the node's conflict mode.
+async fn write(
+    shard: &Rc<Shard>,
+    key: &[u8],
+    value: Option<Vec<u8>>,
+    context: Option<Vec<u8>>,
+) -> Reply {
+    match shard.config.conflict_mode {
+        ConflictMode::Lww => write_lww(shard, key, value).await,
+        ConflictMode::Causal => write_causal(shard, key, value, context.as_deref()).await,
+    }
+}
+
+/// Causal mode: the new version supersedes exactly what the client's context saw and
+/// keeps every other sibling. The read-modify-write of one key is serialized on its
+/// shard so two concurrent writes never mint the same dot.
+async fn write_causal(
+    shard: &Rc<Shard>,
+    key: &[u8],
+    value: Option<Vec<u8>>,
+    context: Option<&[u8]>,
+) -> Reply {
+    let client_context = match context {
+        None | Some([]) => CausalContext::default(),
+        Some(bytes) => match CausalContext::decode(bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                return Reply::Error(ErrorReply::BadRequest {
+                    message: format!("invalid context: {e}"),
+                })
+            }
+        },
+    };
+    let _lock = shard.lock_key(key).await;
+    let local = match shard.engine.read(key).await {
+        Ok(Some(KeyState::Causal(state))) => state,
+        Ok(Some(KeyState::Lww(_))) | Ok(None) => CausalState::default(),
+        Err(e) => return internal(e),
+    };
+    let timestamp = shard.hlc.borrow_mut().now(now_ms());
+    let actor = Actor {
+        node_id: shard.node_id,
+        generation: shard.generation,
+    };
+    let max_siblings = shard.config.max_siblings as usize;
+    let state = match causal::write(&local, &client_context, actor, timestamp, value, max_siblings) {
+        Ok(state) => state,
+        Err(e) => {
+            return Reply::Error(ErrorReply::BadRequest {
+                message: format!("write refused: {e}; read the key and write with its context to resolve the siblings"),
+            })
+        }
+    };
+    match shard.engine.write(key, KeyState::Causal(state)).await {
+        Ok(()) => Reply::Done,
+        Err(e) => internal(e),
     }
 }
 

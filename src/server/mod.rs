@@ -204,6 +204,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             .context("cannot install signal handler")?;
     }
     let cpus = allowed_cpus();
+    let boot_ms = handler::now_ms();
     let io_memory = io_memory_per_shard(config.shards);
     tracing::info!(
         node_id = format_args!("{:016x}", meta.node_id),
@@ -223,14 +224,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let stop = stop.clone();
         let report = report_tx.clone();
         let node_id = meta.node_id;
-        let handle =
-            LocalExecutorBuilder::new(Placement::Fixed(cpu))
-                .name(&format!("shard-{s}"))
-                .io_memory(io_memory)
-                .spawn(move || async move {
-                    shard::run(Rc::new(config), node_id, mesh, stop, report).await
-                })
-                .map_err(|e| anyhow::anyhow!("cannot start shard executor {s}: {e}"))?;
+        let generation = boot_ms;
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("shard-{s}"))
+            .io_memory(io_memory)
+            .spawn(move || async move {
+                shard::run(Rc::new(config), node_id, generation, mesh, stop, report).await
+            })
+            .map_err(|e| anyhow::anyhow!("cannot start shard executor {s}: {e}"))?;
         handles.push(handle);
     }
     drop(report_tx);

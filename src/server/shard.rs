@@ -34,6 +34,11 @@ pub struct Shard {
     pub id: u32,
     pub shard_count: u32,
     pub node_id: u64,
+    /// This process's boot time (ms): the generation of the node's causal actor, so a
+    /// restarted node never reuses a dot counter of its previous life.
+    pub generation: u64,
+    /// Keys with a causal read-modify-write in progress, and who waits for each.
+    pub key_locks: RefCell<ahash::AHashMap<Vec<u8>, Vec<std::task::Waker>>>,
     pub config: Rc<Config>,
     pub limits: Limits,
     pub encoder: RefCell<Encoder>,
@@ -65,7 +70,46 @@ pub struct ShardStats {
     pub inflight: u32,
 }
 
+/// Holds a key's causal write lock; releasing wakes the waiters.
+pub struct KeyLock<'a> {
+    shard: &'a Shard,
+    key: Vec<u8>,
+}
+
+impl Drop for KeyLock<'_> {
+    fn drop(&mut self) {
+        if let Some(waiters) = self.shard.key_locks.borrow_mut().remove(&self.key) {
+            for w in waiters {
+                w.wake();
+            }
+        }
+    }
+}
+
 impl Shard {
+    /// Serialize read-modify-writes of one key on this shard (causal mode: the new dot
+    /// must be computed from the state that the write then extends).
+    pub async fn lock_key(&self, key: &[u8]) -> KeyLock<'_> {
+        std::future::poll_fn(|cx| {
+            let mut locks = self.key_locks.borrow_mut();
+            match locks.get_mut(key) {
+                None => {
+                    locks.insert(key.to_vec(), Vec::new());
+                    std::task::Poll::Ready(())
+                }
+                Some(waiters) => {
+                    waiters.push(cx.waker().clone());
+                    std::task::Poll::Pending
+                }
+            }
+        })
+        .await;
+        KeyLock {
+            shard: self,
+            key: key.to_vec(),
+        }
+    }
+
     pub fn stats(&self) -> ShardStats {
         let m = &self.metrics;
         ShardStats {
@@ -106,6 +150,7 @@ pub enum StartupReport {
 pub async fn run(
     config: Rc<Config>,
     node_id: u64,
+    generation: u64,
     mesh_builder: MeshBuilder<MeshMsg, Full>,
     stop: Arc<AtomicBool>,
     report: std::sync::mpsc::Sender<StartupReport>,
@@ -172,6 +217,8 @@ pub async fn run(
         id,
         shard_count,
         node_id,
+        generation,
+        key_locks: RefCell::new(ahash::AHashMap::new()),
         config: config.clone(),
         limits,
         encoder: RefCell::new(Encoder::new()),
