@@ -237,30 +237,68 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Status { host } => {
             let mut client = host.connect()?;
             let topology = client.refresh_topology()?.clone();
-            println!(
-                "{:<18} {:<22} {:<6} {:<8} {:>7} {:>12} {:>8}",
-                "node", "address", "state", "status", "shards", "shard ports", "load"
-            );
-            for n in &topology.nodes {
-                let ports = format!(
-                    "{}-{}",
-                    n.shard_port_base,
-                    n.shard_port_base as u32 + n.shard_count.saturating_sub(1)
-                );
-                println!(
-                    "{:<18} {:<22} {:<6} {:<8} {:>7} {:>12} {:>8}",
-                    format!("{:016x}", n.node_id),
-                    n.address,
-                    if n.up { "up" } else { "down" },
-                    format!("{:?}", n.status).to_lowercase(),
-                    n.shard_count,
-                    ports,
-                    human_bytes(n.load_bytes)
-                );
-            }
+            print!("{}", status_table(&topology));
             Ok(())
         }
     }
+}
+
+/// `ringkv status`, like `nodetool status`: one line per known node, up or down, with
+/// its share of the ring (replicated ownership, `Ring::ownership`), sorted by address.
+fn status_table(topology: &ringkv::protocol::types::Topology) -> String {
+    use ringkv::protocol::types::NodeStatus;
+    use std::fmt::Write as _;
+    let in_ring: Vec<_> = topology
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.status, NodeStatus::Normal | NodeStatus::Leaving))
+        .collect();
+    let rf = (topology.replication_factor.max(1) as usize).min(in_ring.len().max(1));
+    let ownership =
+        ringkv::cluster::Ring::new(in_ring.iter().map(|n| (n.node_id, n.tokens.as_slice())))
+            .map(|ring| ring.ownership(rf))
+            .unwrap_or_default();
+    let mut nodes: Vec<_> = topology.nodes.iter().collect();
+    nodes.sort_by(|a, b| a.address.cmp(&b.address).then(a.node_id.cmp(&b.node_id)));
+    let up = nodes.iter().filter(|n| n.up).count();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} nodes ({} up, {} down), replication factor {}",
+        nodes.len(),
+        up,
+        nodes.len() - up,
+        topology.replication_factor
+    );
+    let _ = writeln!(
+        out,
+        "{:<18} {:<22} {:<6} {:<8} {:>8} {:>6} {:>7} {:>7} {:>12}",
+        "node", "address", "state", "status", "load", "tokens", "owns", "shards", "shard ports"
+    );
+    for n in nodes {
+        let ports = format!(
+            "{}-{}",
+            n.shard_port_base,
+            n.shard_port_base as u32 + n.shard_count.saturating_sub(1)
+        );
+        let owns = ownership
+            .get(&n.node_id)
+            .map_or_else(|| "?".to_string(), |share| format!("{:.1}%", share * 100.0));
+        let _ = writeln!(
+            out,
+            "{:<18} {:<22} {:<6} {:<8} {:>8} {:>6} {:>7} {:>7} {:>12}",
+            format!("{:016x}", n.node_id),
+            n.address,
+            if n.up { "up" } else { "down" },
+            format!("{:?}", n.status).to_lowercase(),
+            human_bytes(n.load_bytes),
+            n.tokens.len(),
+            owns,
+            n.shard_count,
+            ports,
+        );
+    }
+    out
 }
 
 fn serve(config_file: Option<PathBuf>, flags: ConfigLayer) -> Result<(), Failure> {

@@ -6,12 +6,19 @@
 //! (in-flight requests per connection and per shard are capped; beyond them the answer
 //! is `Overloaded`), or let one connection's bad input affect another.
 //!
+//! Peer connections: a connection whose first request is `PeerHandshake` runs an
+//! `auth::Acceptor` over those frames. Until it succeeds every other op there is
+//! `Unauthorized`; a failed handshake is logged (WARN, with the peer's address, never the
+//! secret), counted in `peer_auth_failures`, and closes the connection. After success
+//! the connection is a peer connection, the only place peer ops (`Op::is_peer_op`) are
+//! accepted; it needs no client token (the handshake is the stronger proof).
+//!
 //! Backpressure: a connection with `max_inflight_per_connection` requests in flight is
 //! not read from until one finishes (TCP flow control slows the client); a shard with
 //! `max_inflight_per_shard` in flight answers `Overloaded`.
 
 use super::shard::Shard;
-use crate::auth::ClientAuthState;
+use crate::auth::{self, Acceptor, ClientAuthState, Effect, Handshake};
 use crate::protocol::codec::{decode_request, DecodeError};
 use crate::protocol::frame::{next_frame, FrameError};
 use crate::protocol::read_buffer::ReadBuffer;
@@ -52,6 +59,33 @@ pub enum ConnectionKind {
     Client,
 }
 
+/// Where a connection stands with respect to the peer handshake.
+enum PeerState {
+    /// A client connection (no handshake started).
+    Client,
+    /// The first request was a `PeerHandshake`: handshaking, nothing else allowed.
+    Handshaking(Box<Acceptor>),
+    /// An authenticated peer connection.
+    Peer { peer_node_id: u64 },
+}
+
+/// Per-connection state the dispatcher reads and updates.
+struct ConnState {
+    auth: RefCell<ClientAuthState>,
+    peer: RefCell<PeerState>,
+    /// Requests seen so far: a handshake may only start with the first one.
+    requests_seen: Cell<u64>,
+    peer_addr: String,
+}
+
+/// What the reader does after dispatching a request.
+#[derive(PartialEq, Eq)]
+enum AfterDispatch {
+    Continue,
+    /// Close once the queued answers are written (a failed peer handshake).
+    Close,
+}
+
 /// Serve one connection until the peer closes it, sends garbage, or the node stops.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
     let peer = stream
@@ -68,9 +102,14 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
         reader_parked: RefCell::new(None),
     });
     let inflight = Rc::new(Cell::new(0u32));
-    let auth = RefCell::new(ClientAuthState::new(
-        shard.config.client_auth_token.as_ref(),
-    ));
+    let state = ConnState {
+        auth: RefCell::new(ClientAuthState::new(
+            shard.config.client_auth_token.as_ref(),
+        )),
+        peer: RefCell::new(PeerState::Client),
+        requests_seen: Cell::new(0),
+        peer_addr: peer.clone(),
+    };
 
     // Writer task: drain the outbox whenever woken; stop after a close was requested
     // and everything queued has been written.
@@ -123,7 +162,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
                                 }
                             })
                             .await;
-                            dispatch(&shard, &outbox, &inflight, &auth, request)
+                            if dispatch(&shard, &outbox, &inflight, &state, request)
+                                == AfterDispatch::Close
+                            {
+                                break 'read;
+                            }
                         }
                         Err(DecodeError::Invalid { request_id, reason }) => {
                             shard
@@ -180,6 +223,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
             _ => break,
         }
     }
+    if let PeerState::Peer { peer_node_id } = &*state.peer.borrow() {
+        tracing::debug!(%peer, peer_node = format_args!("{peer_node_id:016x}"), "peer connection closed");
+    }
     outbox.closing.set(true);
     let _ = outbox.wake.try_send(());
     // In-flight requests finish and their answers are written before the writer stops.
@@ -193,28 +239,142 @@ fn error(request_id: u64, err: ErrorReply) -> Response {
     }
 }
 
+/// One `PeerHandshake` frame on the accepting side: start the acceptor on the first,
+/// feed it, answer with its next message; on failure log, count, and close.
+fn on_handshake(
+    shard: &Rc<Shard>,
+    outbox: &Rc<Outbox>,
+    state: &ConnState,
+    request_id: u64,
+    message: &[u8],
+) -> AfterDispatch {
+    let mut peer = state.peer.borrow_mut();
+    if matches!(*peer, PeerState::Client) {
+        let nonce = match auth::fresh_nonce() {
+            Ok(nonce) => nonce,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot draw a handshake nonce");
+                outbox.push(
+                    shard,
+                    &error(
+                        request_id,
+                        ErrorReply::Internal {
+                            message: "cannot draw a nonce".into(),
+                        },
+                    ),
+                );
+                return AfterDispatch::Close;
+            }
+        };
+        let (acceptor, _) = Acceptor::new(
+            shard.auth.cluster_name.clone(),
+            shard.auth.secret.clone(),
+            shard.node_id,
+            nonce,
+        );
+        *peer = PeerState::Handshaking(Box::new(acceptor));
+    }
+    let PeerState::Handshaking(acceptor) = &mut *peer else {
+        return AfterDispatch::Continue;
+    };
+    let effects = acceptor.on_bytes(message);
+    let mut answer = None;
+    let mut after = AfterDispatch::Continue;
+    let mut authenticated = None;
+    for effect in effects {
+        match effect {
+            Effect::Send(m) => answer = Some(m.encode()),
+            Effect::Authenticated { peer_node_id } => authenticated = Some(peer_node_id),
+            Effect::Close { failure } => {
+                shard
+                    .metrics
+                    .peer_auth_failures
+                    .set(shard.metrics.peer_auth_failures.get() + 1);
+                tracing::warn!(
+                    shard = shard.id,
+                    peer = %state.peer_addr,
+                    reason = %failure.reason(),
+                    "peer handshake refused: {failure}; closing the connection"
+                );
+                after = AfterDispatch::Close;
+            }
+        }
+    }
+    if let Some(peer_node_id) = authenticated {
+        tracing::debug!(
+            shard = shard.id,
+            peer = %state.peer_addr,
+            peer_node = format_args!("{peer_node_id:016x}"),
+            "peer authenticated"
+        );
+        *peer = PeerState::Peer { peer_node_id };
+    }
+    let body = match answer {
+        Some(message) => Reply::PeerHandshake { message },
+        None => Reply::Error(ErrorReply::Unauthorized),
+    };
+    outbox.push(shard, &Response { request_id, body });
+    after
+}
+
 /// Admit a request (or answer `Overloaded`) and run it as its own task.
 fn dispatch(
     shard: &Rc<Shard>,
     outbox: &Rc<Outbox>,
     inflight: &Rc<Cell<u32>>,
-    auth: &RefCell<ClientAuthState>,
+    state: &ConnState,
     request: Request,
-) {
+) -> AfterDispatch {
     let Request { request_id, op } = request;
+    let first = state.requests_seen.get() == 0;
+    state.requests_seen.set(state.requests_seen.get() + 1);
+    // The peer handshake comes before client authentication: a peer presents no client
+    // token. It may only start with the connection's first request.
+    let handshaking = matches!(*state.peer.borrow(), PeerState::Handshaking(_));
+    if let Op::PeerHandshake { message } = &op {
+        if first || handshaking {
+            return on_handshake(shard, outbox, state, request_id, message);
+        }
+    } else if handshaking {
+        shard
+            .metrics
+            .unauthorized
+            .set(shard.metrics.unauthorized.get() + 1);
+        outbox.push(shard, &error(request_id, ErrorReply::Unauthorized));
+        return AfterDispatch::Continue;
+    }
+    let is_peer = matches!(*state.peer.borrow(), PeerState::Peer { .. });
+    if is_peer {
+        if let Op::Gossip(msg) = op {
+            spawn_request(
+                shard,
+                outbox,
+                inflight,
+                request_id,
+                move |shard| async move { super::gossip::route_gossip(&shard, msg).await },
+            );
+            return AfterDispatch::Continue;
+        }
+    }
     // Client authentication runs in arrival order, before anything else: with
     // `client_auth_token` set, the first request must be a correct `Auth`.
     let is_auth = matches!(op, Op::Auth { .. });
-    if let Err(refusal) = auth.borrow_mut().allows(is_auth) {
+    let allowed = if is_peer {
+        Ok(())
+    } else {
+        state.auth.borrow_mut().allows(is_auth)
+    };
+    if let Err(refusal) = allowed {
         shard
             .metrics
             .unauthorized
             .set(shard.metrics.unauthorized.get() + 1);
         outbox.push(shard, &error(request_id, refusal.to_error_reply()));
-        return;
+        return AfterDispatch::Continue;
     }
     if let Op::Auth { token } = &op {
-        let body = match auth
+        let body = match state
+            .auth
             .borrow_mut()
             .on_auth(shard.config.client_auth_token.as_ref(), token)
         {
@@ -229,17 +389,39 @@ fn dispatch(
             }
         };
         outbox.push(shard, &Response { request_id, body });
-        return;
+        return AfterDispatch::Continue;
     }
-    if op.is_peer_op() {
+    if op.is_peer_op() && !is_peer {
         // Peer operations are accepted only on authenticated peer connections.
         shard
             .metrics
             .refused_peer_ops
             .set(shard.metrics.refused_peer_ops.get() + 1);
         outbox.push(shard, &error(request_id, ErrorReply::Unauthorized));
-        return;
+        return AfterDispatch::Continue;
     }
+    spawn_request(
+        shard,
+        outbox,
+        inflight,
+        request_id,
+        move |shard| async move { super::router::execute(&shard, op).await },
+    );
+    AfterDispatch::Continue
+}
+
+/// Admit a request against the shard's in-flight bound (or answer `Overloaded`) and
+/// run `work` as its own task; its reply goes to the outbox.
+fn spawn_request<F, Fut>(
+    shard: &Rc<Shard>,
+    outbox: &Rc<Outbox>,
+    inflight: &Rc<Cell<u32>>,
+    request_id: u64,
+    work: F,
+) where
+    F: FnOnce(Rc<Shard>) -> Fut + 'static,
+    Fut: std::future::Future<Output = Reply> + 'static,
+{
     if shard.inflight.get() >= shard.config.max_inflight_per_shard {
         shard
             .metrics
@@ -256,7 +438,7 @@ fn dispatch(
     let task_queue = shard.foreground_queue;
     let spawned = glommio::spawn_local_into(
         async move {
-            let body = super::router::execute(&shard, op).await;
+            let body = work(shard.clone()).await;
             outbox.push(&shard, &Response { request_id, body });
             inflight.set(inflight.get() - 1);
             shard.inflight.set(shard.inflight.get() - 1);

@@ -138,21 +138,38 @@ async fn write_lww(shard: &Rc<Shard>, key: &[u8], value: Option<Vec<u8>>) -> Rep
     }
 }
 
-/// This node alone, as a one-node ring (the cluster layer replaces it with gossip state).
+/// The cluster as this node sees it: shard 0's latest membership snapshot (until the
+/// first arrives, this node alone), with this node's load measured now. This node comes
+/// first: clients that route to the first up node then talk to the node they asked.
 pub async fn local_topology(shard: &Rc<Shard>) -> Topology {
     let stats = super::router::all_stats(shard).await;
     let load_bytes = stats.iter().map(|s| s.engine.data_bytes).sum();
+    let this = NodeInfo {
+        node_id: shard.node_id,
+        address: shard.config.listen.to_string(),
+        shard_count: shard.shard_count,
+        shard_port_base: shard.config.shard_port_base,
+        status: NodeStatus::Normal,
+        up: true,
+        tokens: shard.tokens.clone(),
+        load_bytes,
+    };
+    let snapshot = shard
+        .topology
+        .borrow()
+        .as_ref()
+        .map(|(_, nodes)| nodes.clone());
+    let mut nodes = vec![this];
+    if let Some(snapshot) = snapshot {
+        nodes.extend(
+            snapshot
+                .iter()
+                .filter(|n| n.node_id != shard.node_id)
+                .cloned(),
+        );
+    }
     Topology {
-        nodes: vec![NodeInfo {
-            node_id: shard.node_id,
-            address: shard.config.listen.to_string(),
-            shard_count: shard.shard_count,
-            shard_port_base: shard.config.shard_port_base,
-            status: NodeStatus::Normal,
-            up: true,
-            tokens: vec![0],
-            load_bytes,
-        }],
-        replication_factor: 1,
+        nodes,
+        replication_factor: shard.config.replication_factor,
     }
 }

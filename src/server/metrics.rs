@@ -15,7 +15,7 @@ const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
 /// Render the exposition text for these shards.
 pub fn render(stats: &[ShardStats]) -> String {
     type Field = fn(&ShardStats) -> f64;
-    let series: [(&str, &str, &str, Field); 15] = [
+    let series: [(&str, &str, &str, Field); 16] = [
         (
             "ringkv_requests_total",
             "counter",
@@ -45,6 +45,12 @@ pub fn render(stats: &[ShardStats]) -> String {
             "counter",
             "Client requests refused for authentication.",
             |s| s.unauthorized as f64,
+        ),
+        (
+            "ringkv_peer_auth_failures_total",
+            "counter",
+            "Peer handshakes that failed (accepted or dialled).",
+            |s| s.peer_auth_failures as f64,
         ),
         (
             "ringkv_forwarded_total",

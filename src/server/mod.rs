@@ -4,8 +4,10 @@
 //! prepares the data directory, starts the shards, and turns SIGINT/SIGTERM into a stop.
 
 pub mod connection;
+pub mod gossip;
 pub mod handler;
 pub mod metrics;
+pub mod peer;
 pub mod router;
 pub mod shard;
 
@@ -25,9 +27,35 @@ const MESH_CHANNEL_CAPACITY: usize = 1024;
 /// glommio registers this much I/O memory per executor when locked memory allows.
 const IO_MEMORY_BYTES: usize = 10 << 20;
 
-/// The data directory's identity: node id and the shard count its data was split by.
+/// The data directory's identity: node id, the shard count its data was split by, and
+/// the node's ring tokens.
+///
+/// `data_dir/node.meta` is TOML, readable and hand-checkable:
+///
+/// ```toml
+/// node_id = "00c0ffee12345678"      # 16 hex digits
+/// shards = 4
+/// tokens = ["0a1b...", "ff02...", ...] # hex, sorted; strings because TOML ints are i64
+/// ```
+///
+/// A file from before tokens existed (no `tokens` key) gets them on the next start, and
+/// the file is rewritten. Tokens are chosen once (`initial_tokens(num_tokens, node_id)`)
+/// and never change afterwards, whatever `num_tokens` later says.
 struct NodeMeta {
     node_id: u64,
+    tokens: Vec<u64>,
+}
+
+fn meta_text(node_id: u64, shards: u32, tokens: &[u64]) -> String {
+    let tokens: Vec<String> = tokens.iter().map(|t| format!("\"{t:016x}\"")).collect();
+    format!(
+        "node_id = \"{node_id:016x}\"\nshards = {shards}\ntokens = [{}]\n",
+        tokens.join(", ")
+    )
+}
+
+fn choose_tokens(config: &Config, node_id: u64) -> Vec<u64> {
+    crate::cluster::ring::initial_tokens(config.num_tokens as usize, node_id)
 }
 
 /// Lock the data directory (one process per directory), create or check its identity.
@@ -51,23 +79,38 @@ fn prepare_data_dir(config: &Config) -> anyhow::Result<(std::fs::File, NodeMeta)
     }
     let meta_path = dir.join("node.meta");
     let meta = match std::fs::read_to_string(&meta_path) {
-        Ok(text) => parse_meta(&text, config, &meta_path)?,
+        Ok(text) => {
+            let (meta, had_tokens) = parse_meta(&text, config, &meta_path)?;
+            if !had_tokens {
+                let text = meta_text(meta.node_id, config.shards, &meta.tokens);
+                write_durably(dir, &meta_path, text.as_bytes())?;
+                tracing::info!(
+                    tokens = meta.tokens.len(),
+                    "chose ring tokens for an existing data directory"
+                );
+            }
+            meta
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let node_id = random_u64()?;
-            let text = format!("node_id = \"{node_id:016x}\"\nshards = {}\n", config.shards);
+            let tokens = choose_tokens(config, node_id);
+            let text = meta_text(node_id, config.shards, &tokens);
             write_durably(dir, &meta_path, text.as_bytes())?;
-            NodeMeta { node_id }
+            NodeMeta { node_id, tokens }
         }
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", meta_path.display())),
     };
     Ok((lock, meta))
 }
 
-fn parse_meta(text: &str, config: &Config, path: &Path) -> anyhow::Result<NodeMeta> {
+/// Parse `node.meta`; the flag says whether it already held tokens (else they were
+/// chosen now and the caller persists them).
+fn parse_meta(text: &str, config: &Config, path: &Path) -> anyhow::Result<(NodeMeta, bool)> {
     #[derive(serde::Deserialize)]
     struct Raw {
         node_id: String,
         shards: u32,
+        tokens: Option<Vec<String>>,
     }
     let raw: Raw =
         toml::from_str(text).with_context(|| format!("{} is corrupt", path.display()))?;
@@ -88,7 +131,62 @@ fn parse_meta(text: &str, config: &Config, path: &Path) -> anyhow::Result<NodeMe
             raw.shards
         );
     }
-    Ok(NodeMeta { node_id })
+    let Some(hex_tokens) = raw.tokens else {
+        let tokens = choose_tokens(config, node_id);
+        return Ok((NodeMeta { node_id, tokens }, false));
+    };
+    let mut tokens = Vec::with_capacity(hex_tokens.len());
+    for t in &hex_tokens {
+        tokens.push(u64::from_str_radix(t, 16).with_context(|| {
+            format!(
+                "{} is corrupt: token {t:?} is not hexadecimal",
+                path.display()
+            )
+        })?);
+    }
+    tokens.sort_unstable();
+    tokens.dedup();
+    if tokens.is_empty() || tokens.len() > crate::cluster::ring::MAX_TOKENS_PER_NODE {
+        bail!(
+            "{} is corrupt: {} tokens (expected 1..={})",
+            path.display(),
+            tokens.len(),
+            crate::cluster::ring::MAX_TOKENS_PER_NODE
+        );
+    }
+    Ok((NodeMeta { node_id, tokens }, true))
+}
+
+/// How this node proves itself to peers (DESIGN.md §6): the cluster name and the MAC
+/// key of the shared secret. Without `cluster_secret` the key is derived from the
+/// cluster name alone, which keeps clusters with different names apart but
+/// authenticates nobody: anyone who knows the name can join. That is logged as a WARN.
+#[derive(Clone, Debug)]
+pub struct PeerAuth {
+    pub cluster_name: crate::auth::ClusterName,
+    pub secret: crate::auth::ClusterSecret,
+}
+
+fn peer_auth(config: &Config) -> anyhow::Result<PeerAuth> {
+    let cluster_name = crate::auth::ClusterName::new(&config.cluster_name)
+        .map_err(|e| anyhow::anyhow!("invalid cluster_name: {e}"))?;
+    let secret = match &config.cluster_secret {
+        Some(secret) => secret.clone(),
+        None => {
+            tracing::warn!(
+                cluster_name = %cluster_name,
+                "no cluster_secret configured: peers are NOT authenticated by a secret (the handshake \
+                 key is derived from the cluster name); set cluster_secret or cluster_secret_file"
+            );
+            let derived = format!("ringkv-no-secret|{}", cluster_name.as_str());
+            crate::auth::ClusterSecret::new(derived.as_bytes())
+                .map_err(|e| anyhow::anyhow!("cannot derive a cluster secret: {e}"))?
+        }
+    };
+    Ok(PeerAuth {
+        cluster_name,
+        secret,
+    })
 }
 
 fn random_u64() -> anyhow::Result<u64> {
@@ -197,6 +295,7 @@ pub fn default_shards() -> u32 {
 /// Run a node until SIGINT/SIGTERM. Returns after every shard has drained and synced.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let (_lock, meta) = prepare_data_dir(&config)?;
+    let auth = peer_auth(&config)?;
     probe_ports(&config)?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -223,13 +322,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let mesh = mesh.clone();
         let stop = stop.clone();
         let report = report_tx.clone();
-        let node_id = meta.node_id;
-        let generation = boot_ms;
+        let identity = shard::Identity {
+            node_id: meta.node_id,
+            generation: boot_ms,
+            tokens: meta.tokens.clone(),
+            auth: auth.clone(),
+        };
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{s}"))
             .io_memory(io_memory)
             .spawn(move || async move {
-                shard::run(Rc::new(config), node_id, generation, mesh, stop, report).await
+                shard::run(Rc::new(config), identity, mesh, stop, report).await
             })
             .map_err(|e| anyhow::anyhow!("cannot start shard executor {s}: {e}"))?;
         handles.push(handle);

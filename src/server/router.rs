@@ -6,8 +6,9 @@
 use super::handler;
 use super::shard::Shard;
 use super::shard::ShardStats;
+use crate::cluster::membership::GossipMessage;
 use crate::protocol::token::{shard_of, token_of};
-use crate::protocol::types::{ErrorReply, Op, Reply};
+use crate::protocol::types::{ErrorReply, NodeInfo, Op, Reply};
 use ahash::AHashMap;
 use futures_lite::StreamExt;
 use glommio::channels::channel_mesh::{Receivers, Senders};
@@ -22,12 +23,18 @@ pub enum ShardOp {
     Client(Op),
     /// This shard's engine statistics.
     Stats,
+    /// A gossip message that arrived on another shard's peer connection: for shard 0's
+    /// membership. Answered with `Client(reply)`.
+    Gossip(GossipMessage),
+    /// Shard 0's membership snapshot number `seq`. Answered with `Done`.
+    Topology { seq: u64, nodes: Vec<NodeInfo> },
 }
 
 #[derive(Debug)]
 pub enum ShardReply {
     Client(Reply),
     Stats(ShardStats),
+    Done,
 }
 
 /// A message on the channel mesh.
@@ -107,6 +114,13 @@ pub fn spawn_receivers(shard: &Rc<Shard>, mut receivers: Receivers<MeshMsg>) {
                                             handler::execute_local(&shard, op).await,
                                         ),
                                         ShardOp::Stats => ShardReply::Stats(shard.stats()),
+                                        ShardOp::Gossip(msg) => ShardReply::Client(
+                                            super::gossip::on_gossip(&shard, msg),
+                                        ),
+                                        ShardOp::Topology { seq, nodes } => {
+                                            super::shard::install_topology(&shard, seq, nodes);
+                                            ShardReply::Done
+                                        }
                                     };
                                     let _ = shard
                                         .mesh
@@ -162,7 +176,7 @@ pub async fn execute(shard: &Rc<Shard>, op: Op) -> Reply {
         .set(shard.metrics.forwarded.get() + 1);
     match shard.mesh.call(shard.id, owner, ShardOp::Client(op)).await {
         Ok(ShardReply::Client(reply)) => reply,
-        Ok(ShardReply::Stats(_)) => Reply::Error(ErrorReply::Internal {
+        Ok(ShardReply::Stats(_) | ShardReply::Done) => Reply::Error(ErrorReply::Internal {
             message: "mesh reply mismatch".into(),
         }),
         Err(message) => Reply::Error(ErrorReply::Internal { message }),

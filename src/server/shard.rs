@@ -8,6 +8,7 @@ use crate::config::{CommitlogSync, Config};
 use crate::conflict::HlcClock;
 pub use crate::event::Event;
 use crate::protocol::codec::{Encoder, Limits};
+use crate::protocol::types::NodeInfo;
 use crate::storage::engine::{Engine, EngineOptions, EngineStats};
 use crate::storage::glommio_disk::GlommioDisk;
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
@@ -28,6 +29,19 @@ pub struct ShardMetrics {
     pub refused_peer_ops: Cell<u64>,
     pub unauthorized: Cell<u64>,
     pub forwarded: Cell<u64>,
+    /// Peer handshakes that failed, on either side (we accepted or we dialled).
+    pub peer_auth_failures: Cell<u64>,
+}
+
+/// Who this node is, handed to every shard at startup.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub node_id: u64,
+    /// Boot time (ms): the gossip generation and the causal actor's generation.
+    pub generation: u64,
+    /// Ring tokens persisted in `node.meta`, sorted.
+    pub tokens: Vec<u64>,
+    pub auth: super::PeerAuth,
 }
 
 pub struct Shard {
@@ -37,6 +51,15 @@ pub struct Shard {
     /// This process's boot time (ms): the generation of the node's causal actor, so a
     /// restarted node never reuses a dot counter of its previous life.
     pub generation: u64,
+    /// This node's ring tokens (persisted in `node.meta`).
+    pub tokens: Vec<u64>,
+    /// Cluster name and secret for peer handshakes.
+    pub auth: super::PeerAuth,
+    /// The latest membership snapshot published by shard 0 and its sequence number
+    /// (None until the first).
+    pub topology: RefCell<Option<(u64, Rc<Vec<NodeInfo>>)>>,
+    /// Gossip state: shard 0 only.
+    pub gossip: Option<super::gossip::Gossiper>,
     /// Keys with a causal read-modify-write in progress, and who waits for each.
     pub key_locks: RefCell<ahash::AHashMap<Vec<u8>, Vec<std::task::Waker>>>,
     pub config: Rc<Config>,
@@ -54,6 +77,8 @@ pub struct Shard {
     pub drained: Event,
     pub foreground_queue: TaskQueueHandle,
     pub background_queue: TaskQueueHandle,
+    /// Gossip rounds and peer connections (small shares: they are cheap but must run).
+    pub gossip_queue: TaskQueueHandle,
 }
 
 /// A snapshot of one shard's counters, sent between shards for `status` and metrics.
@@ -67,6 +92,7 @@ pub struct ShardStats {
     pub refused_peer_ops: u64,
     pub unauthorized: u64,
     pub forwarded: u64,
+    pub peer_auth_failures: u64,
     pub inflight: u32,
 }
 
@@ -121,6 +147,7 @@ impl Shard {
             refused_peer_ops: m.refused_peer_ops.get(),
             unauthorized: m.unauthorized.get(),
             forwarded: m.forwarded.get(),
+            peer_auth_failures: m.peer_auth_failures.get(),
             inflight: self.inflight.get(),
         }
     }
@@ -130,6 +157,14 @@ impl Shard {
         if self.stopping.is_set() && self.inflight.get() == 0 {
             self.drained.set();
         }
+    }
+}
+
+/// Keep shard 0's snapshot `seq` unless a newer one is already installed.
+pub fn install_topology(shard: &Shard, seq: u64, nodes: Vec<NodeInfo>) {
+    let mut current = shard.topology.borrow_mut();
+    if current.as_ref().is_none_or(|(have, _)| *have < seq) {
+        *current = Some((seq, Rc::new(nodes)));
     }
 }
 
@@ -149,8 +184,7 @@ pub enum StartupReport {
 /// sync. Returns an error message if startup or shutdown failed.
 pub async fn run(
     config: Rc<Config>,
-    node_id: u64,
-    generation: u64,
+    identity: Identity,
     mesh_builder: MeshBuilder<MeshMsg, Full>,
     stop: Arc<AtomicBool>,
     report: std::sync::mpsc::Sender<StartupReport>,
@@ -173,6 +207,8 @@ pub async fn run(
         executor.create_task_queue(Shares::Static(1000), Latency::NotImportant, "foreground");
     let background_queue =
         executor.create_task_queue(Shares::Static(100), Latency::NotImportant, "background");
+    let gossip_queue =
+        executor.create_task_queue(Shares::Static(100), Latency::NotImportant, "gossip");
 
     let dir = config.data_dir.join(format!("shard-{id}"));
     let disk = GlommioDisk::open(&dir).await.map_err(|e| {
@@ -213,11 +249,16 @@ pub async fn run(
         max_frame_bytes: (config.max_value_size_bytes + config.max_key_size_bytes + (1 << 20))
             as usize,
     };
+    let gossip = (id == 0).then(|| super::gossip::Gossiper::new(&config, &identity));
     let shard = Rc::new(Shard {
         id,
         shard_count,
-        node_id,
-        generation,
+        node_id: identity.node_id,
+        generation: identity.generation,
+        tokens: identity.tokens,
+        auth: identity.auth,
+        topology: RefCell::new(None),
+        gossip,
         key_locks: RefCell::new(ahash::AHashMap::new()),
         config: config.clone(),
         limits,
@@ -231,6 +272,7 @@ pub async fn run(
         drained: Event::default(),
         foreground_queue,
         background_queue,
+        gossip_queue,
     });
 
     router::spawn_receivers(&shard, receivers);
@@ -240,6 +282,11 @@ pub async fn run(
             glommio::spawn_local_into(accept_loop(shard.clone(), listener), foreground_queue)
                 .map_err(|e| e.to_string())?,
         );
+    }
+    if id == 0 {
+        glommio::spawn_local_into(super::gossip::run(shard.clone()), gossip_queue)
+            .map_err(|e| e.to_string())?
+            .detach();
     }
     if let (0, Some(addr)) = (id, config.metrics_listen) {
         let listener = TcpListener::bind(addr)
