@@ -247,3 +247,78 @@ pub fn cli(args: &[&str]) -> (i32, Vec<u8>, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A cluster of real nodes on free ports: node 0 starts with no seeds, every later node
+/// seeds node 0's client address. Nodes are killed (by PID) when the cluster drops.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// Start `shards.len()` nodes (node i with `shards[i]` shards), each with `extra`
+    /// flags, the later ones seeding the first.
+    pub fn start(shards: &[u32], extra: &[&str]) -> Cluster {
+        let mut nodes: Vec<Node> = Vec::new();
+        for &n in shards {
+            let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+            if let Some(first) = nodes.first() {
+                args.push("--seeds".into());
+                args.push(first.addr());
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            nodes.push(Node::start(n, &args));
+        }
+        Cluster { nodes }
+    }
+
+    /// Start one more node seeding node 0, with its own flags (not the cluster's).
+    pub fn start_extra(&self, shards: u32, extra: &[&str]) -> Node {
+        let mut args: Vec<&str> = extra.to_vec();
+        let seed = self.nodes[0].addr();
+        args.push("--seeds");
+        args.push(&seed);
+        Node::start(shards, &args)
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(Node::addr).collect()
+    }
+}
+
+/// `ringkv status --host HOST` as (address → up) for every listed node; None if the
+/// command failed.
+pub fn status_view(host: &str) -> Option<std::collections::BTreeMap<String, bool>> {
+    let (code, out, _) = cli(&["status", "--host", host]);
+    if code != 0 {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let mut view = std::collections::BTreeMap::new();
+    // Rows: node id, address, state (up|down), ...; the two header lines don't parse.
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() >= 3
+            && fields[0].len() == 16
+            && fields[0].chars().all(|c| c.is_ascii_hexdigit())
+        {
+            view.insert(fields[1].to_string(), fields[2] == "up");
+        }
+    }
+    Some(view)
+}
+
+/// Fetch `GET /metrics` from a node's `metrics_listen` and sum one series over shards.
+pub fn metric_sum(metrics_addr: &str, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(metrics_addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
