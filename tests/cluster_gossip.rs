@@ -133,7 +133,10 @@ fn nodes_of_another_cluster_are_refused_and_never_listed() {
 fn peer_ops_without_a_handshake_are_refused() {
     let metrics_port = common::free_port_block(1);
     let metrics = format!("127.0.0.1:{metrics_port}");
-    let node = Node::start(1, &["--metrics-listen", &metrics]);
+    let node = Node::start(
+        1,
+        &["--metrics-listen", &metrics, "--request-timeout-ms", "500"],
+    );
     let shard0: std::net::SocketAddr = format!("127.0.0.1:{}", node.port + 1).parse().unwrap();
     let refused_before = metric_sum(&metrics, "ringkv_refused_peer_ops_total");
 
@@ -225,5 +228,33 @@ fn peer_ops_without_a_handshake_are_refused() {
         failures_before + 1.0
     );
     assert!(node.log_text().contains("peer handshake refused"));
+
+    // A handshake that stalls after its Hello is cut off at the deadline and counted.
+    let mut stalled = Connection::connect(shard0, Duration::from_secs(5)).unwrap();
+    let (_initiator, effects) = Initiator::new(
+        ClusterName::new("ringkv").unwrap(),
+        ClusterSecret::new(b"whatever").unwrap(),
+        0xbad,
+        auth::fresh_nonce().unwrap(),
+    );
+    let Effect::Send(hello) = &effects[0] else {
+        panic!("initiator starts with a Hello")
+    };
+    assert!(matches!(
+        stalled.call(Op::PeerHandshake {
+            message: hello.encode()
+        }),
+        Ok(Reply::PeerHandshake { .. })
+    ));
+    assert!(
+        stalled.receive().is_err(),
+        "the server closes a stalled handshake"
+    );
+    wait_until("the stalled handshake to be counted", DEADLINE, || {
+        metric_sum(&metrics, "ringkv_peer_auth_failures_total") == failures_before + 2.0
+    });
+    assert!(node
+        .log_text()
+        .contains("timed out or closed before it completed"));
     assert_eq!(status_view(&node.addr()).unwrap().len(), 1);
 }

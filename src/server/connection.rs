@@ -75,6 +75,8 @@ struct ConnState {
     peer: RefCell<PeerState>,
     /// Requests seen so far: a handshake may only start with the first one.
     requests_seen: Cell<u64>,
+    /// Set while a handshake is under way: when it must have succeeded.
+    handshake_deadline: Cell<Option<std::time::Instant>>,
     peer_addr: String,
 }
 
@@ -108,6 +110,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
         )),
         peer: RefCell::new(PeerState::Client),
         requests_seen: Cell::new(0),
+        handshake_deadline: Cell::new(None),
         peer_addr: peer.clone(),
     };
 
@@ -213,14 +216,38 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
             }
         }
         let spare = buf.spare(READ_CHUNK_BYTES);
+        // A handshake under way must finish within `request_timeout_ms` of its start.
+        let handshake_left = state
+            .handshake_deadline
+            .get()
+            .map(|deadline| deadline.saturating_duration_since(std::time::Instant::now()));
         let read = futures_lite::future::or(async { Some(reader.read(spare).await) }, async {
-            shard.stopping.wait().await;
+            match handshake_left {
+                Some(left) => {
+                    futures_lite::future::or(shard.stopping.wait(), glommio::timer::sleep(left))
+                        .await;
+                }
+                None => shard.stopping.wait().await,
+            }
             None
         })
         .await;
         match read {
             Some(Ok(n)) if n > 0 => buf.advance(n),
-            _ => break,
+            _ => {
+                if handshake_left.is_some() && !shard.stopping.is_set() {
+                    shard
+                        .metrics
+                        .peer_auth_failures
+                        .set(shard.metrics.peer_auth_failures.get() + 1);
+                    tracing::warn!(
+                        shard = shard.id,
+                        %peer,
+                        "peer handshake refused: timed out or closed before it completed"
+                    );
+                }
+                break;
+            }
         }
     }
     if let PeerState::Peer { peer_node_id } = &*state.peer.borrow() {
@@ -273,6 +300,10 @@ fn on_handshake(
             nonce,
         );
         *peer = PeerState::Handshaking(Box::new(acceptor));
+        state.handshake_deadline.set(Some(
+            std::time::Instant::now()
+                + std::time::Duration::from_millis(shard.config.request_timeout_ms),
+        ));
     }
     let PeerState::Handshaking(acceptor) = &mut *peer else {
         return AfterDispatch::Continue;
@@ -297,6 +328,7 @@ fn on_handshake(
                     "peer handshake refused: {failure}; closing the connection"
                 );
                 after = AfterDispatch::Close;
+                state.handshake_deadline.set(None);
             }
         }
     }
@@ -308,6 +340,7 @@ fn on_handshake(
             "peer authenticated"
         );
         *peer = PeerState::Peer { peer_node_id };
+        state.handshake_deadline.set(None);
     }
     let body = match answer {
         Some(message) => Reply::PeerHandshake { message },

@@ -375,3 +375,60 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("ringkv stopped cleanly");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        crate::config::ConfigLayer::default().resolve(2).unwrap()
+    }
+
+    #[test]
+    fn node_meta_round_trips_tokens_as_hex() {
+        let config = config();
+        let tokens = choose_tokens(&config, 42);
+        assert_eq!(tokens.len(), config.num_tokens as usize);
+        let text = meta_text(42, config.shards, &tokens);
+        assert!(text.contains("node_id = \"000000000000002a\""), "{text}");
+        let (meta, had_tokens) = parse_meta(&text, &config, Path::new("node.meta")).unwrap();
+        assert!(had_tokens);
+        assert_eq!((meta.node_id, meta.tokens), (42, tokens));
+    }
+
+    #[test]
+    fn node_meta_without_tokens_gets_them_from_the_node_id() {
+        let config = config();
+        let text = format!(
+            "node_id = \"00000000000000ff\"\nshards = {}\n",
+            config.shards
+        );
+        let (meta, had_tokens) = parse_meta(&text, &config, Path::new("node.meta")).unwrap();
+        assert!(!had_tokens);
+        assert_eq!(meta.tokens, choose_tokens(&config, 0xff));
+    }
+
+    #[test]
+    fn node_meta_with_bad_tokens_is_corrupt() {
+        let config = config();
+        for tokens in ["[\"xyz\"]", "[]"] {
+            let text = format!(
+                "node_id = \"00000000000000ff\"\nshards = {}\ntokens = {tokens}\n",
+                config.shards
+            );
+            let err = parse_meta(&text, &config, Path::new("node.meta"))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains("corrupt"), "{err}");
+        }
+    }
+
+    #[test]
+    fn no_secret_derives_one_from_the_cluster_name() {
+        let config = config();
+        assert!(config.cluster_secret.is_none());
+        let auth = peer_auth(&config).unwrap();
+        assert_eq!(auth.cluster_name.as_str(), config.cluster_name);
+    }
+}
