@@ -23,6 +23,38 @@
 //! [`RecoveryPolicy`], repairs a torn tail so that later recoveries see a clean segment,
 //! and always starts a fresh segment: a recovered segment is never appended to, so bytes
 //! of a torn batch can never be mistaken for a later valid batch.
+//!
+//! **Preallocation.** A segment is created full size: header, then zeros up to
+//! `segment_size_bytes`, one fdatasync, one directory sync. Appends then overwrite
+//! blocks that already exist, so an append's fdatasync commits data only, not a file
+//! size or extent change (on ext4 that is a journal transaction per append; see
+//! `benches/compare/README.md`). The zero tail is the end of the log for recovery, as
+//! it always was: the log ends at the first block boundary where the rest of the file is
+//! zeros. A batch with a valid header but broken records is still a torn tail, however
+//! many zeros follow it, and damage followed by a valid batch is still mid-log
+//! corruption (the search for a later batch covers the whole non-zero part of the file).
+//!
+//! **What is deliberately not done, and why.**
+//! - *Recycling released segments* (rename, new header, stale records left in place).
+//!   Stale records never replay, because the generation is inside every CRC (tested in
+//!   `format`), but with this format the log would no longer end where the rest of the
+//!   file is zeros: stale bytes after the last batch look exactly like a torn batch
+//!   header. Recovery would then report a torn tail after every clean shutdown of a
+//!   recycled segment, refuse it under [`RecoveryPolicy::Strict`], and refuse it as
+//!   mid-log damage once a newer segment exists. Doing it right needs a format change
+//!   (for example an explicit end-of-segment marker written at roll, or the generation
+//!   stored in each batch header so stale headers can be told from torn ones). Until
+//!   then a new segment costs one sequential zero write of `segment_size_bytes`.
+//! - *Appending small batches into the partly filled last block* (rewriting it). A
+//!   4 KiB direct write is not atomic on power loss: the device may persist some of its
+//!   sectors and not others. Rewriting a block that already holds acknowledged records
+//!   could then destroy them, and no checksum can bring them back. Making it safe needs
+//!   either a device atomic-write guarantee of at least 4 KiB (`RWF_ATOMIC`, not exposed
+//!   by glommio 0.9 and not promised by virtio disks) or writing every rewrite to
+//!   alternate locations (ping-pong blocks) with a recovery rule to pick the newest
+//!   complete copy, which is a format change with its own torn-write cases. So every
+//!   batch still starts on a fresh block, and a block holding acknowledged records is
+//!   never written again.
 
 mod format;
 
@@ -116,7 +148,8 @@ pub struct TornTail {
     pub file: String,
     /// Offset of the first byte that was not part of a whole valid record.
     pub offset: u64,
-    /// Bytes of the file from `offset` to its end that were discarded.
+    /// Bytes discarded: from `offset` to the end of the last block holding a non-zero
+    /// byte. The zero tail of a preallocated segment is not counted (it never held data).
     pub bytes_dropped: u64,
     pub reason: String,
 }
@@ -179,11 +212,15 @@ pub struct CommitLogStats {
 /// stays bounded between syncs.
 const PERIODIC_BUFFER_BYTES_MAX: usize = 4 << 20;
 const READ_CHUNK_BYTES: usize = 1 << 20;
+/// Zeros written per `write_at` when preallocating a segment: bounded so the DMA buffer
+/// fits glommio's I/O memory even when it falls back to 2 MiB.
+const PREALLOC_CHUNK_BYTES: usize = 512 << 10;
 const NEW_BUFFER_BYTES: usize = 64 << 10;
 const SPARE_BUFFERS_MAX: usize = 4;
 const SPARE_BUFFER_BYTES_MAX: usize = 8 << 20;
 
 const _: () = assert!(READ_CHUNK_BYTES.is_multiple_of(ALIGN));
+const _: () = assert!(PREALLOC_CHUNK_BYTES.is_multiple_of(ALIGN) && PREALLOC_CHUNK_BYTES >= ALIGN);
 
 fn io_error(file: &str, op: &'static str, source: io::Error) -> CommitLogError {
     CommitLogError::Io {
@@ -549,7 +586,7 @@ impl<D: Disk> CommitLog<D> {
                     recovery.torn_tail = Some(TornTail {
                         file: path,
                         offset: 0,
-                        bytes_dropped: data.len() as u64,
+                        bytes_dropped: format::nonzero_data_end(&data) as u64,
                         reason: "segment header never completed".into(),
                     });
                     continue;
@@ -599,7 +636,7 @@ impl<D: Disk> CommitLog<D> {
                 recovery.torn_tail = Some(TornTail {
                     file: path.clone(),
                     offset: d.offset,
-                    bytes_dropped: (data.len() as u64).saturating_sub(d.offset),
+                    bytes_dropped: scan.data_end.saturating_sub(d.offset),
                     reason: d.reason.clone(),
                 });
             }
@@ -623,7 +660,7 @@ impl<D: Disk> CommitLog<D> {
             None => 0,
         };
         let id = SegmentId(next);
-        let (file, name) = create_segment(&disk, id).await?;
+        let (file, name) = create_segment(&disk, id, cfg.segment_size_bytes).await?;
         live_segments.insert(id);
         let state = State {
             failed: None,
@@ -946,7 +983,8 @@ impl<D: Disk> CommitLog<D> {
             "segment generations advance one at a time"
         );
         self.sync_active().await?;
-        let (file, name) = create_segment(&self.inner.disk, target).await?;
+        let (file, name) =
+            create_segment(&self.inner.disk, target, self.inner.cfg.segment_size_bytes).await?;
         let old = std::mem::replace(
             &mut *self.inner.active.borrow_mut(),
             Active {
@@ -972,11 +1010,20 @@ impl<D: Disk> CommitLog<D> {
     }
 }
 
-/// Create a segment durably: file, header block, fdatasync, directory sync. Only then
-/// may records in it be acknowledged.
+/// Create a segment durably: file, header block, zeros up to `size_bytes`
+/// (preallocation), fdatasync, directory sync. Only then may records in it be
+/// acknowledged.
+///
+/// The zeros are written, not merely reserved: on ext4 neither `ftruncate` nor
+/// `fallocate` is enough, because the first write into a hole or an unwritten extent
+/// still allocates or converts the extent, and the appending fdatasync then commits a
+/// journal transaction (measured in `benches/compare/README.md`: 3.0 device writes and
+/// 8 KiB per append instead of 2.1 and 4 KiB). Writing zeros once per segment moves
+/// that cost to segment creation, one fdatasync for the whole segment.
 async fn create_segment<D: Disk>(
     disk: &D,
     id: SegmentId,
+    size_bytes: u64,
 ) -> Result<(D::File, String), CommitLogError> {
     let name = segment_file_name(id.0);
     let path = disk.path_of(&name);
@@ -984,9 +1031,29 @@ async fn create_segment<D: Disk>(
         .create(&name)
         .await
         .map_err(|e| io_error(&path, "create", e))?;
-    file.write_at(0, &encode_segment_header(id.0))
+    let size_bytes = size_bytes.max(SEGMENT_HEADER_BYTES);
+    assert!(
+        size_bytes.is_multiple_of(ALIGN as u64),
+        "validated segment size"
+    );
+    // The first chunk carries the header, so a segment is never zeros with a header
+    // written later; a crash mid-way leaves either a zero header block (creation never
+    // completed: dropped at recovery) or a valid header over (some) zeros.
+    let chunk_len = PREALLOC_CHUNK_BYTES.min(usize::try_from(size_bytes).unwrap_or(usize::MAX));
+    let mut chunk = vec![0u8; chunk_len];
+    chunk[..ALIGN].copy_from_slice(&encode_segment_header(id.0));
+    file.write_at(0, &chunk)
         .await
         .map_err(|e| io_error(&path, "write header", e))?;
+    chunk[..ALIGN].fill(0);
+    let mut pos = chunk_len as u64;
+    while pos < size_bytes {
+        let len = usize::try_from(size_bytes - pos).map_or(chunk_len, |rest| rest.min(chunk_len));
+        file.write_at(pos, &chunk[..len])
+            .await
+            .map_err(|e| io_error(&path, "preallocate", e))?;
+        pos += len as u64;
+    }
     file.sync()
         .await
         .map_err(|e| io_error(&path, "fdatasync header", e))?;
