@@ -34,6 +34,8 @@
 //! zeros. A batch with a valid header but broken records is still a torn tail, however
 //! many zeros follow it, and damage followed by a valid batch is still mid-log
 //! corruption (the search for a later batch covers the whole non-zero part of the file).
+//! Costs: every segment is written twice (zeros, then batches), and recovery reads each
+//! live segment in full, zero tail included.
 //!
 //! **Spare segment.** Writing `segment_size_bytes` of zeros takes a while, so it is done
 //! ahead: when a flush leaves the active segment more than half full, its leader (after
