@@ -62,7 +62,12 @@ const _: () = assert!(MAX_SEGMENT_BYTES <= u32::MAX as u64);
 ///   8..     payload
 ///   then zeros up to the next block boundary.
 ///
-/// After the last batch: end of file, or zeros to end of file.
+/// After the last batch: end of file, or zeros to end of file. A segment is created
+/// *preallocated*: its header block and zeros up to `segment_size_bytes` are written
+/// and fdatasync'ed before any batch goes in, so appends overwrite blocks that already
+/// exist and an append's fdatasync has no file size or extent metadata to commit. The
+/// zero tail is not part of the log; bytes of version 1 segments written before
+/// preallocation (which simply end after the last batch) read the same way.
 /// ```
 ///
 /// Why each field: the generation inside every CRC means bytes left over from another
@@ -219,7 +224,26 @@ pub struct SegmentScan {
     pub batches: u64,
     /// End of the last valid batch including its padding (block-aligned).
     pub valid_end: u64,
+    /// End of the last block that holds a non-zero byte: everything from here to the end
+    /// of the file is zeros (the unused, preallocated part of the segment).
+    pub data_end: u64,
     pub damage: Option<Damage>,
+}
+
+/// End of the last [`ALIGN`]-sized block of `data` (counted from offset 0) that holds a
+/// non-zero byte, or 0 if `data` is all zeros. Everything after it is zeros.
+pub fn nonzero_data_end(data: &[u8]) -> usize {
+    const ZERO_BLOCK: [u8; ALIGN] = [0; ALIGN];
+    let mut end = data.len();
+    while end > 0 {
+        let start = (end - 1) / ALIGN * ALIGN;
+        // Slice equality is a memcmp, fast even in debug builds.
+        if data[start..end] != ZERO_BLOCK[..end - start] {
+            return align_up(end);
+        }
+        end = start;
+    }
+    0
 }
 
 fn le_u32(data: &[u8], at: usize) -> Option<u32> {
@@ -301,12 +325,14 @@ pub fn scan_segment(data: &[u8], generation: u64) -> SegmentScan {
     let mut pos = ALIGN;
     let mut sequence = 0u64;
     let mut batches = 0u64;
+    // Computed once: the zero tail of a preallocated segment can be most of the file, so
+    // "is the rest zero?" must not be asked afresh at every batch.
+    let data_end = nonzero_data_end(data);
     let damage = loop {
-        if pos >= data.len() {
-            break None;
-        }
-        if data[pos..].iter().all(|&b| b == 0) {
-            // Clean end: zeros (or nothing) after the last batch.
+        if pos >= data.len() || pos >= data_end {
+            // Clean end: zeros (or nothing) after the last batch. A batch that was torn
+            // before any of its bytes reached the disk leaves exactly this, and was never
+            // acknowledged.
             break None;
         }
         let mut damage = Damage {
@@ -382,15 +408,18 @@ pub fn scan_segment(data: &[u8], generation: u64) -> SegmentScan {
         records,
         batches,
         valid_end: valid_end.max(SEGMENT_HEADER_BYTES),
+        data_end: data_end as u64,
         damage,
     }
 }
 
 /// Look for a valid batch header with a higher sequence at a block boundary after the
-/// damaged batch. Batches start only at block boundaries, so this is a full search.
+/// damaged batch. Batches start only at block boundaries, so this is a full search; it
+/// stops at the zero tail (a zero block holds no batch header).
 fn find_later_batch(data: &[u8], generation: u64, damage: &Damage) -> Option<u64> {
     let first = usize::try_from(damage.batch_start).ok()? + ALIGN;
-    (first..data.len())
+    let end = nonzero_data_end(data);
+    (first..end)
         .step_by(ALIGN)
         .find_map(|at| match batch_header_at(data, at, generation) {
             Ok((_, sequence, _)) if sequence > damage.batch_sequence => Some(at as u64),
@@ -529,6 +558,96 @@ mod tests {
             scan.damage.unwrap().later_valid_batch,
             Some(3 * ALIGN as u64)
         );
+    }
+
+    /// `data` followed by zeros up to `size` bytes: a preallocated segment.
+    fn preallocated(mut data: Vec<u8>, size: usize) -> Vec<u8> {
+        assert!(data.len() <= size);
+        data.resize(size, 0);
+        data
+    }
+
+    #[test]
+    fn zero_tail_of_a_preallocated_segment_is_the_end_of_the_log() {
+        let data = segment(4, &[&[b"a"], &[&[3u8; 5000]]]);
+        let end = data.len();
+        let full = preallocated(data, 64 * ALIGN);
+        assert_eq!(nonzero_data_end(&full), end);
+        let scan = scan_segment(&full, 4);
+        assert_eq!(scan.damage, None);
+        assert_eq!(scan.valid_end, end as u64);
+        assert_eq!(scan.data_end, end as u64);
+        assert_eq!(payloads(&full, &scan), vec![b"a".to_vec(), vec![3u8; 5000]]);
+        // Only the header: an empty log.
+        let empty = preallocated(encode_segment_header(4), 8 * ALIGN);
+        let scan = scan_segment(&empty, 4);
+        assert_eq!((scan.records.len(), scan.damage), (0, None));
+    }
+
+    #[test]
+    fn torn_batch_followed_by_zeros_is_a_torn_tail_at_every_cut() {
+        let good = segment(4, &[&[b"one"], &[b"two"]]);
+        let last = segment(4, &[&[b"one"], &[b"two"], &[b"three", &[5u8; 4200]]]);
+        let start = good.len();
+        let frames_end = start + BATCH_HEADER_BYTES + 2 * RECORD_HEADER_BYTES + 5 + 4200;
+        for cut in start..=last.len() {
+            let full = preallocated(last[..cut].to_vec(), 16 * ALIGN);
+            let scan = scan_segment(&full, 4);
+            let got = payloads(&full, &scan);
+            assert!(got.len() >= 2, "cut {cut}: acknowledged batches kept");
+            match &scan.damage {
+                None => assert!(
+                    cut == start || cut >= frames_end,
+                    "cut {cut}: a partial batch must be reported"
+                ),
+                Some(d) => {
+                    assert!(cut > start && cut < frames_end, "cut {cut}: {d:?}");
+                    assert_eq!(d.batch_start, start as u64, "cut {cut}");
+                    assert_eq!(d.later_valid_batch, None, "cut {cut}: zeros follow");
+                    assert_eq!(scan.data_end, align_up(cut) as u64, "cut {cut}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn damage_before_a_valid_batch_in_a_preallocated_segment_is_mid_log() {
+        let mut data = preallocated(segment(4, &[&[b"one"], &[b"two"], &[b"three"]]), 32 * ALIGN);
+        data[2 * ALIGN + 2] ^= 0x40;
+        let scan = scan_segment(&data, 4);
+        let d = scan.damage.unwrap();
+        assert_eq!(d.batch_start, 2 * ALIGN as u64);
+        assert_eq!(d.later_valid_batch, Some(3 * ALIGN as u64));
+    }
+
+    /// A recycled segment: a file that held generation 1 gets the header of generation 9
+    /// and new batches over the start of the old ones. The old records never validate
+    /// (the generation is inside every CRC), so they are never replayed, wherever the
+    /// new log ends; nor do they count as "a valid batch after the damage".
+    #[test]
+    fn stale_records_of_a_recycled_segment_never_replay() {
+        let old_batches: Vec<Vec<u8>> = (0..12u8)
+            .map(|i| vec![i + 1; 100 + 700 * i as usize])
+            .collect();
+        let old_refs: Vec<[&[u8]; 1]> = old_batches.iter().map(|b| [b.as_slice()]).collect();
+        let old_refs: Vec<&[&[u8]]> = old_refs.iter().map(|r| r.as_slice()).collect();
+        let old = segment(1, &old_refs);
+        for new_count in 0..4usize {
+            let news: Vec<Vec<u8>> = (0..new_count).map(|i| vec![0xe0 + i as u8; 30]).collect();
+            let new_refs: Vec<[&[u8]; 1]> = news.iter().map(|b| [b.as_slice()]).collect();
+            let new_refs: Vec<&[&[u8]]> = new_refs.iter().map(|r| r.as_slice()).collect();
+            let new = segment(9, &new_refs);
+            let mut recycled = old.clone();
+            recycled[..new.len()].copy_from_slice(&new);
+            check_segment_header(&recycled, 9).unwrap();
+            let scan = scan_segment(&recycled, 9);
+            assert_eq!(payloads(&recycled, &scan), news, "{new_count} new batches");
+            let d = scan
+                .damage
+                .expect("stale bytes after the new log are not zeros");
+            assert_eq!(d.batch_start, new.len() as u64);
+            assert_eq!(d.later_valid_batch, None, "stale batches never validate");
+        }
     }
 
     proptest! {

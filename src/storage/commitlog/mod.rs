@@ -1,8 +1,9 @@
 //! The per-shard commit log (DESIGN.md §5): durable, ordered, checksummed records in
 //! direct-I/O segment files, with group commit and crash recovery.
 //!
-//! It owns the segment files `commitlog-<generation:020>.log` of its [`Disk`] (other
-//! files in the directory are ignored) and the durability of every append: in
+//! It owns the segment files `commitlog-<generation:020>.log` of its [`Disk`] and the
+//! spare segment `commitlog.spare` (other files in the directory are ignored) and the
+//! durability of every append: in
 //! [`SyncMode::Batch`] an append returns only after a write and an fdatasync covering it.
 //! It never interprets payloads, never retries a failed write or fdatasync (a failure
 //! puts the log into a failed state until the process restarts, the "fsyncgate"
@@ -23,6 +24,49 @@
 //! [`RecoveryPolicy`], repairs a torn tail so that later recoveries see a clean segment,
 //! and always starts a fresh segment: a recovered segment is never appended to, so bytes
 //! of a torn batch can never be mistaken for a later valid batch.
+//!
+//! **Preallocation.** A segment is created full size: header, then zeros up to
+//! `segment_size_bytes`, one fdatasync, one directory sync. Appends then overwrite
+//! blocks that already exist, so an append's fdatasync commits data only, not a file
+//! size or extent change (on ext4 that is a journal transaction per append; see
+//! `benches/compare/README.md`). The zero tail is the end of the log for recovery, as
+//! it always was: the log ends at the first block boundary where the rest of the file is
+//! zeros. A batch with a valid header but broken records is still a torn tail, however
+//! many zeros follow it, and damage followed by a valid batch is still mid-log
+//! corruption (the search for a later batch covers the whole non-zero part of the file).
+//! Costs: every segment is written twice (zeros, then batches), and recovery reads each
+//! live segment in full, zero tail included.
+//!
+//! **Spare segment.** Writing `segment_size_bytes` of zeros takes a while, so it is done
+//! ahead: when a flush leaves the active segment more than half full, its leader (after
+//! publishing its flush, so other appends proceed) prepares `commitlog.spare`: header of
+//! the next generation, zeros, fdatasync. Rolling then only renames the spare into place
+//! and syncs the directory. The spare name is not a segment name, so recovery never
+//! reads it (it removes a leftover one); a crash between rename and directory sync
+//! leaves either the spare or a complete empty segment. If the roll comes before the
+//! spare is ready, the segment is created and preallocated in place, as at open.
+//!
+//! **What is deliberately not done, and why.**
+//! - *Recycling released segments* (rename, new header, stale records left in place).
+//!   Stale records never replay, because the generation is inside every CRC (tested in
+//!   `format`), but with this format the log would no longer end where the rest of the
+//!   file is zeros: stale bytes after the last batch look exactly like a torn batch
+//!   header. Recovery would then report a torn tail after every clean shutdown of a
+//!   recycled segment, refuse it under [`RecoveryPolicy::Strict`], and refuse it as
+//!   mid-log damage once a newer segment exists. Doing it right needs a format change
+//!   (for example an explicit end-of-segment marker written at roll, or the generation
+//!   stored in each batch header so stale headers can be told from torn ones). Until
+//!   then a new segment costs one sequential zero write of `segment_size_bytes`.
+//! - *Appending small batches into the partly filled last block* (rewriting it). A
+//!   4 KiB direct write is not atomic on power loss: the device may persist some of its
+//!   sectors and not others. Rewriting a block that already holds acknowledged records
+//!   could then destroy them, and no checksum can bring them back. Making it safe needs
+//!   either a device atomic-write guarantee of at least 4 KiB (`RWF_ATOMIC`, not exposed
+//!   by glommio 0.9 and not promised by virtio disks) or writing every rewrite to
+//!   alternate locations (ping-pong blocks) with a recovery rule to pick the newest
+//!   complete copy, which is a format change with its own torn-write cases. So every
+//!   batch still starts on a fresh block, and a block holding acknowledged records is
+//!   never written again.
 
 mod format;
 
@@ -116,7 +160,8 @@ pub struct TornTail {
     pub file: String,
     /// Offset of the first byte that was not part of a whole valid record.
     pub offset: u64,
-    /// Bytes of the file from `offset` to its end that were discarded.
+    /// Bytes discarded: from `offset` to the end of the last block holding a non-zero
+    /// byte. The zero tail of a preallocated segment is not counted (it never held data).
     pub bytes_dropped: u64,
     pub reason: String,
 }
@@ -173,17 +218,25 @@ pub struct CommitLogStats {
     /// fdatasyncs of segment data (header syncs of new segments not included).
     pub syncs: u64,
     pub segments_created: u64,
+    /// Of `segments_created`, those that were a prepared spare renamed into place.
+    pub spares_used: u64,
 }
 
 /// In periodic mode an append waits for a flush once this much is buffered, so memory
 /// stays bounded between syncs.
 const PERIODIC_BUFFER_BYTES_MAX: usize = 4 << 20;
 const READ_CHUNK_BYTES: usize = 1 << 20;
+/// Zeros written per `write_at` when preallocating a segment: bounded so the DMA buffer
+/// fits glommio's I/O memory even when it falls back to 2 MiB.
+const PREALLOC_CHUNK_BYTES: usize = 512 << 10;
+/// File name of the spare segment; not a segment name, so recovery ignores it.
+pub const SPARE_FILE_NAME: &str = "commitlog.spare";
 const NEW_BUFFER_BYTES: usize = 64 << 10;
 const SPARE_BUFFERS_MAX: usize = 4;
 const SPARE_BUFFER_BYTES_MAX: usize = 8 << 20;
 
 const _: () = assert!(READ_CHUNK_BYTES.is_multiple_of(ALIGN));
+const _: () = assert!(PREALLOC_CHUNK_BYTES.is_multiple_of(ALIGN) && PREALLOC_CHUNK_BYTES >= ALIGN);
 
 fn io_error(file: &str, op: &'static str, source: io::Error) -> CommitLogError {
     CommitLogError::Io {
@@ -369,11 +422,40 @@ struct Active<F> {
     dirty: bool,
 }
 
+/// The preallocated next segment, under [`SPARE_FILE_NAME`].
+enum Spare<F> {
+    None,
+    /// A leader is writing it (for this generation).
+    Preparing {
+        generation: u64,
+    },
+    /// Header of `generation` and zeros, fdatasync'ed; not yet renamed into place.
+    Ready {
+        generation: u64,
+        file: F,
+    },
+}
+
 struct Inner<D: Disk> {
     disk: D,
     cfg: CommitLogConfig,
     state: RefCell<State>,
     active: RefCell<Active<D::File>>,
+    spare: RefCell<Spare<D::File>>,
+}
+
+/// Resets a spare left `Preparing` by a failed or cancelled preparation.
+struct SpareGuard<'a, F> {
+    spare: &'a RefCell<Spare<F>>,
+    finished: bool,
+}
+
+impl<F> Drop for SpareGuard<'_, F> {
+    fn drop(&mut self) {
+        if !self.finished {
+            *self.spare.borrow_mut() = Spare::None;
+        }
+    }
 }
 
 /// The per-shard commit log; see the module documentation. Cheap to clone (an `Rc`).
@@ -515,6 +597,12 @@ impl<D: Disk> CommitLog<D> {
             .list()
             .await
             .map_err(|e| io_error(&disk.path_of(""), "list", e))?;
+        if names.iter().any(|n| n == SPARE_FILE_NAME) {
+            // Left by an earlier process; its generation may no longer be the next one.
+            disk.remove(SPARE_FILE_NAME)
+                .await
+                .map_err(|e| io_error(&disk.path_of(SPARE_FILE_NAME), "remove", e))?;
+        }
         let mut segments: Vec<(u64, String)> = names
             .into_iter()
             .filter_map(|n| parse_segment_file_name(&n).map(|g| (g, n)))
@@ -549,7 +637,7 @@ impl<D: Disk> CommitLog<D> {
                     recovery.torn_tail = Some(TornTail {
                         file: path,
                         offset: 0,
-                        bytes_dropped: data.len() as u64,
+                        bytes_dropped: format::nonzero_data_end(&data) as u64,
                         reason: "segment header never completed".into(),
                     });
                     continue;
@@ -599,7 +687,7 @@ impl<D: Disk> CommitLog<D> {
                 recovery.torn_tail = Some(TornTail {
                     file: path.clone(),
                     offset: d.offset,
-                    bytes_dropped: (data.len() as u64).saturating_sub(d.offset),
+                    bytes_dropped: scan.data_end.saturating_sub(d.offset),
                     reason: d.reason.clone(),
                 });
             }
@@ -623,7 +711,7 @@ impl<D: Disk> CommitLog<D> {
             None => 0,
         };
         let id = SegmentId(next);
-        let (file, name) = create_segment(&disk, id).await?;
+        let (file, name) = create_segment(&disk, id, cfg.segment_size_bytes).await?;
         live_segments.insert(id);
         let state = State {
             failed: None,
@@ -658,6 +746,7 @@ impl<D: Disk> CommitLog<D> {
                 cfg,
                 state: RefCell::new(state),
                 active: RefCell::new(active),
+                spare: RefCell::new(Spare::None),
             }),
         };
         Ok((log, recovery))
@@ -870,7 +959,70 @@ impl<D: Disk> CommitLog<D> {
             }
         }
         drop(guard);
+        if result.is_ok() {
+            self.maybe_prepare_spare().await;
+        }
         result
+    }
+
+    /// Prepare the spare segment if the active one is past half full and there is none.
+    /// A failure only costs the spare (logged): the roll then creates the segment itself
+    /// and reports any error there.
+    async fn maybe_prepare_spare(&self) {
+        let generation = {
+            let a = self.inner.active.borrow();
+            if a.write_pos <= self.inner.cfg.segment_size_bytes / 2 {
+                return;
+            }
+            let Some(next) = a.id.0.checked_add(1) else {
+                return;
+            };
+            let mut spare = self.inner.spare.borrow_mut();
+            match &*spare {
+                Spare::Preparing { .. } => return,
+                Spare::Ready { generation, .. } if *generation == next => return,
+                Spare::Ready { .. } | Spare::None => {}
+            }
+            *spare = Spare::Preparing { generation: next };
+            next
+        };
+        let mut guard = SpareGuard {
+            spare: &self.inner.spare,
+            finished: false,
+        };
+        let disk = &self.inner.disk;
+        let prepared = async {
+            match disk.remove(SPARE_FILE_NAME).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            let file = disk.create(SPARE_FILE_NAME).await?;
+            write_preallocated(&file, generation, self.inner.cfg.segment_size_bytes).await?;
+            file.sync().await?;
+            Ok(file)
+        }
+        .await;
+        match prepared {
+            Ok(file) => {
+                guard.finished = true;
+                let overtaken = self.inner.active.borrow().id.0 >= generation;
+                if overtaken {
+                    // A roll created this generation while the spare was being written.
+                    *self.inner.spare.borrow_mut() = Spare::None;
+                    let _ = file.close().await;
+                } else {
+                    *self.inner.spare.borrow_mut() = Spare::Ready { generation, file };
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    file = %disk.path_of(SPARE_FILE_NAME),
+                    error = %e,
+                    "preparing the spare commit log segment failed; the next roll creates it"
+                );
+            }
+        }
     }
 
     async fn write_batches(
@@ -946,7 +1098,33 @@ impl<D: Disk> CommitLog<D> {
             "segment generations advance one at a time"
         );
         self.sync_active().await?;
-        let (file, name) = create_segment(&self.inner.disk, target).await?;
+        let taken = std::mem::replace(&mut *self.inner.spare.borrow_mut(), Spare::None);
+        let spare = match taken {
+            Spare::Ready { generation, file } if generation == target.0 => Some(file),
+            Spare::Preparing { generation } => {
+                // Still being written: leave it to its leader, who sees it was overtaken.
+                *self.inner.spare.borrow_mut() = Spare::Preparing { generation };
+                None
+            }
+            Spare::Ready { .. } | Spare::None => None,
+        };
+        let (file, name) = match spare {
+            Some(file) => {
+                let disk = &self.inner.disk;
+                let name = segment_file_name(target.0);
+                disk.rename(SPARE_FILE_NAME, &name)
+                    .await
+                    .map_err(|e| io_error(&disk.path_of(&name), "rename spare", e))?;
+                disk.sync_dir()
+                    .await
+                    .map_err(|e| io_error(&disk.path_of(""), "sync_dir", e))?;
+                self.inner.state.borrow_mut().stats.spares_used += 1;
+                (file, name)
+            }
+            None => {
+                create_segment(&self.inner.disk, target, self.inner.cfg.segment_size_bytes).await?
+            }
+        };
         let old = std::mem::replace(
             &mut *self.inner.active.borrow_mut(),
             Active {
@@ -972,11 +1150,20 @@ impl<D: Disk> CommitLog<D> {
     }
 }
 
-/// Create a segment durably: file, header block, fdatasync, directory sync. Only then
-/// may records in it be acknowledged.
+/// Create a segment durably: file, header block, zeros up to `size_bytes`
+/// (preallocation), fdatasync, directory sync. Only then may records in it be
+/// acknowledged.
+///
+/// The zeros are written, not merely reserved: on ext4 neither `ftruncate` nor
+/// `fallocate` is enough, because the first write into a hole or an unwritten extent
+/// still allocates or converts the extent, and the appending fdatasync then commits a
+/// journal transaction (measured in `benches/compare/README.md`: 3.0 device writes and
+/// 8 KiB per append instead of 2.1 and 4 KiB). Writing zeros once per segment moves
+/// that cost to segment creation, one fdatasync for the whole segment.
 async fn create_segment<D: Disk>(
     disk: &D,
     id: SegmentId,
+    size_bytes: u64,
 ) -> Result<(D::File, String), CommitLogError> {
     let name = segment_file_name(id.0);
     let path = disk.path_of(&name);
@@ -984,9 +1171,9 @@ async fn create_segment<D: Disk>(
         .create(&name)
         .await
         .map_err(|e| io_error(&path, "create", e))?;
-    file.write_at(0, &encode_segment_header(id.0))
+    write_preallocated(&file, id.0, size_bytes)
         .await
-        .map_err(|e| io_error(&path, "write header", e))?;
+        .map_err(|e| io_error(&path, "write header and preallocate", e))?;
     file.sync()
         .await
         .map_err(|e| io_error(&path, "fdatasync header", e))?;
@@ -994,6 +1181,35 @@ async fn create_segment<D: Disk>(
         .await
         .map_err(|e| io_error(&disk.path_of(""), "sync_dir", e))?;
     Ok((file, name))
+}
+
+/// Write the header of `generation` and zeros up to `size_bytes` (not synced).
+///
+/// The first write carries the header, so a crash mid-way leaves either a zero header
+/// block (creation never completed: dropped at recovery) or a valid header over some
+/// zeros, which reads as an empty segment.
+async fn write_preallocated<F: DiskFile>(
+    file: &F,
+    generation: u64,
+    size_bytes: u64,
+) -> io::Result<()> {
+    let size_bytes = size_bytes.max(SEGMENT_HEADER_BYTES);
+    assert!(
+        size_bytes.is_multiple_of(ALIGN as u64),
+        "validated segment size"
+    );
+    let chunk_len = PREALLOC_CHUNK_BYTES.min(usize::try_from(size_bytes).unwrap_or(usize::MAX));
+    let mut chunk = vec![0u8; chunk_len];
+    chunk[..ALIGN].copy_from_slice(&encode_segment_header(generation));
+    file.write_at(0, &chunk).await?;
+    chunk[..ALIGN].fill(0);
+    let mut pos = chunk_len as u64;
+    while pos < size_bytes {
+        let len = usize::try_from(size_bytes - pos).map_or(chunk_len, |rest| rest.min(chunk_len));
+        file.write_at(pos, &chunk[..len]).await?;
+        pos += len as u64;
+    }
+    Ok(())
 }
 
 async fn read_all<F: DiskFile>(file: &F) -> io::Result<Vec<u8>> {
@@ -1174,6 +1390,85 @@ mod tests {
                 Err(CommitLogError::Failed { .. })
             ));
         });
+    }
+
+    #[test]
+    fn a_spare_is_prepared_past_half_full_and_renamed_in_at_the_roll() {
+        let disk = MemDisk::new();
+        let c = cfg(8 * ALIGN as u64, SyncMode::Batch);
+        let (log, _) = open(&disk, c);
+        let names = |d: &MemDisk| block_on(d.list()).unwrap();
+        let mut payloads = Vec::new();
+        block_on(async {
+            // Header and blocks 1..=3 hold batches: exactly half full, no spare yet.
+            for i in 0..3u8 {
+                payloads.push(vec![i; 100]);
+                log.append(&payloads[i as usize]).await.unwrap();
+            }
+            assert!(!names(&disk).contains(&SPARE_FILE_NAME.to_string()));
+            payloads.push(vec![3; 100]);
+            log.append(&payloads[3]).await.unwrap();
+        });
+        assert!(names(&disk).contains(&SPARE_FILE_NAME.to_string()));
+        let spare = disk.file_bytes(SPARE_FILE_NAME).unwrap();
+        assert_eq!(spare.len(), 8 * ALIGN, "preallocated");
+        check_segment_header(&spare, 1).unwrap();
+        block_on(async {
+            for i in 4..12u8 {
+                payloads.push(vec![i; 100]);
+                log.append(&payloads[i as usize]).await.unwrap();
+            }
+        });
+        assert_eq!(log.current_segment(), SegmentId(1));
+        let stats = log.stats();
+        assert_eq!((stats.segments_created, stats.spares_used), (2, 1));
+        let seg1 = disk.durable_file_bytes(&segment_file_name(1)).unwrap();
+        assert_eq!(seg1.len(), 8 * ALIGN);
+        // Segment 1 is past half full again, so the next spare (generation 2) is ready.
+        let spare = disk.durable_file_bytes(SPARE_FILE_NAME);
+        assert!(
+            spare.is_none(),
+            "a spare's name is durable only once renamed"
+        );
+        check_segment_header(&disk.file_bytes(SPARE_FILE_NAME).unwrap(), 2).unwrap();
+        drop(log);
+        disk.power_loss();
+        let (log, rec) = open(&disk, c);
+        assert_eq!(rec.records, payloads);
+        assert_eq!(rec.torn_tail, None);
+        assert_eq!(log.current_segment(), SegmentId(2));
+        // A leftover spare (here: made durable by hand) is removed by recovery.
+        drop(log);
+        disk.put_file(SPARE_FILE_NAME, &[0x77; ALIGN]);
+        let (_, rec) = open(&disk, c);
+        assert_eq!(rec.records, payloads);
+        assert!(!names(&disk).contains(&SPARE_FILE_NAME.to_string()));
+    }
+
+    #[test]
+    fn a_failed_spare_costs_only_the_spare() {
+        let disk = MemDisk::new();
+        let c = cfg(4 * ALIGN as u64, SyncMode::Batch);
+        let (log, _) = open(&disk, c);
+        block_on(async {
+            log.append(b"a").await.unwrap();
+            // The next create is the spare's (segment 0 is more than half full after the
+            // second append).
+            disk.fail_nth_of(OpKind::Create, 1, Fault::Enospc);
+            log.append(b"b").await.unwrap();
+            log.append(b"c").await.unwrap();
+            log.append(b"d").await.unwrap();
+        });
+        assert!(!log.is_failed());
+        assert_eq!(log.current_segment(), SegmentId(1));
+        drop(log);
+        disk.power_loss();
+        let (_, rec) = open(&disk, c);
+        let expected: Vec<Vec<u8>> = [b"a", b"b", b"c", b"d"]
+            .iter()
+            .map(|r| r.to_vec())
+            .collect();
+        assert_eq!(rec.records, expected);
     }
 
     #[test]
