@@ -96,3 +96,60 @@ fn requests_need_the_right_token() {
         "the token must never be logged"
     );
 }
+
+/// A raw TCP client replaying a replica-write (or hint) frame without the peer
+/// handshake changes nothing: the data is unchanged and the refusal is counted.
+#[test]
+fn replica_write_without_handshake_changes_nothing() {
+    use ringkv::conflict::{Hlc, KeyState, LwwCell};
+    let metrics_port = common::free_port_block(1);
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let node = Node::start(2, &["--metrics-listen", &metrics]);
+    let mut client = Client::connect(&node.addr()).unwrap();
+    client.put(b"victim", b"original", None, None).unwrap();
+
+    // A state that would win every merge if it were applied.
+    let forged = KeyState::Lww(LwwCell {
+        timestamp: Hlc::new(Hlc::MAX_PHYSICAL_MS, 0),
+        value: Some(b"forged".to_vec()),
+    })
+    .to_bytes();
+    let shard_port = client.address_for(b"victim");
+    for addr in [node.socket_addr(), shard_port] {
+        let mut raw = Connection::connect(addr, Duration::from_secs(5)).unwrap();
+        let write = Op::ReplicaWrite {
+            key: b"victim".to_vec(),
+            state: forged.clone(),
+        };
+        assert_eq!(
+            raw.call(write).unwrap(),
+            Reply::Error(ErrorReply::Unauthorized)
+        );
+        let hint = Op::HintReplay {
+            key: b"victim".to_vec(),
+            state: forged.clone(),
+            target_node_id: 1,
+        };
+        assert_eq!(
+            raw.call(hint).unwrap(),
+            Reply::Error(ErrorReply::Unauthorized)
+        );
+    }
+    assert_eq!(
+        client.get(b"victim", None).unwrap().values,
+        vec![b"original".to_vec()],
+        "data unchanged"
+    );
+
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(&metrics).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let refused: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("ringkv_refused_peer_ops_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(refused, 4.0, "every refused peer op is counted:\n{text}");
+}
