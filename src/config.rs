@@ -292,6 +292,9 @@ pub struct ConfigLayer {
     /// Token clients must present (Auth op); off unless set
     #[arg(long)]
     pub client_auth_token: Option<String>,
+    /// File of accepted client tokens, one per line (blank lines and `#` comments skipped)
+    #[arg(long)]
+    pub client_auth_token_file: Option<PathBuf>,
 }
 
 /// Validated settings with defaults applied.
@@ -420,6 +423,7 @@ impl ConfigLayer {
             cluster_secret,
             cluster_secret_file,
             client_auth_token,
+            client_auth_token_file,
         )
     }
 
@@ -529,24 +533,48 @@ impl ConfigLayer {
             .map(|s| crate::auth::ClusterSecret::new(s.as_bytes()))
             .transpose()
             .map_err(|e| invalid("cluster_secret", e))?;
-        if self
-            .client_auth_token
-            .as_ref()
-            .is_some_and(|t| t.len() > crate::protocol::codec::AUTH_TOKEN_BYTES_MAX)
+        let mut tokens: Vec<String> = self.client_auth_token.into_iter().collect();
+        if let Some(path) = &self.client_auth_token_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    "client_auth_token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let listed: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string)
+                .collect();
+            if listed.is_empty() {
+                return Err(invalid(
+                    "client_auth_token_file",
+                    format!("{} lists no token", path.display()),
+                ));
+            }
+            tokens.extend(listed);
+        }
+        if tokens
+            .iter()
+            .any(|t| t.len() > crate::protocol::codec::AUTH_TOKEN_BYTES_MAX)
         {
             return Err(invalid(
                 "client_auth_token",
                 format!(
-                    "longer than {} bytes",
+                    "a token is longer than {} bytes",
                     crate::protocol::codec::AUTH_TOKEN_BYTES_MAX
                 ),
             ));
         }
-        let client_auth_token = self
-            .client_auth_token
-            .map(|t| crate::auth::ClientAuthToken::new(t.as_bytes()))
-            .transpose()
-            .map_err(|e| invalid("client_auth_token", e))?;
+        let client_auth_token = if tokens.is_empty() {
+            None
+        } else {
+            Some(
+                crate::auth::ClientAuthToken::any_of(tokens.iter().map(|t| t.as_bytes()))
+                    .map_err(|e| invalid("client_auth_token", e))?,
+            )
+        };
         let max_inflight_per_connection = self.max_inflight_per_connection.unwrap_or(1024);
         let max_inflight_per_shard = self.max_inflight_per_shard.unwrap_or(16_384);
         if max_inflight_per_connection == 0 || max_inflight_per_shard == 0 {

@@ -153,3 +153,33 @@ fn replica_write_without_handshake_changes_nothing() {
         .sum();
     assert_eq!(refused, 4.0, "every refused peer op is counted:\n{text}");
 }
+
+/// `client_auth_token_file` accepts any token it lists (one per line, `#` comments).
+#[test]
+fn token_file_accepts_each_listed_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    std::fs::write(&file, "# app servers\nalpha-token\n\nbeta-token\n").unwrap();
+    let node = Node::start(
+        1,
+        &[
+            "--client-auth-token-file",
+            file.to_str().unwrap(),
+            "--client-auth-token",
+            "alpha-token",
+        ],
+    );
+    for token in ["alpha-token", "beta-token"] {
+        let mut c =
+            Client::connect_with(&node.addr(), Duration::from_secs(5), Some(token.into())).unwrap();
+        c.put(token.as_bytes(), b"ok", None, None).unwrap();
+    }
+    assert!(matches!(
+        Client::connect_with(
+            &node.addr(),
+            Duration::from_secs(5),
+            Some(b"# app servers".to_vec())
+        ),
+        Err(ClientError::Server(ErrorReply::Unauthorized))
+    ));
+}

@@ -5,22 +5,35 @@
 use super::AuthError;
 use crate::protocol::types::ErrorReply;
 
-/// The token clients must present when `client_auth_token` is set. Prints as
-/// `<redacted>` and has no `PartialEq`: compare with [`token_matches`].
+/// The token (or tokens: `client_auth_token_file` may list several, one per client
+/// or per rotation) that clients must present. Prints as `<redacted>` and has no
+/// `PartialEq`: compare with [`ClientAuthToken::matches`].
 #[derive(Clone)]
-pub struct ClientAuthToken(Vec<u8>);
+pub struct ClientAuthToken(Vec<Vec<u8>>);
 
 impl ClientAuthToken {
     pub fn new(token: &[u8]) -> Result<ClientAuthToken, AuthError> {
-        if token.is_empty() {
-            return Err(AuthError::EmptyToken);
-        }
-        Ok(ClientAuthToken(token.to_vec()))
+        Self::any_of([token])
     }
 
-    /// Does `presented` equal this token? Constant time, see [`token_matches`].
+    /// Accept any of `tokens` (at least one; none empty).
+    pub fn any_of<'a>(
+        tokens: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<ClientAuthToken, AuthError> {
+        let tokens: Vec<Vec<u8>> = tokens.into_iter().map(<[u8]>::to_vec).collect();
+        if tokens.is_empty() || tokens.iter().any(Vec::is_empty) {
+            return Err(AuthError::EmptyToken);
+        }
+        Ok(ClientAuthToken(tokens))
+    }
+
+    /// Does `presented` equal one of the tokens? Every token is compared in constant
+    /// time (see [`token_matches`]) and all are always compared, so the time taken does
+    /// not say which one matched.
     pub fn matches(&self, presented: &[u8]) -> bool {
-        token_matches(&self.0, presented)
+        self.0
+            .iter()
+            .fold(false, |found, t| token_matches(t, presented) | found)
     }
 }
 
@@ -189,6 +202,15 @@ mod tests {
 
     fn token() -> ClientAuthToken {
         ClientAuthToken::new(b"s3cret-token").unwrap()
+    }
+
+    #[test]
+    fn any_of_several_tokens_matches() {
+        let tokens = ClientAuthToken::any_of([b"alpha".as_slice(), b"beta".as_slice()]).unwrap();
+        assert!(tokens.matches(b"alpha") && tokens.matches(b"beta"));
+        assert!(!tokens.matches(b"gamma") && !tokens.matches(b""));
+        assert!(ClientAuthToken::any_of([b"ok".as_slice(), b"".as_slice()]).is_err());
+        assert!(ClientAuthToken::any_of(std::iter::empty()).is_err());
     }
 
     #[test]
