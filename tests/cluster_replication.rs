@@ -177,3 +177,47 @@ fn quorum_replication_survives_a_down_node_and_read_repair_heals_it() {
     let (code, out, err) = get(&addrs[2], "k2", "all");
     assert_eq!((code, out.as_str()), (0, "while-down"), "{err}");
 }
+
+#[test]
+fn causal_writes_replicate_and_a_read_context_supersedes_them() {
+    let mut flags: Vec<&str> = FLAGS.to_vec();
+    flags.extend(["--conflict-mode", "causal"]);
+    let cluster = Cluster::start(&[1, 1, 1], &flags);
+    let addrs = cluster.addrs();
+    let all_up: Vec<(String, bool)> = addrs.iter().map(|a| (a.clone(), true)).collect();
+    wait_until("every node to see 3 nodes up", DEADLINE, || {
+        all_see(&addrs, &all_up)
+    });
+    // Two writes without a context through different coordinators: two siblings.
+    assert_eq!(put(&addrs[0], "c", "one", "quorum").0, 0);
+    assert_eq!(put(&addrs[1], "c", "two", "quorum").0, 0);
+    let (code, json, err) = cli(&["get", "c", "--json", "--host", &addrs[2]]);
+    assert_eq!(code, 0, "{err}");
+    let json = String::from_utf8(json).unwrap();
+    assert!(
+        json.contains("\"one\"") && json.contains("\"two\""),
+        "{json}"
+    );
+    // A write with that read's context (through the third node) supersedes both.
+    let (code, text, _) = get(&addrs[2], "c", "quorum");
+    assert_eq!(code, 0);
+    let context = text
+        .lines()
+        .find_map(|l| l.strip_prefix("--- context "))
+        .expect("context line")
+        .to_string();
+    let (code, _, err) = cli(&[
+        "put",
+        "c",
+        "three",
+        "--context",
+        &context,
+        "--host",
+        &addrs[2],
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for host in &addrs {
+        let (code, out, err) = get(host, "c", "quorum");
+        assert_eq!((code, out.as_str()), (0, "three"), "via {host}: {err}");
+    }
+}
