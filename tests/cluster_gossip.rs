@@ -227,7 +227,10 @@ fn peer_ops_without_a_handshake_are_refused() {
         metric_sum(&metrics, "ringkv_peer_auth_failures_total"),
         failures_before + 1.0
     );
-    assert!(node.log_text().contains("peer handshake refused"));
+    // The log arrives through a reader thread: wait for the line rather than race it.
+    wait_until("the refusal to be logged", DEADLINE, || {
+        node.log_text().contains("peer handshake refused")
+    });
 
     // A handshake that stalls after its Hello is cut off at the deadline and counted.
     let mut stalled = Connection::connect(shard0, Duration::from_secs(5)).unwrap();
@@ -253,8 +256,9 @@ fn peer_ops_without_a_handshake_are_refused() {
     wait_until("the stalled handshake to be counted", DEADLINE, || {
         metric_sum(&metrics, "ringkv_peer_auth_failures_total") == failures_before + 2.0
     });
-    assert!(node
-        .log_text()
-        .contains("timed out or closed before it completed"));
+    wait_until("the stalled handshake to be logged", DEADLINE, || {
+        node.log_text()
+            .contains("timed out or closed before it completed")
+    });
     assert_eq!(status_view(&node.addr()).unwrap().len(), 1);
 }

@@ -1,10 +1,11 @@
 //! Execute one operation on the shard that owns its key: stamp the version, call the
-//! engine, shape the reply. (A single node is its own and only replica; the cluster's
-//! coordinator replaces the local write/read with a quorum fan-out.)
+//! engine (a node alone) or coordinate the replicas ([`super::replication`]), shape the
+//! reply. A single node is its own and only replica and behaves as it always did.
 
+use super::replication;
 use super::shard::Shard;
 use crate::conflict::{causal, Actor, CausalContext, CausalState, ConflictMode, KeyState, LwwCell};
-use crate::protocol::types::{ErrorReply, NodeInfo, NodeStatus, Op, Reply, Topology};
+use crate::protocol::types::{Consistency, ErrorReply, NodeInfo, NodeStatus, Op, Reply, Topology};
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,7 +16,7 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn internal(e: impl std::fmt::Display) -> Reply {
+pub(crate) fn internal(e: impl std::fmt::Display) -> Reply {
     Reply::Error(ErrorReply::Internal {
         message: e.to_string(),
     })
@@ -40,26 +41,39 @@ pub fn value_reply(state: Option<KeyState>) -> Reply {
     }
 }
 
+/// Execute `op` on this shard. Peer ops only arrive here from authenticated peer
+/// connections (the connection refuses them from clients).
 pub async fn execute_local(shard: &Rc<Shard>, op: Op) -> Reply {
     match op {
-        Op::Get { key, .. } => match shard.engine.read(&key).await {
-            Ok(state) => value_reply(state),
-            Err(e) => internal(e),
+        Op::Get { key, consistency } => match replication::placement(shard, &key) {
+            Some(placement) => {
+                replication::coordinate_read(shard, placement, &key, consistency).await
+            }
+            None => match shard.engine.read(&key).await {
+                Ok(state) => value_reply(state),
+                Err(e) => internal(e),
+            },
         },
         Op::Put {
             key,
             value,
             context,
-            ..
-        } => write(shard, &key, Some(value), context).await,
-        Op::Delete { key, context, .. } => write(shard, &key, None, context).await,
+            consistency,
+        } => write(shard, &key, Some(value), context, consistency).await,
+        Op::Delete {
+            key,
+            context,
+            consistency,
+        } => write(shard, &key, None, context, consistency).await,
         Op::Ping => Reply::Pong,
         Op::Topology => Reply::Topology(local_topology(shard).await),
-        Op::ReplicaWrite { .. }
-        | Op::ReplicaRead { .. }
-        | Op::PeerHandshake { .. }
-        | Op::Gossip(_)
-        | Op::HintReplay { .. } => Reply::Error(ErrorReply::Unauthorized),
+        Op::ReplicaWrite { key, state } => {
+            replication::apply_replica_write(shard, &key, &state).await
+        }
+        Op::ReplicaRead { key } => replication::answer_replica_read(shard, &key).await,
+        Op::PeerHandshake { .. } | Op::Gossip(_) | Op::HintReplay { .. } => {
+            Reply::Error(ErrorReply::Unauthorized)
+        }
         // Placeholder until client auth is wired: with no token configured, Auth succeeds
         // whatever it carries (as `auth::ClientAuthState::NotRequired` says); with one
         // configured, refuse rather than pretend to have checked it.
@@ -70,16 +84,49 @@ pub async fn execute_local(shard: &Rc<Shard>, op: Op) -> Reply {
     }
 }
 
-/// A put (`Some(value)`) or delete (`None`) under the node's conflict mode.
+/// A put (`Some(value)`) or delete (`None`) under the node's conflict mode: stamped
+/// here, then stored locally (a node alone) or replicated to the key's replicas.
 async fn write(
     shard: &Rc<Shard>,
     key: &[u8],
     value: Option<Vec<u8>>,
     context: Option<Vec<u8>>,
+    consistency: Option<Consistency>,
 ) -> Reply {
+    let placement = replication::placement(shard, key);
     match shard.config.conflict_mode {
-        ConflictMode::Lww => write_lww(shard, key, value).await,
-        ConflictMode::Causal => write_causal(shard, key, value, context.as_deref()).await,
+        ConflictMode::Lww => write_lww(shard, key, value, placement, consistency).await,
+        ConflictMode::Causal => {
+            if let Some(p) = placement
+                .as_ref()
+                .filter(|p| !p.replicas.contains(&shard.node_id))
+            {
+                // The read-modify-write needs a replica's copy as its base.
+                let op = match value {
+                    Some(value) => Op::Put {
+                        key: key.to_vec(),
+                        value,
+                        consistency,
+                        context,
+                    },
+                    None => Op::Delete {
+                        key: key.to_vec(),
+                        consistency,
+                        context,
+                    },
+                };
+                return replication::forward_to_replica(shard, p, key, op).await;
+            }
+            write_causal(
+                shard,
+                key,
+                value,
+                context.as_deref(),
+                placement,
+                consistency,
+            )
+            .await
+        }
     }
 }
 
@@ -91,6 +138,8 @@ async fn write_causal(
     key: &[u8],
     value: Option<Vec<u8>>,
     context: Option<&[u8]>,
+    placement: Option<replication::Placement>,
+    consistency: Option<Consistency>,
 ) -> Reply {
     let client_context = match context {
         None | Some([]) => CausalContext::default(),
@@ -123,15 +172,36 @@ async fn write_causal(
             })
         }
     };
+    // The key lock is held until the replicas (this node among them) acknowledged, so
+    // the next write of this key on this node builds on this one.
+    if let Some(placement) = placement {
+        return replication::coordinate_write(
+            shard,
+            placement,
+            key,
+            KeyState::Causal(state),
+            consistency,
+        )
+        .await;
+    }
     match shard.engine.write(key, KeyState::Causal(state)).await {
         Ok(()) => Reply::Done,
         Err(e) => internal(e),
     }
 }
 
-async fn write_lww(shard: &Rc<Shard>, key: &[u8], value: Option<Vec<u8>>) -> Reply {
+async fn write_lww(
+    shard: &Rc<Shard>,
+    key: &[u8],
+    value: Option<Vec<u8>>,
+    placement: Option<replication::Placement>,
+    consistency: Option<Consistency>,
+) -> Reply {
     let timestamp = shard.hlc.borrow_mut().now(now_ms());
     let state = KeyState::Lww(LwwCell { timestamp, value });
+    if let Some(placement) = placement {
+        return replication::coordinate_write(shard, placement, key, state, consistency).await;
+    }
     match shard.engine.write(key, state).await {
         Ok(()) => Reply::Done,
         Err(e) => internal(e),

@@ -8,6 +8,7 @@ pub mod gossip;
 pub mod handler;
 pub mod metrics;
 pub mod peer;
+pub mod replication;
 pub mod router;
 pub mod shard;
 

@@ -58,6 +58,10 @@ pub struct Shard {
     /// The latest membership snapshot published by shard 0 and its sequence number
     /// (None until the first).
     pub topology: RefCell<Option<(u64, Rc<Vec<NodeInfo>>)>>,
+    /// The ring of the latest snapshot (rebuilt when the snapshot changes).
+    pub ring: super::replication::RingCache,
+    /// Authenticated connections to peer shards for replica reads and writes.
+    pub peers: super::replication::PeerPool,
     /// Gossip state: shard 0 only.
     pub gossip: Option<super::gossip::Gossiper>,
     /// Keys with a causal read-modify-write in progress, and who waits for each.
@@ -258,6 +262,8 @@ pub async fn run(
         tokens: identity.tokens,
         auth: identity.auth,
         topology: RefCell::new(None),
+        ring: Default::default(),
+        peers: Default::default(),
         gossip,
         key_locks: RefCell::new(ahash::AHashMap::new()),
         config: config.clone(),

@@ -1,0 +1,547 @@
+//! Leaderless quorum replication (DESIGN.md §6), driven on the shard that owns the key:
+//! the replica set from the membership snapshot's ring, the fan-out of `ReplicaWrite` /
+//! `ReplicaRead` to the replicas (self through the local engine, peers through a small
+//! per-shard pool of authenticated [`PeerConnection`]s), and the drive of the pure
+//! `WriteCoordinator` / `ReadCoordinator` state machines, read repair included.
+//!
+//! Must never: answer a client before W (R) replicas acknowledged, wait without a
+//! deadline (every peer call and every coordination is bounded by
+//! `request_timeout_ms`), or send a peer op on a connection whose handshake did not
+//! succeed (only `PeerConnection::connect` hands out connections).
+
+use super::handler::{internal, now_ms, value_reply};
+use super::peer::{PeerConnection, PeerError};
+use super::shard::Shard;
+use crate::cluster::ring::Ring;
+use crate::cluster::NodeId;
+use crate::conflict::{self, KeyState};
+use crate::coordinator::{
+    required_replicas, ReadCoordinator, ReadEffect, WriteCoordinator, WriteEffect,
+};
+use crate::protocol::token::{shard_of, token_of};
+use crate::protocol::types::{Consistency, ErrorReply, NodeInfo, NodeStatus, Op, Reply};
+use ahash::AHashMap;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Idle connections kept per peer shard address; more may be open while busy.
+const MAX_IDLE_PER_PEER: usize = 4;
+/// After a failed connect, wait this long before dialling that address again (calls in
+/// between fail at once rather than each paying a connect timeout).
+const RECONNECT_BACKOFF_MS: u64 = 200;
+
+/// Where the replicas of a key live, as this shard sees the cluster now.
+pub struct Placement {
+    /// Replica node ids, primary first.
+    pub replicas: Vec<NodeId>,
+    /// Node id → (address info, up) for every node of the snapshot.
+    nodes: AHashMap<NodeId, NodeInfo>,
+}
+
+impl Placement {
+    fn is_alive(&self, shard: &Shard, node: NodeId) -> bool {
+        node == shard.node_id || self.nodes.get(&node).is_some_and(|n| n.up)
+    }
+}
+
+/// The ring of the latest snapshot, rebuilt only when the snapshot changes.
+#[derive(Default)]
+pub struct RingCache {
+    cached: RefCell<Option<(u64, Rc<Ring>)>>,
+}
+
+/// Where to place `key`; None when this node is alone (no peer in the ring): then it
+/// serves the key exactly as a single node does.
+pub fn placement(shard: &Shard, key: &[u8]) -> Option<Placement> {
+    let (seq, snapshot) = shard.topology.borrow().as_ref().cloned()?;
+    let others: Vec<&NodeInfo> = snapshot
+        .iter()
+        .filter(|n| n.node_id != shard.node_id && n.status == NodeStatus::Normal)
+        .filter(|n| !n.tokens.is_empty())
+        .collect();
+    if others.is_empty() {
+        return None;
+    }
+    let ring = {
+        let mut cached = shard.ring.cached.borrow_mut();
+        match cached.as_ref() {
+            Some((have, ring)) if *have == seq => ring.clone(),
+            _ => {
+                let members = others
+                    .iter()
+                    .map(|n| (n.node_id, n.tokens.as_slice()))
+                    .chain([(shard.node_id, shard.tokens.as_slice())]);
+                let ring = match Ring::new(members) {
+                    Ok(ring) => Rc::new(ring),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot build the ring from the membership snapshot");
+                        return None;
+                    }
+                };
+                *cached = Some((seq, ring.clone()));
+                ring
+            }
+        }
+    };
+    let rf = shard.config.replication_factor.max(1) as usize;
+    let replicas = ring.replicas(token_of(key), rf);
+    let nodes = others.into_iter().map(|n| (n.node_id, n.clone())).collect();
+    Some(Placement { replicas, nodes })
+}
+
+/// Lazily connected, authenticated connections to peer shards, keyed by address.
+#[derive(Default)]
+pub struct PeerPool {
+    idle: RefCell<AHashMap<SocketAddr, Vec<PeerConnection>>>,
+    /// Addresses whose last connect failed, and when to try again.
+    backoff_until: RefCell<AHashMap<SocketAddr, Instant>>,
+}
+
+/// The shard port of `node` that owns `key`: the same shard index when its shard count
+/// matches ours, else the shard `shard_of` picks under its own count.
+fn shard_addr(node: &NodeInfo, key: &[u8]) -> Option<SocketAddr> {
+    let client: SocketAddr = node.address.parse().ok()?;
+    let base = if node.shard_port_base == 0 {
+        client.port().checked_add(1)?
+    } else {
+        node.shard_port_base
+    };
+    let shard = shard_of(token_of(key), node.shard_count.max(1));
+    let port = base.checked_add(u16::try_from(shard).ok()?)?;
+    Some(SocketAddr::new(client.ip(), port))
+}
+
+/// One peer call to `node`'s shard that owns `key`, under `request_timeout_ms`. A
+/// pooled connection may have died with its peer (a restart): if the call on it fails
+/// short of a timeout, the address's idle connections are dropped and the call is
+/// retried once on a fresh connection.
+async fn peer_call(
+    shard: &Rc<Shard>,
+    node: &NodeInfo,
+    key: &[u8],
+    op: Op,
+) -> Result<Reply, String> {
+    let addr = shard_addr(node, key).ok_or_else(|| format!("bad address {}", node.address))?;
+    let pooled = shard
+        .peers
+        .idle
+        .borrow_mut()
+        .get_mut(&addr)
+        .and_then(Vec::pop);
+    if let Some(conn) = pooled {
+        match call_on(shard, conn, node, addr, op.clone()).await {
+            Err(PeerError::Timeout { addr, timeout_ms }) => {
+                return Err(PeerError::Timeout { addr, timeout_ms }.to_string())
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "pooled peer connection failed; reconnecting");
+                shard.peers.idle.borrow_mut().remove(&addr);
+            }
+            Ok(reply) => return Ok(reply),
+        }
+    }
+    let conn = connect(shard, addr).await?;
+    call_on(shard, conn, node, addr, op)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Dial `addr` (unless it failed moments ago) and authenticate.
+async fn connect(shard: &Rc<Shard>, addr: SocketAddr) -> Result<PeerConnection, String> {
+    let pool = &shard.peers;
+    if pool
+        .backoff_until
+        .borrow()
+        .get(&addr)
+        .is_some_and(|until| Instant::now() < *until)
+    {
+        return Err(format!("{addr}: reconnect backoff"));
+    }
+    let timeout = Duration::from_millis(shard.config.request_timeout_ms);
+    match PeerConnection::connect(
+        addr,
+        &shard.auth,
+        shard.node_id,
+        timeout,
+        shard.limits.max_frame_bytes,
+    )
+    .await
+    {
+        Ok(conn) => {
+            pool.backoff_until.borrow_mut().remove(&addr);
+            Ok(conn)
+        }
+        Err(e) => {
+            note_failure(shard, &e);
+            pool.backoff_until.borrow_mut().insert(
+                addr,
+                Instant::now() + Duration::from_millis(RECONNECT_BACKOFF_MS),
+            );
+            Err(e.to_string())
+        }
+    }
+}
+
+/// Call on `conn`; a connection that answered goes back to the pool, a failed one is
+/// dropped (its stream may be mid-frame).
+async fn call_on(
+    shard: &Rc<Shard>,
+    mut conn: PeerConnection,
+    node: &NodeInfo,
+    addr: SocketAddr,
+    op: Op,
+) -> Result<Reply, PeerError> {
+    if conn.peer_node_id() != node.node_id {
+        return Err(PeerError::Protocol {
+            addr,
+            message: format!(
+                "peer is node {:016x}, expected {:016x}",
+                conn.peer_node_id(),
+                node.node_id
+            ),
+        });
+    }
+    let reply = conn.call(op).await?;
+    let mut idle = shard.peers.idle.borrow_mut();
+    let list = idle.entry(addr).or_default();
+    if list.len() < MAX_IDLE_PER_PEER {
+        list.push(conn);
+    }
+    Ok(reply)
+}
+
+fn note_failure(shard: &Shard, e: &PeerError) {
+    if e.is_auth_failure() {
+        let m = &shard.metrics.peer_auth_failures;
+        m.set(m.get() + 1);
+        tracing::warn!(error = %e, "replica connection refused");
+    } else {
+        tracing::debug!(error = %e, "replica connection failed");
+    }
+}
+
+/// Merge `state` into `node`'s copy of `key` (self: the local engine). Ok when acked.
+async fn replica_write(
+    shard: &Rc<Shard>,
+    placement: &Placement,
+    node: NodeId,
+    key: &[u8],
+    state: &KeyState,
+) -> Result<(), String> {
+    if node == shard.node_id {
+        return shard
+            .engine
+            .write(key, state.clone())
+            .await
+            .map_err(|e| e.to_string());
+    }
+    let info = placement
+        .nodes
+        .get(&node)
+        .ok_or_else(|| format!("node {node:016x} not in the snapshot"))?;
+    let op = Op::ReplicaWrite {
+        key: key.to_vec(),
+        state: state.to_bytes(),
+    };
+    match peer_call(shard, info, key, op).await? {
+        Reply::Done => Ok(()),
+        other => Err(format!("unexpected reply to ReplicaWrite: {other:?}")),
+    }
+}
+
+/// `node`'s copy of `key` (self: the local engine).
+async fn replica_read(
+    shard: &Rc<Shard>,
+    placement: &Placement,
+    node: NodeId,
+    key: &[u8],
+) -> Result<Option<KeyState>, String> {
+    if node == shard.node_id {
+        return shard.engine.read(key).await.map_err(|e| e.to_string());
+    }
+    let info = placement
+        .nodes
+        .get(&node)
+        .ok_or_else(|| format!("node {node:016x} not in the snapshot"))?;
+    let op = Op::ReplicaRead { key: key.to_vec() };
+    match peer_call(shard, info, key, op).await? {
+        Reply::ReplicaState { state: None } => Ok(None),
+        Reply::ReplicaState { state: Some(bytes) } => KeyState::decode(&bytes)
+            .map(Some)
+            .map_err(|e| format!("undecodable replica state: {e}")),
+        other => Err(format!("unexpected reply to ReplicaRead: {other:?}")),
+    }
+}
+
+fn spawn(shard: &Rc<Shard>, fut: impl std::future::Future<Output = ()> + 'static) {
+    match glommio::spawn_local_into(fut, shard.foreground_queue) {
+        Ok(task) => {
+            task.detach();
+        }
+        Err(e) => tracing::error!(error = %e, "cannot spawn a replication task"),
+    }
+}
+
+/// What the driver waits for: a replica's answer, or the deadline.
+enum Wake<T> {
+    Answer(NodeId, Result<T, String>),
+    Deadline,
+    Closed,
+}
+
+async fn next_event<T>(
+    rx: &LocalReceiver<(NodeId, Result<T, String>)>,
+    deadline: Instant,
+) -> Wake<T> {
+    futures_lite::future::or(
+        async {
+            match rx.recv().await {
+                Some((node, result)) => Wake::Answer(node, result),
+                None => Wake::Closed,
+            }
+        },
+        async {
+            glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+            Wake::Deadline
+        },
+    )
+    .await
+}
+
+/// Write `state` to the replicas of `key`; answer at W acks (see module doc).
+pub async fn coordinate_write(
+    shard: &Rc<Shard>,
+    placement: Placement,
+    key: &[u8],
+    state: KeyState,
+    consistency: Option<Consistency>,
+) -> Reply {
+    let consistency = consistency.unwrap_or(shard.config.write_consistency);
+    let required = required_replicas(consistency, placement.replicas.len());
+    let timeout_ms = shard.config.request_timeout_ms;
+    let placement = Rc::new(placement);
+    // The machine's deadline is in wall-clock ms; the wait below uses the monotonic
+    // clock, and at its end the deadline is reported as reached whatever the wall says.
+    let started_ms = now_ms();
+    let (mut machine, effects) = WriteCoordinator::new(
+        &placement.replicas,
+        |n| placement.is_alive(shard, n),
+        required,
+        started_ms,
+        timeout_ms,
+    );
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    let (tx, rx) = local_channel::new_unbounded::<(NodeId, Result<(), String>)>();
+    let tx = Rc::new(tx);
+    let state = Rc::new(state);
+    let key: Rc<[u8]> = key.into();
+    let mut pending = effects;
+    loop {
+        for effect in pending.drain(..) {
+            match effect {
+                WriteEffect::Send { to } => {
+                    let (shard2, placement, key, state, tx) = (
+                        shard.clone(),
+                        placement.clone(),
+                        key.clone(),
+                        state.clone(),
+                        tx.clone(),
+                    );
+                    spawn(shard, async move {
+                        let result = replica_write(&shard2, &placement, to, &key, &state).await;
+                        let _ = tx.send((to, result)).await;
+                    });
+                }
+                // The deadline is tracked here from the same timeout.
+                WriteEffect::SetTimer { .. } => {}
+                WriteEffect::Respond(Ok(())) => return Reply::Done,
+                WriteEffect::Respond(Err(e)) => return Reply::Error(e.to_error_reply()),
+            }
+        }
+        pending = match next_event(&rx, deadline).await {
+            Wake::Answer(node, Ok(())) => machine.on_ack(node),
+            Wake::Answer(node, Err(e)) => {
+                tracing::debug!(node = %format!("{node:016x}"), error = %e, "replica write failed");
+                machine.on_error(node)
+            }
+            Wake::Deadline => machine.on_timer(now_ms().max(started_ms + timeout_ms)),
+            Wake::Closed => return internal("replica answers channel closed"),
+        };
+    }
+}
+
+/// Read `key` from the replicas; answer the merge at R replies, repair the replicas
+/// whose copy differs (also after the answer, until every replica answered or the
+/// deadline passed).
+pub async fn coordinate_read(
+    shard: &Rc<Shard>,
+    placement: Placement,
+    key: &[u8],
+    consistency: Option<Consistency>,
+) -> Reply {
+    let consistency = consistency.unwrap_or(shard.config.read_consistency);
+    let required = required_replicas(consistency, placement.replicas.len());
+    let timeout_ms = shard.config.request_timeout_ms;
+    let placement = Rc::new(placement);
+    let started_ms = now_ms();
+    let (machine, effects) = ReadCoordinator::new(
+        &placement.replicas,
+        |n| placement.is_alive(shard, n),
+        required,
+        started_ms,
+        timeout_ms,
+        conflict::merge,
+    );
+    let (answer_tx, answer_rx) = local_channel::new_bounded::<Reply>(1);
+    let key: Rc<[u8]> = key.into();
+    let driver_shard = shard.clone();
+    spawn(shard, async move {
+        drive_read(
+            driver_shard,
+            placement,
+            key,
+            machine,
+            effects,
+            started_ms + timeout_ms,
+            timeout_ms,
+            answer_tx,
+        )
+        .await;
+    });
+    match answer_rx.recv().await {
+        Some(reply) => reply,
+        None => internal("read coordinator ended without an answer"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive_read(
+    shard: Rc<Shard>,
+    placement: Rc<Placement>,
+    key: Rc<[u8]>,
+    mut machine: ReadCoordinator<KeyState>,
+    effects: Vec<ReadEffect<KeyState>>,
+    deadline_ms: u64,
+    timeout_ms: u64,
+    answer: LocalSender<Reply>,
+) {
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    let (tx, rx) = local_channel::new_unbounded::<(NodeId, Result<Option<KeyState>, String>)>();
+    let tx = Rc::new(tx);
+    let mut pending = effects;
+    loop {
+        for effect in pending.drain(..) {
+            match effect {
+                ReadEffect::Send { to } => {
+                    let (shard2, placement, key, tx) =
+                        (shard.clone(), placement.clone(), key.clone(), tx.clone());
+                    spawn(&shard, async move {
+                        let result = replica_read(&shard2, &placement, to, &key).await;
+                        let _ = tx.send((to, result)).await;
+                    });
+                }
+                ReadEffect::SetTimer { .. } => {}
+                ReadEffect::Respond(Ok(state)) => {
+                    let _ = answer.try_send(value_reply(state));
+                }
+                ReadEffect::Respond(Err(e)) => {
+                    let _ = answer.try_send(Reply::Error(e.to_error_reply()));
+                }
+                ReadEffect::Repair { node, state } => {
+                    let (shard2, placement, key) = (shard.clone(), placement.clone(), key.clone());
+                    spawn(&shard, async move {
+                        if let Err(e) = replica_write(&shard2, &placement, node, &key, &state).await
+                        {
+                            tracing::debug!(node = %format!("{node:016x}"), error = %e, "read repair failed");
+                        }
+                    });
+                }
+            }
+        }
+        if machine.is_finished() {
+            return;
+        }
+        pending = match next_event(&rx, deadline).await {
+            Wake::Answer(node, Ok(state)) => machine.on_reply(node, state),
+            Wake::Answer(node, Err(e)) => {
+                tracing::debug!(node = %format!("{node:016x}"), error = %e, "replica read failed");
+                machine.on_error(node)
+            }
+            Wake::Deadline => machine.on_timer(now_ms().max(deadline_ms)),
+            Wake::Closed => {
+                let _ = answer.try_send(internal("replica answers channel closed"));
+                return;
+            }
+        };
+    }
+}
+
+/// Replica side of `ReplicaWrite`: merge the coordinator's state into the local copy.
+pub async fn apply_replica_write(shard: &Rc<Shard>, key: &[u8], state: &[u8]) -> Reply {
+    let state = match KeyState::decode(state) {
+        Ok(state) => state,
+        Err(e) => {
+            return Reply::Error(ErrorReply::BadRequest {
+                message: format!("undecodable replica state: {e}"),
+            })
+        }
+    };
+    if let KeyState::Lww(cell) = &state {
+        // Keep this node's clock ahead of every version it stores; a version stamped
+        // too far in the future is refused rather than allowed to win every merge.
+        let observed = shard.hlc.borrow_mut().observe(
+            now_ms(),
+            cell.timestamp,
+            shard.config.max_clock_skew_ms,
+        );
+        if let Err(e) = observed {
+            return Reply::Error(ErrorReply::BadRequest {
+                message: format!("replica write refused: {e}"),
+            });
+        }
+    }
+    match shard.engine.write(key, state).await {
+        Ok(()) => Reply::Done,
+        Err(e) => internal(e),
+    }
+}
+
+/// Replica side of `ReplicaRead`: the local copy, encoded.
+pub async fn answer_replica_read(shard: &Rc<Shard>, key: &[u8]) -> Reply {
+    match shard.engine.read(key).await {
+        Ok(state) => Reply::ReplicaState {
+            state: state.map(|s| s.to_bytes()),
+        },
+        Err(e) => internal(e),
+    }
+}
+
+/// Causal writes in a cluster are coordinated by a replica (its local state is the
+/// base of the read-modify-write): forward the client's op to the first alive replica.
+pub async fn forward_to_replica(
+    shard: &Rc<Shard>,
+    placement: &Placement,
+    key: &[u8],
+    op: Op,
+) -> Reply {
+    let Some(target) = placement
+        .replicas
+        .iter()
+        .find(|n| placement.is_alive(shard, **n))
+        .and_then(|n| placement.nodes.get(n))
+    else {
+        return Reply::Error(ErrorReply::Unavailable {
+            required: 1,
+            alive: 0,
+        });
+    };
+    match peer_call(shard, target, key, op).await {
+        Ok(reply) => reply,
+        Err(e) => Reply::Error(ErrorReply::Internal {
+            message: format!("forwarding to replica failed: {e}"),
+        }),
+    }
+}
