@@ -119,6 +119,11 @@ enum Command {
         #[command(flatten)]
         host: HostArgs,
     },
+    /// Show the token ranges and the replicas of each (as the asked node sees the ring)
+    Ring {
+        #[command(flatten)]
+        host: HostArgs,
+    },
 }
 
 /// A failure with its exit code and one-line reason.
@@ -232,6 +237,52 @@ fn run(command: Command) -> Result<(), Failure> {
         } => {
             let mut client = host.connect()?;
             client.delete(key.as_bytes(), consistency, context.map(|c| c.0))?;
+            Ok(())
+        }
+        Command::Ring { host } => {
+            let mut client = host.connect()?;
+            let topology = client.refresh_topology()?.clone();
+            let members: Vec<_> = topology
+                .nodes
+                .iter()
+                .filter(|n| {
+                    n.status == ringkv::protocol::types::NodeStatus::Normal && !n.tokens.is_empty()
+                })
+                .collect();
+            let ring = ringkv::cluster::ring::Ring::new(
+                members.iter().map(|n| (n.node_id, n.tokens.as_slice())),
+            )
+            .map_err(|e| Failure {
+                code: EXIT_OPERATIONAL,
+                message: format!("inconsistent ring: {e}"),
+            })?;
+            let rf = (topology.replication_factor as usize).max(1);
+            let name = |id: &u64| {
+                members.iter().find(|n| n.node_id == *id).map_or_else(
+                    || format!("{id:016x}"),
+                    |n| format!("{}{}", n.address, if n.up { "" } else { "(down)" }),
+                )
+            };
+            println!(
+                "{} ranges, {} nodes, replication factor {} (N = {})",
+                ring.vnodes().len(),
+                members.len(),
+                rf,
+                rf.min(members.len())
+            );
+            println!(
+                "{:<20} {:<20} replicas",
+                "start (exclusive)", "end (inclusive)"
+            );
+            for range in ring.ranges(rf) {
+                let replicas: Vec<String> = range.replicas.iter().map(name).collect();
+                println!(
+                    "{:<20} {:<20} {}",
+                    range.start_exclusive,
+                    range.end_inclusive,
+                    replicas.join(", ")
+                );
+            }
             Ok(())
         }
         Command::Status { host } => {

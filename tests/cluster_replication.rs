@@ -105,6 +105,21 @@ fn quorum_replication_survives_a_down_node_and_read_repair_heals_it() {
         all_see(&addrs, &all_up)
     });
 
+    // `ringkv ring`: 3 nodes x 16 vnodes = 48 ranges, each with 3 distinct replicas.
+    let (code, out, err) = cli(&["ring", "--host", &addrs[0]]);
+    assert_eq!(code, 0, "{err}");
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.starts_with("48 ranges, 3 nodes, replication factor 3 (N = 3)"),
+        "{text}"
+    );
+    let range_lines: Vec<&str> = text.lines().skip(2).collect();
+    assert_eq!(range_lines.len(), 48, "{text}");
+    for line in range_lines {
+        let replicas: std::collections::BTreeSet<&str> = line.split_whitespace().skip(2).collect();
+        assert_eq!(replicas.len(), 3, "three distinct replicas: {line}");
+    }
+
     // 1. Written through A at QUORUM, read at QUORUM through B and through C.
     let (code, err) = put(&addrs[0], "k1", "v1", "quorum");
     assert_eq!(code, 0, "{err}");

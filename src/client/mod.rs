@@ -67,8 +67,28 @@ pub fn shard_address(node: &NodeInfo, key: &[u8]) -> Option<SocketAddr> {
     ))
 }
 
-/// The node a client should send `key` to: the first up node (the cluster layer extends
-/// this to the key's replicas).
-pub fn route<'a>(topology: &'a Topology, _key: &[u8]) -> Option<&'a NodeInfo> {
+/// The node a client should send `key` to: the first up replica of the key on the ring
+/// the topology describes (token-aware; DESIGN.md §6), else the first up node.
+pub fn route<'a>(topology: &'a Topology, key: &[u8]) -> Option<&'a NodeInfo> {
+    let normal: Vec<&NodeInfo> = topology
+        .nodes
+        .iter()
+        .filter(|n| n.status == crate::protocol::types::NodeStatus::Normal && !n.tokens.is_empty())
+        .collect();
+    if normal.len() > 1 {
+        if let Ok(ring) =
+            crate::cluster::ring::Ring::new(normal.iter().map(|n| (n.node_id, n.tokens.as_slice())))
+        {
+            let rf = (topology.replication_factor as usize).max(1);
+            let replicas = ring.replicas(token_of(key), rf);
+            if let Some(node) = replicas
+                .iter()
+                .filter_map(|id| normal.iter().find(|n| n.node_id == *id && n.up))
+                .next()
+            {
+                return Some(node);
+            }
+        }
+    }
     topology.nodes.iter().find(|n| n.up)
 }
