@@ -17,7 +17,7 @@
 //! not read from until one finishes (TCP flow control slows the client); a shard with
 //! `max_inflight_per_shard` in flight answers `Overloaded`.
 
-use super::shard::Shard;
+use super::shard::{bump, Shard};
 use crate::auth::{self, Acceptor, ClientAuthState, Effect, Handshake};
 use crate::protocol::codec::{decode_request, DecodeError};
 use crate::protocol::frame::{next_frame, FrameError};
@@ -172,10 +172,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
                             }
                         }
                         Err(DecodeError::Invalid { request_id, reason }) => {
-                            shard
-                                .metrics
-                                .bad_requests
-                                .set(shard.metrics.bad_requests.get() + 1);
+                            bump(&shard.metrics.bad_requests);
                             outbox.push(
                                 &shard,
                                 &error(request_id, ErrorReply::BadRequest { message: reason }),
@@ -183,10 +180,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
                         }
                         Err(DecodeError::Malformed { reason }) => {
                             tracing::debug!(%peer, %reason, "malformed frame; closing connection");
-                            shard
-                                .metrics
-                                .bad_requests
-                                .set(shard.metrics.bad_requests.get() + 1);
+                            bump(&shard.metrics.bad_requests);
                             outbox.push(
                                 &shard,
                                 &error(0, ErrorReply::BadRequest { message: reason }),
@@ -198,10 +192,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
                 Ok(None) => break,
                 Err(err @ FrameError::TooLarge { .. }) | Err(err @ FrameError::Empty) => {
                     tracing::debug!(%peer, %err, "bad frame header; closing connection");
-                    shard
-                        .metrics
-                        .bad_requests
-                        .set(shard.metrics.bad_requests.get() + 1);
+                    bump(&shard.metrics.bad_requests);
                     outbox.push(
                         &shard,
                         &error(
@@ -236,10 +227,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
             Some(Ok(n)) if n > 0 => buf.advance(n),
             _ => {
                 if handshake_left.is_some() && !shard.stopping.is_set() {
-                    shard
-                        .metrics
-                        .peer_auth_failures
-                        .set(shard.metrics.peer_auth_failures.get() + 1);
+                    bump(&shard.metrics.peer_auth_failures);
                     tracing::warn!(
                         shard = shard.id,
                         %peer,
@@ -317,10 +305,7 @@ fn on_handshake(
             Effect::Send(m) => answer = Some(m.encode()),
             Effect::Authenticated { peer_node_id } => authenticated = Some(peer_node_id),
             Effect::Close { failure } => {
-                shard
-                    .metrics
-                    .peer_auth_failures
-                    .set(shard.metrics.peer_auth_failures.get() + 1);
+                bump(&shard.metrics.peer_auth_failures);
                 tracing::warn!(
                     shard = shard.id,
                     peer = %state.peer_addr,
@@ -369,10 +354,7 @@ fn dispatch(
             return on_handshake(shard, outbox, state, request_id, message);
         }
     } else if handshaking {
-        shard
-            .metrics
-            .unauthorized
-            .set(shard.metrics.unauthorized.get() + 1);
+        bump(&shard.metrics.unauthorized);
         outbox.push(shard, &error(request_id, ErrorReply::Unauthorized));
         return AfterDispatch::Continue;
     }
@@ -398,10 +380,7 @@ fn dispatch(
         state.auth.borrow_mut().allows(is_auth)
     };
     if let Err(refusal) = allowed {
-        shard
-            .metrics
-            .unauthorized
-            .set(shard.metrics.unauthorized.get() + 1);
+        bump(&shard.metrics.unauthorized);
         outbox.push(shard, &error(request_id, refusal.to_error_reply()));
         return AfterDispatch::Continue;
     }
@@ -414,10 +393,7 @@ fn dispatch(
             Ok(()) => Reply::Done,
             Err(refusal) => {
                 tracing::info!(shard = shard.id, %refusal, "client authentication refused");
-                shard
-                    .metrics
-                    .unauthorized
-                    .set(shard.metrics.unauthorized.get() + 1);
+                bump(&shard.metrics.unauthorized);
                 Reply::Error(refusal.to_error_reply())
             }
         };
@@ -426,10 +402,7 @@ fn dispatch(
     }
     if op.is_peer_op() && !is_peer {
         // Peer operations are accepted only on authenticated peer connections.
-        shard
-            .metrics
-            .refused_peer_ops
-            .set(shard.metrics.refused_peer_ops.get() + 1);
+        bump(&shard.metrics.refused_peer_ops);
         outbox.push(shard, &error(request_id, ErrorReply::Unauthorized));
         return AfterDispatch::Continue;
     }
@@ -456,10 +429,7 @@ fn spawn_request<F, Fut>(
     Fut: std::future::Future<Output = Reply> + 'static,
 {
     if shard.inflight.get() >= shard.config.max_inflight_per_shard {
-        shard
-            .metrics
-            .overloaded
-            .set(shard.metrics.overloaded.get() + 1);
+        bump(&shard.metrics.overloaded);
         outbox.push(shard, &error(request_id, ErrorReply::Overloaded));
         return;
     }

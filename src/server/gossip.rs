@@ -20,7 +20,7 @@
 use super::handler::now_ms;
 use super::peer::{PeerConnection, PeerError};
 use super::router::{ShardOp, ShardReply};
-use super::shard::{Identity, Shard};
+use super::shard::{bump, Identity, Shard};
 use crate::cluster::membership::{Effect, GossipMessage, Peer};
 use crate::cluster::{FailureDetectorConfig, Membership, MembershipConfig, NodeState, SplitMix64};
 use crate::config::Config;
@@ -262,10 +262,7 @@ async fn send(shard: &Rc<Shard>, to: Peer, msg: GossipMessage) {
                     .min(gossiper.interval_ms * BACKOFF_MAX_INTERVALS);
                 slot.retry_at_ms = now_ms() + backoff_ms;
                 if e.is_auth_failure() {
-                    shard
-                        .metrics
-                        .peer_auth_failures
-                        .set(shard.metrics.peer_auth_failures.get() + 1);
+                    bump(&shard.metrics.peer_auth_failures);
                     tracing::warn!(peer = %target, error = %e, "peer refused: authentication failed");
                 } else if !slot.warned {
                     tracing::warn!(peer = %target, error = %e, "cannot gossip with peer; retrying with backoff");

@@ -4,8 +4,7 @@
 //! the same way. Nothing here takes a lock: each shard owns its pending table.
 
 use super::handler;
-use super::shard::Shard;
-use super::shard::ShardStats;
+use super::shard::{bump, Shard, ShardStats};
 use crate::cluster::membership::GossipMessage;
 use crate::protocol::token::{shard_of, token_of};
 use crate::protocol::types::{ErrorReply, NodeInfo, Op, Reply};
@@ -170,10 +169,7 @@ pub async fn execute(shard: &Rc<Shard>, op: Op) -> Reply {
     if owner == shard.id {
         return handler::execute_local(shard, op).await;
     }
-    shard
-        .metrics
-        .forwarded
-        .set(shard.metrics.forwarded.get() + 1);
+    bump(&shard.metrics.forwarded);
     match shard.mesh.call(shard.id, owner, ShardOp::Client(op)).await {
         Ok(ShardReply::Client(reply)) => reply,
         Ok(ShardReply::Stats(_) | ShardReply::Done) => Reply::Error(ErrorReply::Internal {

@@ -20,6 +20,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Add one to a shard counter.
+pub fn bump(counter: &Cell<u64>) {
+    counter.set(counter.get() + 1);
+}
+
 /// Counters of one shard (exported by `status` and metrics).
 #[derive(Default)]
 pub struct ShardMetrics {
@@ -157,7 +162,7 @@ impl Shard {
     }
 
     pub fn on_request_done(&self) {
-        self.metrics.requests.set(self.metrics.requests.get() + 1);
+        bump(&self.metrics.requests);
         if self.stopping.is_set() && self.inflight.get() == 0 {
             self.drained.set();
         }
