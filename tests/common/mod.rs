@@ -38,7 +38,9 @@ pub fn free_port_block(n: u16) -> u16 {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let base = 20_000 + (x % 30_000) as u16;
+        // Below the kernel's ephemeral range (32768+ by default), so no outgoing socket
+        // (a peer reconnecting to a killed node, say) can take a node's port meanwhile.
+        let base = 12_000 + (x % 20_000) as u16;
         let held: Vec<_> = (0..n)
             .map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
             .collect();
