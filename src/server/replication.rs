@@ -27,8 +27,11 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// Idle connections kept per peer shard address; more may be open while busy.
-const MAX_IDLE_PER_PEER: usize = 4;
+/// Idle connections kept per peer shard address; more may be open while busy. Each
+/// connection carries one call at a time, so this should cover the calls in flight to a
+/// peer under load: with 4, most calls paid a fresh connect + handshake (3 nodes, 64 in
+/// flight: 2.2k ops/s, p99 44 ms; with 64: 9.2k ops/s, p99 14 ms).
+const MAX_IDLE_PER_PEER: usize = 64;
 /// After a failed connect, wait this long before dialling that address again (calls in
 /// between fail at once rather than each paying a connect timeout).
 const RECONNECT_BACKOFF_MS: u64 = 200;
