@@ -141,16 +141,8 @@ fn replica_write_without_handshake_changes_nothing() {
         "data unchanged"
     );
 
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(&metrics).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let refused: f64 = text
-        .lines()
-        .filter(|l| l.starts_with("ringkv_refused_peer_ops_total{"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum();
+    let text = common::metrics_text(&metrics);
+    let refused = common::sum_series(&text, "ringkv_refused_peer_ops_total");
     assert_eq!(refused, 4.0, "every refused peer op is counted:\n{text}");
 }
 

@@ -249,21 +249,9 @@ fn metrics_endpoint_reports_every_shard() {
             .put(format!("m-{i}").as_bytes(), b"v", None, None)
             .unwrap();
     }
-    let scrape = || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&metrics).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text
-    };
-    let text = scrape();
+    let text = common::metrics_text(&metrics);
     assert!(text.starts_with("HTTP/1.0 200"), "{text}");
-    let writes: f64 = text
-        .lines()
-        .filter(|l| l.starts_with("ringkv_engine_writes_total{"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum();
+    let writes = common::sum_series(&text, "ringkv_engine_writes_total");
     assert_eq!(writes, 100.0, "engine writes over both shards:\n{text}");
     assert!(
         text.contains("ringkv_requests_total{shard=\"1\"}"),

@@ -309,8 +309,8 @@ pub fn status_view(host: &str) -> Option<std::collections::BTreeMap<String, bool
     Some(view)
 }
 
-/// Fetch `GET /metrics` from a node's `metrics_listen` and sum one series over shards.
-pub fn metric_sum(metrics_addr: &str, name: &str) -> f64 {
+/// The whole `GET /metrics` response (status line, headers, body) of a `metrics_listen`.
+pub fn metrics_text(metrics_addr: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(metrics_addr).unwrap();
     stream
@@ -319,8 +319,18 @@ pub fn metric_sum(metrics_addr: &str, name: &str) -> f64 {
     stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
     let mut text = String::new();
     stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// The sum over shards of one series in a metrics text.
+pub fn sum_series(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(&format!("{name}{{")))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Fetch `GET /metrics` from a node's `metrics_listen` and sum one series over shards.
+pub fn metric_sum(metrics_addr: &str, name: &str) -> f64 {
+    sum_series(&metrics_text(metrics_addr), name)
 }
