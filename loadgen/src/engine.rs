@@ -355,6 +355,25 @@ struct ConnSlot<C: Connector> {
 }
 
 /// Per-executor mutable state shared by its slots (single thread: `Rc`/`RefCell`).
+/// Run `pipeline` concurrent slots on every connection (the requests in flight per
+/// connection) and wait for all of them.
+async fn run_slots<C, F, Fut>(run: &Rc<ExecutorRun<C>>, conns: &[Rc<ConnSlot<C>>], slot: F)
+where
+    C: Connector,
+    F: Fn(Rc<ExecutorRun<C>>, Rc<ConnSlot<C>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let mut tasks = Vec::new();
+    for conn in conns {
+        for _ in 0..run.config.pipeline {
+            tasks.push(glommio::spawn_local(slot(Rc::clone(run), Rc::clone(conn))));
+        }
+    }
+    for t in tasks {
+        t.await;
+    }
+}
+
 struct ExecutorRun<C: Connector> {
     executor: usize,
     connector: C,
@@ -437,19 +456,10 @@ impl<C: Connector> ExecutorRun<C> {
 
         // Phase 2: load.
         if run.config.load > 0 {
-            let mut tasks = Vec::new();
-            for conn in &conns {
-                for _ in 0..run.config.pipeline {
-                    let run = Rc::clone(&run);
-                    let conn = Rc::clone(conn);
-                    tasks.push(glommio::spawn_local(
-                        async move { run.load_slot(&conn).await },
-                    ));
-                }
-            }
-            for t in tasks {
-                t.await;
-            }
+            run_slots(&run, &conns, |run, conn| async move {
+                run.load_slot(&conn).await
+            })
+            .await;
         }
         let Some(run_start) = run.shared.rendezvous(1).await else {
             return result;
@@ -475,19 +485,10 @@ impl<C: Connector> ExecutorRun<C> {
             let run = Rc::clone(&run);
             glommio::spawn_local(async move { run.ticker(run_start, live_tx).await }).detach()
         };
-        let mut tasks = Vec::new();
-        for conn in &conns {
-            for _ in 0..run.config.pipeline {
-                let run = Rc::clone(&run);
-                let conn = Rc::clone(conn);
-                tasks.push(glommio::spawn_local(
-                    async move { run.run_slot(&conn).await },
-                ));
-            }
-        }
-        for t in tasks {
-            t.await;
-        }
+        run_slots(&run, &conns, |run, conn| async move {
+            run.run_slot(&conn).await
+        })
+        .await;
         // The last interval line is not sent: it would cover a partial second.
         ticker.cancel();
 
