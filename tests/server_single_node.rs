@@ -129,20 +129,20 @@ fn ten_thousand_pipelined_requests_on_one_connection() {
     }
 }
 
+fn put_keys(client: &mut Client, range: std::ops::Range<u32>) {
+    for i in range {
+        let (key, value) = (format!("key-{i}"), format!("value-{i}"));
+        client
+            .put(key.as_bytes(), value.as_bytes(), None, None)
+            .unwrap();
+    }
+}
+
 #[test]
 fn restart_after_sigterm_and_sigkill_keeps_acknowledged_writes() {
     let mut node = Node::start(2, &[]);
     let mut client = Client::connect(&node.addr()).unwrap();
-    for i in 0..500 {
-        client
-            .put(
-                format!("key-{i}").as_bytes(),
-                format!("value-{i}").as_bytes(),
-                None,
-                None,
-            )
-            .unwrap();
-    }
+    put_keys(&mut client, 0..500);
     drop(client);
     let status = node.terminate();
     assert!(status.success(), "SIGTERM exits 0, got {status}");
@@ -157,16 +157,7 @@ fn restart_after_sigterm_and_sigkill_keeps_acknowledged_writes() {
             "key-{i} after SIGTERM"
         );
     }
-    for i in 500..1000 {
-        client
-            .put(
-                format!("key-{i}").as_bytes(),
-                format!("value-{i}").as_bytes(),
-                None,
-                None,
-            )
-            .unwrap();
-    }
+    put_keys(&mut client, 500..1000);
     drop(client);
     node.kill();
     node.log.lock().unwrap().clear();
