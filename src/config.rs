@@ -257,6 +257,9 @@ pub struct ConfigLayer {
     #[arg(long)]
     #[serde(default, deserialize_with = "int_or_str")]
     pub max_clock_skew_ms: Option<Millis>,
+    /// Tests only: add this many milliseconds (signed) to every wall-clock read of the server, to simulate a skewed clock [default 0]
+    #[arg(long, allow_negative_numbers = true)]
+    pub clock_offset_ms: Option<i64>,
     /// Causal mode: refuse writes beyond this many siblings [default 64]
     #[arg(long)]
     pub max_siblings: Option<u32>,
@@ -326,6 +329,8 @@ pub struct Config {
     pub max_hints_bytes: u64,
     pub hint_replay_rate: u64,
     pub max_clock_skew_ms: u64,
+    /// Tests only: added to every wall-clock read of the server (HLC physical time).
+    pub clock_offset_ms: i64,
     pub max_siblings: u32,
     pub max_key_size_bytes: u64,
     pub max_value_size_bytes: u64,
@@ -412,6 +417,7 @@ impl ConfigLayer {
             max_hints_bytes,
             hint_replay_rate,
             max_clock_skew_ms,
+            clock_offset_ms,
             max_siblings,
             max_key_size,
             max_value_size,
@@ -583,6 +589,16 @@ impl ConfigLayer {
                 "in-flight limits must be positive",
             ));
         }
+        // A day either way is far beyond any skew worth testing, and keeps the shifted
+        // clock well inside the HLC's 48-bit millisecond range.
+        const CLOCK_OFFSET_MS_MAX: i64 = 86_400_000;
+        let clock_offset_ms = self.clock_offset_ms.unwrap_or(0);
+        if clock_offset_ms.abs() > CLOCK_OFFSET_MS_MAX {
+            return Err(invalid(
+                "clock_offset_ms",
+                format!("{clock_offset_ms} is out of range ±{CLOCK_OFFSET_MS_MAX}"),
+            ));
+        }
         Ok(Config {
             listen,
             data_dir: self
@@ -614,6 +630,7 @@ impl ConfigLayer {
             max_hints_bytes: size(self.max_hints_bytes, 1 << 30),
             hint_replay_rate: self.hint_replay_rate.unwrap_or(1000),
             max_clock_skew_ms: ms(self.max_clock_skew_ms, 5000),
+            clock_offset_ms,
             max_siblings,
             max_key_size_bytes,
             max_value_size_bytes,
@@ -671,6 +688,26 @@ mod tests {
         assert_eq!(cfg.commitlog_sync, CommitlogSync::Periodic);
         assert_eq!(cfg.write_consistency, Consistency::All);
         assert_eq!(cfg.shards, 2, "flags win over the file");
+    }
+
+    #[test]
+    fn clock_offset_is_signed_and_bounded() {
+        let cfg = ConfigLayer::from_toml("clock_offset_ms = -400")
+            .unwrap()
+            .resolve(1)
+            .unwrap();
+        assert_eq!(cfg.clock_offset_ms, -400);
+        assert_eq!(
+            ConfigLayer::default().resolve(1).unwrap().clock_offset_ms,
+            0
+        );
+        let err = ConfigLayer {
+            clock_offset_ms: Some(86_400_001),
+            ..Default::default()
+        }
+        .resolve(1)
+        .unwrap_err();
+        assert!(err.to_string().contains("clock_offset_ms"), "{err}");
     }
 
     #[test]

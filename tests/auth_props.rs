@@ -1,14 +1,17 @@
 //! Property tests of the peer handshake (DESIGN.md §6): every message order other than
 //! the correct one ends in refusal; a strict prefix of it stays pending; nothing moves a
 //! refused machine; honest peers authenticate exactly when they should; any single bit
-//! flipped in transit defeats the handshake; the decoder never panics on any bytes.
+//! flipped in transit defeats the handshake; the decoder never panics on any bytes; two
+//! nodes of different conflict modes never authenticate, and both sides say why.
 #![allow(clippy::unwrap_used)]
 
 use proptest::prelude::*;
 use ringkv::auth::{
-    Acceptor, AuthMessage, ClusterName, ClusterSecret, Effect, Handshake, Initiator, NodeId, Nonce,
-    Proof, RefuseReason, FORMAT_VERSION, MAGIC, MESSAGE_BYTES_MAX, PROTOCOL_VERSION,
+    Acceptor, AuthMessage, ClusterIdentity, ClusterName, ClusterSecret, Effect, Failure, Handshake,
+    Initiator, NodeId, Nonce, Proof, RefuseReason, FORMAT_VERSION, MAGIC, MESSAGE_BYTES_MAX,
+    PROTOCOL_VERSION,
 };
+use ringkv::conflict::ConflictMode;
 
 /// The parameters of one honest session between initiator `id_i` and acceptor `id_a`.
 #[derive(Clone, Debug)]
@@ -72,8 +75,27 @@ fn sends(effects: &[Effect]) -> Vec<AuthMessage> {
         .collect()
 }
 
+fn identity(cluster: &str, mode: ConflictMode) -> ClusterIdentity {
+    ClusterIdentity::new(name(cluster), mode)
+}
+
+fn mode_strategy() -> impl Strategy<Value = ConflictMode> {
+    prop_oneof![Just(ConflictMode::Lww), Just(ConflictMode::Causal)]
+}
+
+fn other_mode(mode: ConflictMode) -> ConflictMode {
+    match mode {
+        ConflictMode::Lww => ConflictMode::Causal,
+        ConflictMode::Causal => ConflictMode::Lww,
+    }
+}
+
 fn hello(id: NodeId, nonce: Nonce, cluster: &str) -> AuthMessage {
-    let (_, effects) = Initiator::new(name(cluster), secret(SECRET), id, nonce);
+    hello_in_mode(id, nonce, cluster, ConflictMode::Lww)
+}
+
+fn hello_in_mode(id: NodeId, nonce: Nonce, cluster: &str, mode: ConflictMode) -> AuthMessage {
+    let (_, effects) = Initiator::new(identity(cluster, mode), secret(SECRET), id, nonce);
     sends(&effects).remove(0)
 }
 
@@ -85,7 +107,18 @@ fn challenge_to(
     cluster: &str,
     key: &str,
 ) -> AuthMessage {
-    let (mut acceptor, _) = Acceptor::new(name(cluster), secret(key), id_a, nonce_a);
+    challenge_in_mode(hello, id_a, nonce_a, cluster, key, ConflictMode::Lww)
+}
+
+fn challenge_in_mode(
+    hello: &AuthMessage,
+    id_a: NodeId,
+    nonce_a: Nonce,
+    cluster: &str,
+    key: &str,
+    mode: ConflictMode,
+) -> AuthMessage {
+    let (mut acceptor, _) = Acceptor::new(identity(cluster, mode), secret(key), id_a, nonce_a);
     let out = sends(&acceptor.on_message(hello.clone()));
     assert!(matches!(out.as_slice(), [AuthMessage::Challenge { .. }]));
     out[0].clone()
@@ -149,11 +182,18 @@ fn acceptor_pool(w: &World) -> Vec<Delivery> {
         Delivery::Message(hello(w.id_other, w.nonce_i, CLUSTER)),
         // Bad Hellos.
         Delivery::Message(hello(w.id_i, w.nonce_i, "staging")),
+        Delivery::Message(hello_in_mode(
+            w.id_i,
+            w.nonce_i,
+            CLUSTER,
+            ConflictMode::Causal,
+        )),
         Delivery::Message(AuthMessage::Hello {
             version: PROTOCOL_VERSION.wrapping_add(1),
             cluster_name: name(CLUSTER),
             node_id: w.id_i,
             nonce: w.nonce_i,
+            conflict_mode: ConflictMode::Lww,
         }),
         Delivery::Message(hello(w.id_a, w.nonce_i, CLUSTER)),
         Delivery::Message(hello(w.id_i, w.nonce_a, CLUSTER)),
@@ -200,10 +240,21 @@ fn initiator_pool(w: &World) -> Vec<Delivery> {
         "staging",
         SECRET,
     );
+    // An honest causal acceptor's answer to a causal Hello with our id and nonce: a
+    // valid proof, but of the other mode.
+    let other_mode = challenge_in_mode(
+        &hello_in_mode(w.id_i, w.nonce_i, CLUSTER, ConflictMode::Causal),
+        w.id_a,
+        w.nonce_a,
+        CLUSTER,
+        SECRET,
+        ConflictMode::Causal,
+    );
     let AuthMessage::Challenge {
         cluster_name,
         node_id,
         nonce,
+        conflict_mode,
         proof,
     } = challenge_ok.clone()
     else {
@@ -216,24 +267,36 @@ fn initiator_pool(w: &World) -> Vec<Delivery> {
         Delivery::Message(replayed),
         Delivery::Message(wrong_secret),
         Delivery::Message(other_cluster),
+        Delivery::Message(other_mode),
+        // Our own Challenge with the mode field rewritten: the proof covers the mode.
+        Delivery::Message(AuthMessage::Challenge {
+            cluster_name: cluster_name.clone(),
+            node_id,
+            nonce,
+            conflict_mode: ConflictMode::Causal,
+            proof,
+        }),
         // The right proof under a changed field: own id echoed, another nonce, a flipped
         // proof bit.
         Delivery::Message(AuthMessage::Challenge {
             cluster_name: cluster_name.clone(),
             node_id: w.id_i,
             nonce,
+            conflict_mode,
             proof,
         }),
         Delivery::Message(AuthMessage::Challenge {
             cluster_name: cluster_name.clone(),
             node_id,
             nonce: w.nonce_other,
+            conflict_mode,
             proof,
         }),
         Delivery::Message(AuthMessage::Challenge {
             cluster_name,
             node_id,
             nonce,
+            conflict_mode,
             proof: flip_proof(&proof, w.flip_bit),
         }),
         Delivery::Bytes(flip(&challenge_ok.encode(), w.flip_bit)),
@@ -241,7 +304,7 @@ fn initiator_pool(w: &World) -> Vec<Delivery> {
         Delivery::Message(hello_ok),
         Delivery::Message(response_ok),
         Delivery::Message(AuthMessage::Refuse { reason: w.reason }),
-        Delivery::Bytes(b"RKAU\x01\x04trailing".to_vec()),
+        Delivery::Bytes(b"RKAU\x02\x04trailing".to_vec()),
         Delivery::Bytes(vec![0xFF; MESSAGE_BYTES_MAX + 1]),
     ]
 }
@@ -380,22 +443,27 @@ proptest! {
     }
 
     /// Two honest machines over a perfect link: both authenticate exactly when cluster,
-    /// secret match and the ids differ; otherwise both end refused.
+    /// secret and conflict mode match and the ids differ; otherwise both end refused.
     #[test]
     fn honest_peers_agree(
         w in world(),
         same_cluster in any::<bool>(),
         same_secret in any::<bool>(),
         same_id in prop::bool::weighted(0.2),
+        i_mode in mode_strategy(),
+        same_mode in any::<bool>(),
     ) {
         let id_a = if same_id { w.id_i } else { w.id_a };
         let a_cluster = if same_cluster { CLUSTER } else { "staging" };
         let a_secret = if same_secret { SECRET } else { "other" };
-        let (mut i, first) = Initiator::new(name(CLUSTER), secret(SECRET), w.id_i, w.nonce_i);
-        let (mut a, _) = Acceptor::new(name(a_cluster), secret(a_secret), id_a, w.nonce_a);
+        let a_mode = if same_mode { i_mode } else { other_mode(i_mode) };
+        let (mut i, first) =
+            Initiator::new(identity(CLUSTER, i_mode), secret(SECRET), w.id_i, w.nonce_i);
+        let (mut a, _) =
+            Acceptor::new(identity(a_cluster, a_mode), secret(a_secret), id_a, w.nonce_a);
         let flipped = pump(&mut i, &mut a, sends(&first), None);
         prop_assert_eq!(flipped, None);
-        let ok = same_cluster && same_secret && !same_id;
+        let ok = same_cluster && same_secret && !same_id && same_mode;
         prop_assert_eq!(i.is_authenticated(), ok);
         prop_assert_eq!(a.is_authenticated(), ok);
         prop_assert_eq!(i.is_refused(), !ok);
@@ -403,6 +471,61 @@ proptest! {
         if ok {
             prop_assert_eq!(i.peer_node_id(), Some(id_a));
             prop_assert_eq!(a.peer_node_id(), Some(w.id_i));
+        }
+    }
+
+    /// Nodes of different conflict modes, whatever else they share or not and whoever
+    /// dials: neither ever authenticates, both end refused, and when they are of one
+    /// cluster both failures name both modes (each side its own as `ours`).
+    #[test]
+    fn a_conflict_mode_mismatch_always_fails_on_both_sides(
+        w in world(),
+        i_mode in mode_strategy(),
+        same_cluster in prop::bool::weighted(0.8),
+        same_secret in any::<bool>(),
+        same_id in prop::bool::weighted(0.1),
+        as_bytes in any::<bool>(),
+    ) {
+        let a_mode = other_mode(i_mode);
+        let id_a = if same_id { w.id_i } else { w.id_a };
+        let a_cluster = if same_cluster { CLUSTER } else { "staging" };
+        let a_secret = if same_secret { SECRET } else { "other" };
+        let (mut i, first) =
+            Initiator::new(identity(CLUSTER, i_mode), secret(SECRET), w.id_i, w.nonce_i);
+        let (mut a, _) =
+            Acceptor::new(identity(a_cluster, a_mode), secret(a_secret), id_a, w.nonce_a);
+        if as_bytes {
+            pump(&mut i, &mut a, sends(&first), None);
+        } else {
+            // Decoded messages, as an in-process transport would carry them.
+            let mut to_acceptor = sends(&first);
+            for _round in 0..4 {
+                let mut to_initiator = Vec::new();
+                for m in to_acceptor.drain(..) {
+                    to_initiator.extend(sends(&a.on_message(m)));
+                }
+                for m in to_initiator {
+                    to_acceptor.extend(sends(&i.on_message(m)));
+                }
+            }
+        }
+        prop_assert!(!i.is_authenticated() && i.is_refused());
+        prop_assert!(!a.is_authenticated() && a.is_refused());
+        prop_assert_eq!(i.peer_node_id(), None);
+        prop_assert_eq!(a.peer_node_id(), None);
+        if same_cluster {
+            prop_assert_eq!(
+                a.failure(),
+                Some(&Failure::ConflictModeMismatch { ours: a_mode, theirs: i_mode })
+            );
+            prop_assert_eq!(
+                i.failure(),
+                Some(&Failure::ConflictModeMismatch { ours: i_mode, theirs: a_mode })
+            );
+            prop_assert_eq!(
+                a.failure().unwrap().reason(),
+                RefuseReason::ConflictMode { sender: a_mode }
+            );
         }
     }
 

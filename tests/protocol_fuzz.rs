@@ -9,6 +9,7 @@ use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use ringkv::auth::{AuthMessage, ClusterName, Proof, RefuseReason};
 use ringkv::cluster::membership::{Ack, Ack2, Digest, GossipMessage, NodeState, Syn};
+use ringkv::conflict::ConflictMode;
 use ringkv::protocol::codec::{
     AUTH_TOKEN_BYTES_MAX, GOSSIP_APP_STATES_MAX, GOSSIP_NODES_MAX, GOSSIP_TEXT_BYTES_MAX,
     GOSSIP_TOKENS_PER_NODE_MAX, PEER_HANDSHAKE_BYTES_MAX,
@@ -202,6 +203,8 @@ fn reply() -> impl Strategy<Value = Reply> {
         (vec(bytes(128), 0..4), proptest::option::of(bytes(64)))
             .prop_map(|(values, context)| Reply::Value { values, context }),
         Just(Reply::Done),
+        // Timestamp 0 is the absent field: it reads back as Done.
+        (1..=u64::MAX).prop_map(|timestamp| Reply::Written { timestamp }),
         Just(Reply::Pong),
         (vec(node_info(), 0..5), any::<u32>()).prop_map(|(nodes, replication_factor)| {
             Reply::Topology(Topology {
@@ -814,11 +817,13 @@ fn auth_messages_travel_through_peer_handshake() {
             cluster_name: longest_name.clone(),
             node_id: 1,
             nonce: [1; ringkv::auth::NONCE_BYTES],
+            conflict_mode: ConflictMode::Causal,
         },
         AuthMessage::Challenge {
             cluster_name: longest_name,
             node_id: 2,
             nonce: [2; ringkv::auth::NONCE_BYTES],
+            conflict_mode: ConflictMode::Lww,
             proof: Proof::from_bytes([3; ringkv::auth::PROOF_BYTES]),
         },
         AuthMessage::Response {
@@ -827,6 +832,11 @@ fn auth_messages_travel_through_peer_handshake() {
         AuthMessage::Welcome,
         AuthMessage::Refuse {
             reason: RefuseReason::ALL[0],
+        },
+        AuthMessage::Refuse {
+            reason: RefuseReason::ConflictMode {
+                sender: ConflictMode::Causal,
+            },
         },
     ];
     let limits = Limits::default();
@@ -911,4 +921,29 @@ fn peer_ops_are_classified() {
     ];
     assert!(client_ops.iter().all(|op| !op.is_peer_op()));
     assert!(peer_ops.iter().all(Op::is_peer_op));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Session timestamp contexts: any bytes decode without panicking, as "not a
+    /// session timestamp", a refusal, or a value that re-encodes to the same bytes; every
+    /// timestamp round-trips.
+    #[test]
+    fn session_timestamps_decode_any_bytes(
+        timestamp in any::<u64>(),
+        tail in vec(any::<u8>(), 0..20),
+        magic in any::<bool>(),
+    ) {
+        use ringkv::protocol::session::{SessionTimestamp, MAGIC};
+        let encoded = SessionTimestamp(timestamp).encode();
+        prop_assert_eq!(SessionTimestamp::decode(&encoded), Some(Ok(SessionTimestamp(timestamp))));
+        let mut bytes = if magic { MAGIC.to_vec() } else { Vec::new() };
+        bytes.extend_from_slice(&tail);
+        match SessionTimestamp::decode(&bytes) {
+            None => prop_assert!(!bytes.starts_with(&MAGIC)),
+            Some(Ok(session)) => prop_assert_eq!(session.encode(), bytes),
+            Some(Err(_)) => prop_assert!(bytes.starts_with(&MAGIC)),
+        }
+    }
 }

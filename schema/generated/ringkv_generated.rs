@@ -2007,6 +2007,10 @@ pub enum DoneOffset {}
 
 /// Put / Delete / ReplicaWrite / HintReplay / Auth acknowledged; also a Gossip answer
 /// with nothing to send back.
+/// `timestamp` (0 = absent): in LWW mode, a Put or Delete that carried a session
+/// timestamp context (schema/README.md, "Session timestamps") is answered with the HLC
+/// timestamp of the version it wrote, so the client can make its next write, through any
+/// coordinator, come after this one.
 pub struct Done<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -2020,6 +2024,7 @@ impl<'a> ::flatbuffers::Follow<'a> for Done<'a> {
 }
 
 impl<'a> Done<'a> {
+  pub const VT_TIMESTAMP: ::flatbuffers::VOffsetT = 4;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2028,12 +2033,21 @@ impl<'a> Done<'a> {
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
     _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    _args: &'args DoneArgs
+    args: &'args DoneArgs
   ) -> ::flatbuffers::WIPOffset<Done<'bldr>> {
     let mut builder = DoneBuilder::new(_fbb);
+    builder.add_timestamp(args.timestamp);
     builder.finish()
   }
 
+
+  #[inline]
+  pub fn timestamp(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Done::VT_TIMESTAMP, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Done<'_> {
@@ -2042,16 +2056,19 @@ impl ::flatbuffers::Verifiable for Done<'_> {
     v: &mut ::flatbuffers::Verifier, pos: usize
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
+     .visit_field::<u64>("timestamp", Self::VT_TIMESTAMP, false)?
      .finish();
     Ok(())
   }
 }
 pub struct DoneArgs {
+    pub timestamp: u64,
 }
 impl<'a> Default for DoneArgs {
   #[inline]
   fn default() -> Self {
     DoneArgs {
+      timestamp: 0,
     }
   }
 }
@@ -2061,6 +2078,10 @@ pub struct DoneBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
   start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
 }
 impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DoneBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_timestamp(&mut self, timestamp: u64) {
+    self.fbb_.push_slot::<u64>(Done::VT_TIMESTAMP, timestamp, 0);
+  }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DoneBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
@@ -2079,6 +2100,7 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DoneBuilder<'a, 'b, A> {
 impl ::core::fmt::Debug for Done<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("Done");
+      ds.field("timestamp", &self.timestamp());
       ds.finish()
   }
 }

@@ -2,8 +2,11 @@
 //! its bytes, or a timeout) in, effects out. See the module doc of `auth` for the
 //! message sequence. These machines never read a clock or an RNG and never do I/O.
 
-use super::message::{AuthMessage, RefuseReason, PROTOCOL_VERSION};
-use super::{AuthError, ClusterName, ClusterSecret, NodeId, Nonce, Proof};
+use super::message::{
+    conflict_mode_code, conflict_mode_name, AuthMessage, RefuseReason, PROTOCOL_VERSION,
+};
+use super::{AuthError, ClusterIdentity, ClusterName, ClusterSecret, NodeId, Nonce, Proof};
+use crate::conflict::ConflictMode;
 
 /// What the driver must do, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +29,12 @@ pub enum Failure {
     VersionMismatch { theirs: u16 },
     /// The peer belongs to another cluster.
     ClusterNameMismatch { theirs: ClusterName },
+    /// The peer runs another `conflict_mode` (found by this side's check, or told by the
+    /// peer's refusal, which names the peer's mode).
+    ConflictModeMismatch {
+        ours: ConflictMode,
+        theirs: ConflictMode,
+    },
     /// The peer has our node id: we dialled ourselves.
     SelfConnection,
     /// The peer's nonce equals ours: a reflection or a broken RNG.
@@ -51,6 +60,9 @@ impl Failure {
         match self {
             Failure::VersionMismatch { .. } => RefuseReason::Version,
             Failure::ClusterNameMismatch { .. } => RefuseReason::ClusterName,
+            Failure::ConflictModeMismatch { ours, .. } => {
+                RefuseReason::ConflictMode { sender: *ours }
+            }
             Failure::SelfConnection => RefuseReason::SelfConnection,
             Failure::NonceReuse | Failure::BadProof => RefuseReason::Unauthenticated,
             Failure::Unexpected { .. } | Failure::Malformed(_) => RefuseReason::Protocol,
@@ -71,6 +83,12 @@ impl std::fmt::Display for Failure {
             Failure::ClusterNameMismatch { theirs } => {
                 write!(f, "peer is in cluster {:?}", theirs.as_str())
             }
+            Failure::ConflictModeMismatch { ours, theirs } => write!(
+                f,
+                "peer runs conflict_mode {}, this node {}; refusing (a cluster runs one mode)",
+                conflict_mode_name(*theirs),
+                conflict_mode_name(*ours)
+            ),
             Failure::SelfConnection => f.write_str("connected to ourselves"),
             Failure::NonceReuse => f.write_str("peer echoed our nonce"),
             Failure::BadProof => f.write_str("peer's proof of the cluster secret is wrong"),
@@ -110,6 +128,8 @@ enum Role {
 /// them, so a peer can't choose them.
 struct Transcript<'a> {
     cluster_name: &'a ClusterName,
+    /// Both sides checked that the modes agree, so this is either side's mode.
+    conflict_mode: ConflictMode,
     acceptor_node_id: NodeId,
     initiator_node_id: NodeId,
     initiator_nonce: &'a Nonce,
@@ -118,8 +138,8 @@ struct Transcript<'a> {
 
 fn compute_proof(secret: &ClusterSecret, role: Role, transcript: &Transcript<'_>) -> Proof {
     let label: &[u8] = match role {
-        Role::Acceptor => b"ringkv-auth-v1|acceptor|",
-        Role::Initiator => b"ringkv-auth-v1|initiator|",
+        Role::Acceptor => b"ringkv-auth-v2|acceptor|",
+        Role::Initiator => b"ringkv-auth-v2|initiator|",
     };
     let name = transcript.cluster_name.as_str().as_bytes();
     // ClusterName bounds the length to one byte; the length prefix keeps the
@@ -131,6 +151,7 @@ fn compute_proof(secret: &ClusterSecret, role: Role, transcript: &Transcript<'_>
     hasher.update(&PROTOCOL_VERSION.to_le_bytes());
     hasher.update(&[name_len]);
     hasher.update(name);
+    hasher.update(&[conflict_mode_code(transcript.conflict_mode)]);
     hasher.update(&transcript.acceptor_node_id.to_le_bytes());
     hasher.update(&transcript.initiator_node_id.to_le_bytes());
     hasher.update(transcript.initiator_nonce);
@@ -141,7 +162,7 @@ fn compute_proof(secret: &ClusterSecret, role: Role, transcript: &Transcript<'_>
 /// This node's side of one handshake.
 #[derive(Clone, Debug)]
 struct Local {
-    cluster_name: ClusterName,
+    identity: ClusterIdentity,
     secret: ClusterSecret,
     node_id: NodeId,
     nonce: Nonce,
@@ -178,9 +199,29 @@ impl<Step> Phase<Step> {
     /// Enters `Refused` and says what to do about it: tell the peer (unless it refused
     /// us first) and close.
     fn refuse(&mut self, failure: Failure) -> Vec<Effect> {
+        let tell_peer = !matches!(failure, Failure::PeerRefused(_));
+        self.end(failure, tell_peer)
+    }
+
+    /// The peer refused us: close without answering. A conflict-mode refusal names the
+    /// peer's mode, so the failure names both.
+    fn refused_by_peer(&mut self, reason: RefuseReason, ours: ConflictMode) -> Vec<Effect> {
+        match reason {
+            RefuseReason::ConflictMode { sender } if sender != ours => self.end(
+                Failure::ConflictModeMismatch {
+                    ours,
+                    theirs: sender,
+                },
+                false,
+            ),
+            _ => self.end(Failure::PeerRefused(reason), false),
+        }
+    }
+
+    fn end(&mut self, failure: Failure, tell_peer: bool) -> Vec<Effect> {
         assert!(!self.is_refused(), "a refused handshake refuses only once");
         let mut effects = Vec::with_capacity(2);
-        if !matches!(failure, Failure::PeerRefused(_)) {
+        if tell_peer {
             effects.push(Effect::Send(AuthMessage::Refuse {
                 reason: failure.reason(),
             }));
@@ -210,22 +251,25 @@ pub struct Initiator {
 
 impl Initiator {
     /// Starts a handshake. `nonce` must be fresh (see [`super::fresh_nonce`]). The
-    /// returned effects are `[Send(Hello)]`.
+    /// returned effects are `[Send(Hello)]`. `cluster` is a [`ClusterIdentity`] (a bare
+    /// [`ClusterName`] means conflict mode lww).
     pub fn new(
-        cluster_name: ClusterName,
+        cluster: impl Into<ClusterIdentity>,
         secret: ClusterSecret,
         my_node_id: NodeId,
         nonce: Nonce,
     ) -> (Initiator, Vec<Effect>) {
+        let identity = cluster.into();
         let hello = AuthMessage::Hello {
             version: PROTOCOL_VERSION,
-            cluster_name: cluster_name.clone(),
+            cluster_name: identity.name.clone(),
             node_id: my_node_id,
             nonce,
+            conflict_mode: identity.conflict_mode,
         };
         let initiator = Initiator {
             local: Local {
-                cluster_name,
+                identity,
                 secret,
                 node_id: my_node_id,
                 nonce,
@@ -249,12 +293,19 @@ impl Initiator {
         cluster_name: ClusterName,
         peer_node_id: NodeId,
         peer_nonce: Nonce,
+        conflict_mode: ConflictMode,
         proof: Proof,
     ) -> Vec<Effect> {
         let local = &self.local;
-        if cluster_name != local.cluster_name {
+        if cluster_name != local.identity.name {
             return self.phase.refuse(Failure::ClusterNameMismatch {
                 theirs: cluster_name,
+            });
+        }
+        if conflict_mode != local.identity.conflict_mode {
+            return self.phase.refuse(Failure::ConflictModeMismatch {
+                ours: local.identity.conflict_mode,
+                theirs: conflict_mode,
             });
         }
         if peer_node_id == local.node_id {
@@ -264,7 +315,8 @@ impl Initiator {
             return self.phase.refuse(Failure::NonceReuse);
         }
         let transcript = Transcript {
-            cluster_name: &local.cluster_name,
+            cluster_name: &local.identity.name,
+            conflict_mode: local.identity.conflict_mode,
             acceptor_node_id: peer_node_id,
             initiator_node_id: local.node_id,
             initiator_nonce: &local.nonce,
@@ -297,16 +349,20 @@ impl Handshake for Initiator {
     fn on_message(&mut self, message: AuthMessage) -> Vec<Effect> {
         let effects = match (&self.phase, message) {
             (Phase::Refused(_), _) => Vec::new(),
-            (_, AuthMessage::Refuse { reason }) => self.phase.refuse(Failure::PeerRefused(reason)),
+            (_, AuthMessage::Refuse { reason }) => {
+                let ours = self.local.identity.conflict_mode;
+                self.phase.refused_by_peer(reason, ours)
+            }
             (
                 Phase::Pending(InitiatorStep::AwaitChallenge),
                 AuthMessage::Challenge {
                     cluster_name,
                     node_id,
                     nonce,
+                    conflict_mode,
                     proof,
                 },
-            ) => self.on_challenge(cluster_name, node_id, nonce, proof),
+            ) => self.on_challenge(cluster_name, node_id, nonce, conflict_mode, proof),
             (
                 Phase::Pending(InitiatorStep::AwaitWelcome { peer_node_id }),
                 AuthMessage::Welcome,
@@ -382,16 +438,16 @@ pub struct Acceptor {
 impl Acceptor {
     /// Waits for a handshake. `nonce` must be fresh (see [`super::fresh_nonce`]). The
     /// returned effects are empty; they are returned for symmetry with
-    /// [`Initiator::new`].
+    /// [`Initiator::new`]. `cluster` as for [`Initiator::new`].
     pub fn new(
-        cluster_name: ClusterName,
+        cluster: impl Into<ClusterIdentity>,
         secret: ClusterSecret,
         my_node_id: NodeId,
         nonce: Nonce,
     ) -> (Acceptor, Vec<Effect>) {
         let acceptor = Acceptor {
             local: Local {
-                cluster_name,
+                identity: cluster.into(),
                 secret,
                 node_id: my_node_id,
                 nonce,
@@ -416,6 +472,7 @@ impl Acceptor {
         cluster_name: ClusterName,
         peer_node_id: NodeId,
         peer_nonce: Nonce,
+        conflict_mode: ConflictMode,
     ) -> Vec<Effect> {
         let local = &self.local;
         if version != PROTOCOL_VERSION {
@@ -423,9 +480,15 @@ impl Acceptor {
                 .phase
                 .refuse(Failure::VersionMismatch { theirs: version });
         }
-        if cluster_name != local.cluster_name {
+        if cluster_name != local.identity.name {
             return self.phase.refuse(Failure::ClusterNameMismatch {
                 theirs: cluster_name,
+            });
+        }
+        if conflict_mode != local.identity.conflict_mode {
+            return self.phase.refuse(Failure::ConflictModeMismatch {
+                ours: local.identity.conflict_mode,
+                theirs: conflict_mode,
             });
         }
         if peer_node_id == local.node_id {
@@ -435,16 +498,18 @@ impl Acceptor {
             return self.phase.refuse(Failure::NonceReuse);
         }
         let transcript = Transcript {
-            cluster_name: &local.cluster_name,
+            cluster_name: &local.identity.name,
+            conflict_mode: local.identity.conflict_mode,
             acceptor_node_id: local.node_id,
             initiator_node_id: peer_node_id,
             initiator_nonce: &peer_nonce,
             acceptor_nonce: &local.nonce,
         };
         let challenge = AuthMessage::Challenge {
-            cluster_name: local.cluster_name.clone(),
+            cluster_name: local.identity.name.clone(),
             node_id: local.node_id,
             nonce: local.nonce,
+            conflict_mode: local.identity.conflict_mode,
             proof: compute_proof(&local.secret, Role::Acceptor, &transcript),
         };
         self.phase = Phase::Pending(AcceptorStep::AwaitResponse {
@@ -462,7 +527,8 @@ impl Acceptor {
     ) -> Vec<Effect> {
         let local = &self.local;
         let transcript = Transcript {
-            cluster_name: &local.cluster_name,
+            cluster_name: &local.identity.name,
+            conflict_mode: local.identity.conflict_mode,
             acceptor_node_id: local.node_id,
             initiator_node_id: peer_node_id,
             initiator_nonce: &peer_nonce,
@@ -501,7 +567,10 @@ impl Handshake for Acceptor {
     fn on_message(&mut self, message: AuthMessage) -> Vec<Effect> {
         let effects = match (&self.phase, message) {
             (Phase::Refused(_), _) => Vec::new(),
-            (_, AuthMessage::Refuse { reason }) => self.phase.refuse(Failure::PeerRefused(reason)),
+            (_, AuthMessage::Refuse { reason }) => {
+                let ours = self.local.identity.conflict_mode;
+                self.phase.refused_by_peer(reason, ours)
+            }
             (
                 Phase::Pending(AcceptorStep::AwaitHello),
                 AuthMessage::Hello {
@@ -509,8 +578,9 @@ impl Handshake for Acceptor {
                     cluster_name,
                     node_id,
                     nonce,
+                    conflict_mode,
                 },
-            ) => self.on_hello(version, cluster_name, node_id, nonce),
+            ) => self.on_hello(version, cluster_name, node_id, nonce, conflict_mode),
             (
                 Phase::Pending(AcceptorStep::AwaitResponse {
                     peer_node_id,
@@ -714,6 +784,7 @@ mod tests {
             Role::Initiator,
             &Transcript {
                 cluster_name: &name("prod"),
+                conflict_mode: ConflictMode::Lww,
                 acceptor_node_id: ID_A,
                 initiator_node_id: ID_I,
                 initiator_nonce: &NONCE_I,
@@ -753,6 +824,7 @@ mod tests {
             cluster_name: name("prod"),
             node_id: ID_I,
             nonce: NONCE_I,
+            conflict_mode: ConflictMode::Lww,
         });
         assert_refused_with(&effects, &a, RefuseReason::Version);
     }
@@ -795,6 +867,7 @@ mod tests {
             Role::Acceptor,
             &Transcript {
                 cluster_name: &name("prod"),
+                conflict_mode: ConflictMode::Lww,
                 acceptor_node_id: ID_A,
                 initiator_node_id: ID_A,
                 initiator_nonce: &NONCE_I,
@@ -805,6 +878,7 @@ mod tests {
             cluster_name: name("prod"),
             node_id: ID_A,
             nonce: NONCE_A,
+            conflict_mode: ConflictMode::Lww,
             proof,
         });
         assert_refused_with(&effects, &i, RefuseReason::SelfConnection);
@@ -818,6 +892,7 @@ mod tests {
             Role::Acceptor,
             &Transcript {
                 cluster_name: &name("prod"),
+                conflict_mode: ConflictMode::Lww,
                 acceptor_node_id: ID_A,
                 initiator_node_id: ID_I,
                 initiator_nonce: &NONCE_I,
@@ -828,6 +903,7 @@ mod tests {
             cluster_name: name("prod"),
             node_id: ID_A,
             nonce: NONCE_I,
+            conflict_mode: ConflictMode::Lww,
             proof,
         });
         assert_refused_with(&effects, &i, RefuseReason::Unauthenticated);
@@ -839,6 +915,7 @@ mod tests {
             cluster_name: name("prod"),
             node_id: ID_I,
             nonce: NONCE_A,
+            conflict_mode: ConflictMode::Lww,
         });
         assert_eq!(a.failure(), Some(&Failure::NonceReuse));
         assert_refused_with(&effects, &a, RefuseReason::Unauthenticated);
@@ -919,5 +996,135 @@ mod tests {
         assert!(!text.contains('\n'), "peer text is escaped: {text}");
         assert_eq!(Failure::BadProof.reason(), RefuseReason::Unauthenticated);
         assert_eq!(Failure::NonceReuse.reason(), RefuseReason::Unauthenticated);
+    }
+
+    fn identity(mode: ConflictMode) -> ClusterIdentity {
+        ClusterIdentity::new(name("prod"), mode)
+    }
+
+    #[test]
+    fn conflict_mode_mismatch_refused_by_both_sides_naming_both_modes() {
+        let mismatch_lww_side = Failure::ConflictModeMismatch {
+            ours: ConflictMode::Lww,
+            theirs: ConflictMode::Causal,
+        };
+        // The acceptor finds it in the Hello and says its own mode.
+        let (mut i, effects) =
+            Initiator::new(identity(ConflictMode::Causal), secret("k"), ID_I, NONCE_I);
+        let hello = only_send(&effects);
+        let (mut a, _) = Acceptor::new(identity(ConflictMode::Lww), secret("k"), ID_A, NONCE_A);
+        let effects = a.on_message(hello);
+        let reason = RefuseReason::ConflictMode {
+            sender: ConflictMode::Lww,
+        };
+        assert_refused_with(&effects, &a, reason);
+        assert_eq!(a.failure(), Some(&mismatch_lww_side));
+        // The initiator, told so, names both modes too and closes without answering.
+        let effects = i.on_message(sent(&effects)[0].clone());
+        let mismatch_causal_side = Failure::ConflictModeMismatch {
+            ours: ConflictMode::Causal,
+            theirs: ConflictMode::Lww,
+        };
+        assert_eq!(
+            effects,
+            [Effect::Close {
+                failure: mismatch_causal_side.clone()
+            }]
+        );
+        assert!(i.is_refused() && !i.is_authenticated());
+        assert_eq!(
+            mismatch_causal_side.to_string(),
+            "peer runs conflict_mode lww, this node causal; refusing (a cluster runs one mode)"
+        );
+
+        // An initiator meeting a Challenge of the other mode refuses it itself, even
+        // with a valid proof over the acceptor's transcript.
+        let (mut i, _) = Initiator::new(identity(ConflictMode::Lww), secret("k"), ID_I, NONCE_I);
+        let proof = compute_proof(
+            &secret("k"),
+            Role::Acceptor,
+            &Transcript {
+                cluster_name: &name("prod"),
+                conflict_mode: ConflictMode::Causal,
+                acceptor_node_id: ID_A,
+                initiator_node_id: ID_I,
+                initiator_nonce: &NONCE_I,
+                acceptor_nonce: &NONCE_A,
+            },
+        );
+        let effects = i.on_message(AuthMessage::Challenge {
+            cluster_name: name("prod"),
+            node_id: ID_A,
+            nonce: NONCE_A,
+            conflict_mode: ConflictMode::Causal,
+            proof,
+        });
+        assert_refused_with(
+            &effects,
+            &i,
+            RefuseReason::ConflictMode {
+                sender: ConflictMode::Lww,
+            },
+        );
+        assert_eq!(i.failure(), Some(&mismatch_lww_side));
+    }
+
+    #[test]
+    fn a_mode_rewritten_in_transit_fails_the_proof() {
+        // A causal initiator's Hello rewritten to say lww gets past the lww acceptor's
+        // mode check, but the acceptor's proof covers lww and the initiator checks it
+        // against causal.
+        let (mut i, effects) =
+            Initiator::new(identity(ConflictMode::Causal), secret("k"), ID_I, NONCE_I);
+        let AuthMessage::Hello {
+            version,
+            cluster_name,
+            node_id,
+            nonce,
+            ..
+        } = only_send(&effects)
+        else {
+            panic!("expected a hello")
+        };
+        let (mut a, _) = Acceptor::new(identity(ConflictMode::Lww), secret("k"), ID_A, NONCE_A);
+        let challenge = only_send(&a.on_message(AuthMessage::Hello {
+            version,
+            cluster_name,
+            node_id,
+            nonce,
+            conflict_mode: ConflictMode::Lww,
+        }));
+        let AuthMessage::Challenge {
+            cluster_name,
+            node_id,
+            nonce,
+            proof,
+            ..
+        } = challenge
+        else {
+            panic!("expected a challenge")
+        };
+        let effects = i.on_message(AuthMessage::Challenge {
+            cluster_name,
+            node_id,
+            nonce,
+            conflict_mode: ConflictMode::Causal,
+            proof,
+        });
+        assert_refused_with(&effects, &i, RefuseReason::Unauthenticated);
+        assert_eq!(i.failure(), Some(&Failure::BadProof));
+    }
+
+    #[test]
+    fn same_mode_authenticates_in_both_modes() {
+        for mode in [ConflictMode::Lww, ConflictMode::Causal] {
+            let (mut i, effects) = Initiator::new(identity(mode), secret("k"), ID_I, NONCE_I);
+            let (mut a, _) = Acceptor::new(identity(mode), secret("k"), ID_A, NONCE_A);
+            let challenge = only_send(&a.on_message(only_send(&effects)));
+            let response = only_send(&i.on_message(challenge));
+            let welcome = sent(&a.on_message(response)).remove(0);
+            i.on_message(welcome);
+            assert!(i.is_authenticated() && a.is_authenticated(), "{mode:?}");
+        }
     }
 }

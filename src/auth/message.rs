@@ -4,17 +4,20 @@
 //! than [`MESSAGE_BYTES_MAX`].
 
 use super::{AuthError, ClusterName, NodeId, Nonce, Proof, CLUSTER_NAME_BYTES_MAX, NONCE_BYTES};
+use crate::conflict::ConflictMode;
 
 /// The four bytes every handshake message starts with ("RingKv AUth").
 pub const MAGIC: [u8; 4] = *b"RKAU";
 
 /// Version of the byte layout below. A decoder refuses any other value, so a future
-/// layout can be introduced without being misread.
-pub const FORMAT_VERSION: u8 = 1;
+/// layout can be introduced without being misread. Version 2 added the conflict mode to
+/// `Hello`, `Challenge` and the conflict-mode `Refuse`; version 1 messages are refused.
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Version of the handshake protocol carried in `Hello` and bound into both proofs, so
-/// a peer cannot be talked down to an older protocol by rewriting the field.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// a peer cannot be talked down to an older protocol by rewriting the field. Version 2
+/// binds the conflict mode into the proofs.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Bytes before the body: magic, format version, kind.
 pub const HEADER_BYTES: usize = MAGIC.len() + 2;
@@ -22,7 +25,7 @@ pub const HEADER_BYTES: usize = MAGIC.len() + 2;
 /// Length of the largest message (a `Challenge` with the longest cluster name). Any
 /// input longer than this is refused before it is looked at.
 pub const MESSAGE_BYTES_MAX: usize =
-    HEADER_BYTES + 1 + CLUSTER_NAME_BYTES_MAX + 8 + NONCE_BYTES + super::PROOF_BYTES;
+    HEADER_BYTES + 1 + CLUSTER_NAME_BYTES_MAX + 8 + NONCE_BYTES + 1 + super::PROOF_BYTES;
 
 const KIND_HELLO: u8 = 1;
 const KIND_CHALLENGE: u8 = 2;
@@ -30,12 +33,36 @@ const KIND_RESPONSE: u8 = 3;
 const KIND_WELCOME: u8 = 4;
 const KIND_REFUSE: u8 = 5;
 
+/// Wire code of a conflict mode (one byte): stable numbers, unknown codes fail to decode.
+pub fn conflict_mode_code(mode: ConflictMode) -> u8 {
+    match mode {
+        ConflictMode::Lww => 1,
+        ConflictMode::Causal => 2,
+    }
+}
+
+fn conflict_mode_from_code(code: u8) -> Result<ConflictMode, AuthError> {
+    match code {
+        1 => Ok(ConflictMode::Lww),
+        2 => Ok(ConflictMode::Causal),
+        other => Err(AuthError::UnknownConflictMode(other)),
+    }
+}
+
+/// The config spelling of a conflict mode, for logs.
+pub fn conflict_mode_name(mode: ConflictMode) -> &'static str {
+    match mode {
+        ConflictMode::Lww => "lww",
+        ConflictMode::Causal => "causal",
+    }
+}
+
 /// Why a handshake was refused, as told to the peer. Deliberately coarse: a bad proof is
 /// `Unauthenticated` whichever side or field caused it, so a prober learns nothing about
 /// which check failed. The precise cause stays local in [`super::Failure`].
 ///
 /// Wire codes are stable numbers (one byte); unknown codes fail to decode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefuseReason {
     /// Handshake protocol version not spoken here. Code 1.
     Version,
@@ -51,17 +78,29 @@ pub enum RefuseReason {
     SelfConnection,
     /// The handshake did not finish in time. Code 6.
     Timeout,
+    /// The peer runs another `conflict_mode`; `sender` is the refusing node's own mode,
+    /// so the refused side can name both in its log. Code 7, followed on the wire by the
+    /// sender's mode code. A cluster runs one mode: nodes of two modes would merge one
+    /// key's versions by different rules.
+    ConflictMode { sender: ConflictMode },
 }
 
 impl RefuseReason {
-    /// All reasons, in code order (for tests and metrics tables).
-    pub const ALL: [RefuseReason; 6] = [
+    /// Every reason value, in code order (the conflict-mode reason once per mode), for
+    /// tests.
+    pub const ALL: [RefuseReason; 8] = [
         RefuseReason::Version,
         RefuseReason::ClusterName,
         RefuseReason::Unauthenticated,
         RefuseReason::Protocol,
         RefuseReason::SelfConnection,
         RefuseReason::Timeout,
+        RefuseReason::ConflictMode {
+            sender: ConflictMode::Lww,
+        },
+        RefuseReason::ConflictMode {
+            sender: ConflictMode::Causal,
+        },
     ];
 
     pub fn code(self) -> u8 {
@@ -72,11 +111,17 @@ impl RefuseReason {
             RefuseReason::Protocol => 4,
             RefuseReason::SelfConnection => 5,
             RefuseReason::Timeout => 6,
+            RefuseReason::ConflictMode { .. } => 7,
         }
     }
 
+    /// The reason with this code, for the codes that carry nothing more (not 7, whose
+    /// mode byte follows on the wire).
     pub fn from_code(code: u8) -> Option<RefuseReason> {
-        RefuseReason::ALL.into_iter().find(|r| r.code() == code)
+        RefuseReason::ALL
+            .into_iter()
+            .filter(|r| !matches!(r, RefuseReason::ConflictMode { .. }))
+            .find(|r| r.code() == code)
     }
 
     /// Short name for logs and metric labels.
@@ -88,6 +133,17 @@ impl RefuseReason {
             RefuseReason::Protocol => "protocol",
             RefuseReason::SelfConnection => "self_connection",
             RefuseReason::Timeout => "timeout",
+            RefuseReason::ConflictMode { .. } => "conflict_mode",
+        }
+    }
+}
+
+// By hand: `ConflictMode` is not `Hash`; the wire bytes identify a reason.
+impl std::hash::Hash for RefuseReason {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.code().hash(state);
+        if let RefuseReason::ConflictMode { sender } = self {
+            conflict_mode_code(*sender).hash(state);
         }
     }
 }
@@ -111,32 +167,39 @@ impl std::fmt::Display for RefuseReason {
 /// 6       ..    body, by kind:
 ///
 /// Hello      u16 protocol_version | u8 name_len (1..=255) | name (UTF-8)
-///            | u64 node_id | 32 nonce_i
-/// Challenge  u8 name_len (1..=255) | name (UTF-8) | u64 node_id | 32 nonce_a | 32 proof_a
+///            | u64 node_id | 32 nonce_i | u8 conflict_mode
+/// Challenge  u8 name_len (1..=255) | name (UTF-8) | u64 node_id | 32 nonce_a
+///            | u8 conflict_mode | 32 proof_a
 /// Response   32 proof_i
 /// Welcome    (empty)
 /// Refuse     u8 reason code (see RefuseReason)
+///            | u8 conflict_mode (only after reason code 7: the sender's mode)
+///
+/// conflict_mode: 1 lww, 2 causal (see conflict_mode_code)
 /// ```
 ///
 /// A message is broken, and refused by [`AuthMessage::decode`], when it is longer than
-/// [`MESSAGE_BYTES_MAX`], has the wrong magic, an unknown format version, kind or reason
-/// code, a cluster name that is empty or not UTF-8, is cut short, or has bytes after
+/// [`MESSAGE_BYTES_MAX`], has the wrong magic, an unknown format version, kind, reason
+/// code or conflict mode code, a cluster name that is empty or not UTF-8, is cut short, or has bytes after
 /// its last field. There is no checksum: the proofs are MACs over everything that
 /// matters, and the transport below checksums the bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AuthMessage {
-    /// Initiator → acceptor: who I am and my fresh nonce.
+    /// Initiator → acceptor: who I am, the conflict mode I run, and my fresh nonce.
     Hello {
         version: u16,
         cluster_name: ClusterName,
         node_id: NodeId,
         nonce: Nonce,
+        conflict_mode: ConflictMode,
     },
-    /// Acceptor → initiator: who I am, my fresh nonce, and proof that I hold the secret.
+    /// Acceptor → initiator: who I am, the conflict mode I run, my fresh nonce, and
+    /// proof that I hold the secret.
     Challenge {
         cluster_name: ClusterName,
         node_id: NodeId,
         nonce: Nonce,
+        conflict_mode: ConflictMode,
         proof: Proof,
     },
     /// Initiator → acceptor: proof that I hold the secret.
@@ -180,26 +243,35 @@ impl AuthMessage {
                 cluster_name,
                 node_id,
                 nonce,
+                conflict_mode,
             } => {
                 out.extend_from_slice(&version.to_le_bytes());
                 put_name(&mut out, cluster_name);
                 out.extend_from_slice(&node_id.to_le_bytes());
                 out.extend_from_slice(nonce);
+                out.push(conflict_mode_code(*conflict_mode));
             }
             AuthMessage::Challenge {
                 cluster_name,
                 node_id,
                 nonce,
+                conflict_mode,
                 proof,
             } => {
                 put_name(&mut out, cluster_name);
                 out.extend_from_slice(&node_id.to_le_bytes());
                 out.extend_from_slice(nonce);
+                out.push(conflict_mode_code(*conflict_mode));
                 out.extend_from_slice(proof.as_bytes());
             }
             AuthMessage::Response { proof } => out.extend_from_slice(proof.as_bytes()),
             AuthMessage::Welcome => {}
-            AuthMessage::Refuse { reason } => out.push(reason.code()),
+            AuthMessage::Refuse { reason } => {
+                out.push(reason.code());
+                if let RefuseReason::ConflictMode { sender } = reason {
+                    out.push(conflict_mode_code(*sender));
+                }
+            }
         }
         assert!(
             out.len() <= MESSAGE_BYTES_MAX,
@@ -228,11 +300,13 @@ impl AuthMessage {
                 cluster_name: reader.name()?,
                 node_id: reader.u64()?,
                 nonce: reader.array()?,
+                conflict_mode: conflict_mode_from_code(reader.u8()?)?,
             },
             KIND_CHALLENGE => AuthMessage::Challenge {
                 cluster_name: reader.name()?,
                 node_id: reader.u64()?,
                 nonce: reader.array()?,
+                conflict_mode: conflict_mode_from_code(reader.u8()?)?,
                 proof: Proof::from_bytes(reader.array()?),
             },
             KIND_RESPONSE => AuthMessage::Response {
@@ -241,8 +315,18 @@ impl AuthMessage {
             KIND_WELCOME => AuthMessage::Welcome,
             KIND_REFUSE => {
                 let code = reader.u8()?;
-                let reason =
-                    RefuseReason::from_code(code).ok_or(AuthError::UnknownRefuseReason(code))?;
+                let reason = if code
+                    == (RefuseReason::ConflictMode {
+                        sender: ConflictMode::Lww,
+                    })
+                    .code()
+                {
+                    RefuseReason::ConflictMode {
+                        sender: conflict_mode_from_code(reader.u8()?)?,
+                    }
+                } else {
+                    RefuseReason::from_code(code).ok_or(AuthError::UnknownRefuseReason(code))?
+                };
                 AuthMessage::Refuse { reason }
             }
             other => return Err(AuthError::UnknownKind(other)),
@@ -322,11 +406,13 @@ mod tests {
                 cluster_name: name("prod"),
                 node_id: 7,
                 nonce: [1; 32],
+                conflict_mode: ConflictMode::Lww,
             },
             AuthMessage::Challenge {
                 cluster_name: name(&"x".repeat(CLUSTER_NAME_BYTES_MAX)),
                 node_id: u64::MAX,
                 nonce: [2; 32],
+                conflict_mode: ConflictMode::Causal,
                 proof: Proof::from_bytes([3; 32]),
             },
             AuthMessage::Response {
@@ -360,27 +446,38 @@ mod tests {
     #[test]
     fn golden_hello_layout() {
         let bytes = AuthMessage::Hello {
-            version: 1,
+            version: 2,
             cluster_name: name("ab"),
             node_id: 0x0102,
             nonce: [0xEE; 32],
+            conflict_mode: ConflictMode::Causal,
         }
         .encode();
-        let mut expected = vec![b'R', b'K', b'A', b'U', 1, 1, 1, 0, 2, b'a', b'b'];
+        let mut expected = vec![b'R', b'K', b'A', b'U', 2, 1, 2, 0, 2, b'a', b'b'];
         expected.extend_from_slice(&[0x02, 0x01, 0, 0, 0, 0, 0, 0]);
         expected.extend_from_slice(&[0xEE; 32]);
+        expected.push(2);
         assert_eq!(bytes, expected);
     }
 
     #[test]
     fn golden_small_layouts() {
-        assert_eq!(AuthMessage::Welcome.encode(), b"RKAU\x01\x04".to_vec());
+        assert_eq!(AuthMessage::Welcome.encode(), b"RKAU\x02\x04".to_vec());
         assert_eq!(
             AuthMessage::Refuse {
                 reason: RefuseReason::SelfConnection
             }
             .encode(),
-            b"RKAU\x01\x05\x05".to_vec()
+            b"RKAU\x02\x05\x05".to_vec()
+        );
+        assert_eq!(
+            AuthMessage::Refuse {
+                reason: RefuseReason::ConflictMode {
+                    sender: ConflictMode::Lww
+                }
+            }
+            .encode(),
+            b"RKAU\x02\x05\x07\x01".to_vec()
         );
     }
 
@@ -392,10 +489,27 @@ mod tests {
         bad_magic[0] = b'X';
         assert_eq!(AuthMessage::decode(&bad_magic), Err(AuthError::BadMagic));
         let mut future = hello.clone();
-        future[4] = 2;
+        future[4] = 3;
         assert_eq!(
             AuthMessage::decode(&future),
-            Err(AuthError::UnsupportedFormatVersion(2))
+            Err(AuthError::UnsupportedFormatVersion(3))
+        );
+        let mut old = hello.clone();
+        old[4] = 1;
+        assert_eq!(
+            AuthMessage::decode(&old),
+            Err(AuthError::UnsupportedFormatVersion(1))
+        );
+        let mut mode = hello.clone();
+        *mode.last_mut().unwrap() = 9;
+        assert_eq!(
+            AuthMessage::decode(&mode),
+            Err(AuthError::UnknownConflictMode(9))
+        );
+        assert_eq!(
+            AuthMessage::decode(b"RKAU\x02\x05\x07"),
+            Err(AuthError::Truncated),
+            "a conflict-mode refusal without its mode byte"
         );
         let mut kind = hello.clone();
         kind[5] = 9;
@@ -423,7 +537,7 @@ mod tests {
             Err(AuthError::ClusterNameNotUtf8)
         );
         assert_eq!(
-            AuthMessage::decode(b"RKAU\x01\x05\x00"),
+            AuthMessage::decode(b"RKAU\x02\x05\x00"),
             Err(AuthError::UnknownRefuseReason(0))
         );
         let huge = vec![0u8; MESSAGE_BYTES_MAX + 1];

@@ -18,20 +18,21 @@
 //! ```text
 //!   Initiator                                              Acceptor
 //!   AwaitChallenge                                         AwaitHello
-//!       |-- Hello { version, cluster_name, id_i, n_i } ------->|
+//!       |-- Hello { version, cluster_name, id_i, n_i, mode } ->|
 //!       |                                                     | checks version, name,
-//!       |                                                     | id_i != id_a, n_i != n_a
-//!       |<-- Challenge { cluster_name, id_a, n_a, proof_a } --| AwaitResponse
-//!   checks name, id_a != id_i, n_a != n_i,                    |
-//!   proof_a (constant time)                                   |
+//!       |                                                     | mode, id_i != id_a,
+//!       |                                                     | n_i != n_a
+//!       |<- Challenge { cluster_name, id_a, n_a, mode, proof_a }| AwaitResponse
+//!   checks name, mode, id_a != id_i,                          |
+//!   n_a != n_i, proof_a (constant time)                       |
 //!   AwaitWelcome                                              |
 //!       |-- Response { proof_i } ---------------------------->|
 //!       |                                                     | checks proof_i
 //!       |<-- Welcome -----------------------------------------| Authenticated
 //!   Authenticated                                             |
 //!
-//!   proof_r = BLAKE3-keyed(K, "ringkv-auth-v1|" ‖ r ‖ "|" ‖ version ‖ name_len ‖ name
-//!                             ‖ id_a ‖ id_i ‖ n_i ‖ n_a)      r ∈ {acceptor, initiator}
+//!   proof_r = BLAKE3-keyed(K, "ringkv-auth-v2|" ‖ r ‖ "|" ‖ version ‖ name_len ‖ name
+//!                             ‖ mode ‖ id_a ‖ id_i ‖ n_i ‖ n_a)   r ∈ {acceptor, initiator}
 //!   K       = BLAKE3-derive-key("ringkv peer-auth cluster secret v1", cluster_secret)
 //! ```
 //!
@@ -39,6 +40,10 @@
 //! Response captured from an earlier session is useless against a fresh `n_a` (replay);
 //! the role label differs, so sending an acceptor's own proof back as a Response fails
 //! (reflection); the version is inside the proofs, so it cannot be rewritten (downgrade).
+//! The conflict mode (`mode`: lww or causal) is checked by both sides, and each proof
+//! covers the verifier's own mode, so a mode rewritten in transit fails the proof. A
+//! node refusing a peer of another mode says its own mode in the `Refuse`, so both
+//! sides log both modes ([`Failure::ConflictModeMismatch`]).
 //! Any failed check, any message not expected in the current state (a duplicate Hello,
 //! a Welcome before the Response, anything after authentication), or bytes that do not
 //! decode, end the handshake for good in `Refused`: the machine emits
@@ -62,9 +67,11 @@ mod message;
 pub use client::{token_matches, ClientAuthState, ClientAuthToken, Refusal};
 pub use handshake::{Acceptor, Effect, Failure, Handshake, Initiator};
 pub use message::{
-    AuthMessage, RefuseReason, FORMAT_VERSION, HEADER_BYTES, MAGIC, MESSAGE_BYTES_MAX,
-    PROTOCOL_VERSION,
+    conflict_mode_code, conflict_mode_name, AuthMessage, RefuseReason, FORMAT_VERSION,
+    HEADER_BYTES, MAGIC, MESSAGE_BYTES_MAX, PROTOCOL_VERSION,
 };
+
+use crate::conflict::ConflictMode;
 
 /// A node's identity (the same number as `NodeInfo::node_id`).
 pub type NodeId = u64;
@@ -106,6 +113,8 @@ pub enum AuthError {
     UnknownKind(u8),
     #[error("unknown refuse reason code {0}")]
     UnknownRefuseReason(u8),
+    #[error("unknown conflict mode code {0}")]
+    UnknownConflictMode(u8),
     #[error("{len_bytes} bytes after the end of the handshake message")]
     TrailingBytes { len_bytes: usize },
     #[error("cluster name is empty")]
@@ -148,6 +157,44 @@ impl ClusterName {
 impl std::fmt::Display for ClusterName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// What a peer must share with this node before the handshake lets it in, besides the
+/// secret: the cluster name, and the `conflict_mode` (a cluster runs one mode; a node of
+/// the other mode would merge the same keys by another rule, so it is refused with
+/// [`RefuseReason::ConflictMode`] and never enters the ring).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterIdentity {
+    pub name: ClusterName,
+    pub conflict_mode: ConflictMode,
+}
+
+impl ClusterIdentity {
+    pub fn new(name: ClusterName, conflict_mode: ConflictMode) -> ClusterIdentity {
+        ClusterIdentity {
+            name,
+            conflict_mode,
+        }
+    }
+}
+
+/// A bare cluster name stands for a node of the default conflict mode (`lww`, the
+/// config default), so code that only knows the name keeps working.
+impl From<ClusterName> for ClusterIdentity {
+    fn from(name: ClusterName) -> ClusterIdentity {
+        ClusterIdentity::new(name, ConflictMode::Lww)
+    }
+}
+
+impl std::fmt::Display for ClusterIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (conflict_mode {})",
+            self.name,
+            conflict_mode_name(self.conflict_mode)
+        )
     }
 }
 

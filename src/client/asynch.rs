@@ -1,12 +1,14 @@
 //! Async client on glommio, for the load generator: one [`AsyncConnection`] carries
 //! many requests in flight; a reader task matches responses to waiters by request id.
-//! Single-threaded (`Rc`): use one connection per executor.
+//! Single-threaded (`Rc`): use one connection per executor. [`AsyncConnection::put`],
+//! `delete` and `get` keep the connection's session timestamp (see the module doc of
+//! `client`); [`AsyncConnection::call`] sends ops as given.
 
-use super::ClientError;
+use super::{context_timestamp, write_ack, write_context, ClientError, GetResult};
 use crate::protocol::codec::{decode_response, Encoder};
 use crate::protocol::frame::next_frame;
 use crate::protocol::read_buffer::ReadBuffer;
-use crate::protocol::types::{Op, Reply, Request};
+use crate::protocol::types::{Consistency, Op, Reply, Request};
 use ahash::AHashMap;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalSender};
@@ -46,6 +48,8 @@ impl Shared {
 pub struct AsyncConnection {
     shared: Rc<Shared>,
     next_id: Cell<u64>,
+    /// The highest HLC timestamp seen in a write ack or read reply (0 = none yet).
+    session_timestamp: Cell<u64>,
     _reader: glommio::task::JoinHandle<()>,
     _writer: glommio::task::JoinHandle<()>,
 }
@@ -136,6 +140,7 @@ impl AsyncConnection {
         Ok(AsyncConnection {
             shared,
             next_id: Cell::new(1),
+            session_timestamp: Cell::new(0),
             _reader: reader_task,
             _writer: writer_task,
         })
@@ -170,5 +175,81 @@ impl AsyncConnection {
             Some(result) => result,
             None => Err(ClientError::Protocol("reply channel closed".into())),
         }
+    }
+
+    /// The highest HLC timestamp this connection has seen (0 = none); see
+    /// `blocking::Client::session_timestamp`.
+    pub fn session_timestamp(&self) -> u64 {
+        self.session_timestamp.get()
+    }
+
+    /// Raise the session timestamp to `timestamp` (never lowers it).
+    pub fn observe_timestamp(&self, timestamp: u64) {
+        self.session_timestamp
+            .set(self.session_timestamp.get().max(timestamp));
+    }
+
+    /// Read `key`; an LWW reply's timestamp raises the session timestamp.
+    pub async fn get(
+        &self,
+        key: &[u8],
+        consistency: Option<Consistency>,
+    ) -> Result<GetResult, ClientError> {
+        let op = Op::Get {
+            key: key.to_vec(),
+            consistency,
+        };
+        match self.call(op).await? {
+            Reply::Value { values, context } => {
+                if let Some(timestamp) = context_timestamp(context.as_deref()) {
+                    self.observe_timestamp(timestamp);
+                }
+                Ok(GetResult { values, context })
+            }
+            Reply::Error(e) => Err(ClientError::Server(e)),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected reply to Get: {other:?}"
+            ))),
+        }
+    }
+
+    /// Store `value` under `key`; without a `context`, the write carries the session
+    /// timestamp, and an LWW ack raises it.
+    pub async fn put(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        consistency: Option<Consistency>,
+        context: Option<Vec<u8>>,
+    ) -> Result<(), ClientError> {
+        let op = Op::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            consistency,
+            context: Some(write_context(context, self.session_timestamp())),
+        };
+        self.on_write_reply(self.call(op).await?)
+    }
+
+    /// Delete `key`; the context as for [`AsyncConnection::put`].
+    pub async fn delete(
+        &self,
+        key: &[u8],
+        consistency: Option<Consistency>,
+        context: Option<Vec<u8>>,
+    ) -> Result<(), ClientError> {
+        let op = Op::Delete {
+            key: key.to_vec(),
+            consistency,
+            context: Some(write_context(context, self.session_timestamp())),
+        };
+        self.on_write_reply(self.call(op).await?)
+    }
+
+    fn on_write_reply(&self, reply: Reply) -> Result<(), ClientError> {
+        if let Some(timestamp) = write_ack(reply)? {
+            self.observe_timestamp(timestamp);
+        }
+        Ok(())
     }
 }

@@ -1,7 +1,10 @@
 //! Blocking client over std sockets: for the CLI and tests. One [`Connection`] is a
-//! pipelined frame stream; [`Client`] routes each keyed request to its shard's port.
+//! pipelined frame stream; [`Client`] routes each keyed request to its shard's port and
+//! keeps the session timestamp (see the module doc of `client`).
 
-use super::{route, shard_address, ClientError, GetResult};
+use super::{
+    context_timestamp, route, shard_address, write_ack, write_context, ClientError, GetResult,
+};
 use crate::protocol::codec::{decode_response, Encoder};
 use crate::protocol::frame::next_frame;
 use crate::protocol::read_buffer::ReadBuffer;
@@ -134,6 +137,11 @@ pub struct Client {
     token: Option<Vec<u8>>,
     topology: Option<Topology>,
     connections: HashMap<SocketAddr, Connection>,
+    /// The highest HLC timestamp seen in a write ack or read reply (0 = none yet).
+    session_timestamp: u64,
+    /// Send every keyed request to the seed node (it coordinates), not to the key's
+    /// first replica.
+    pinned_to_seed: bool,
 }
 
 impl Client {
@@ -163,6 +171,8 @@ impl Client {
             token,
             topology: None,
             connections: HashMap::new(),
+            session_timestamp: 0,
+            pinned_to_seed: false,
         };
         client.refresh_topology()?;
         Ok(client)
@@ -204,13 +214,40 @@ impl Client {
         self.topology.as_ref()
     }
 
-    /// The address a request for `key` goes to (owning shard of a replica, else seed).
+    /// The address a request for `key` goes to (owning shard of a replica, else seed;
+    /// the owning shard on the seed node when pinned).
     pub fn address_for(&self, key: &[u8]) -> SocketAddr {
         self.topology
             .as_ref()
-            .and_then(|t| route(t, key))
+            .and_then(|t| {
+                if self.pinned_to_seed {
+                    // A node lists itself first in its topology.
+                    t.nodes.first()
+                } else {
+                    route(t, key)
+                }
+            })
             .and_then(|node| shard_address(node, key))
             .unwrap_or(self.seed)
+    }
+
+    /// With `pinned`, every keyed request goes to the node this client connected to
+    /// (its owning shard), which then coordinates it, instead of to the key's first
+    /// replica. For programs that want one client per coordinator (and tests).
+    pub fn pin_to_seed(&mut self, pinned: bool) {
+        self.pinned_to_seed = pinned;
+    }
+
+    /// The highest HLC timestamp this client has seen (0 = none): the context its next
+    /// put or delete without a context of its own carries. Hand it to another client's
+    /// [`Client::observe_timestamp`] to order that client's writes after this one's.
+    pub fn session_timestamp(&self) -> u64 {
+        self.session_timestamp
+    }
+
+    /// Raise the session timestamp to `timestamp` (never lowers it).
+    pub fn observe_timestamp(&mut self, timestamp: u64) {
+        self.session_timestamp = self.session_timestamp.max(timestamp);
     }
 
     /// Send one keyed request to the owning shard. On a connection error, the cached
@@ -236,7 +273,12 @@ impl Client {
                 consistency,
             },
         )? {
-            Reply::Value { values, context } => Ok(GetResult { values, context }),
+            Reply::Value { values, context } => {
+                if let Some(timestamp) = context_timestamp(context.as_deref()) {
+                    self.observe_timestamp(timestamp);
+                }
+                Ok(GetResult { values, context })
+            }
             Reply::Error(e) => Err(ClientError::Server(e)),
             other => Err(ClientError::Protocol(format!(
                 "unexpected reply to Get: {other:?}"
@@ -244,6 +286,8 @@ impl Client {
         }
     }
 
+    /// Store `value` under `key`. Without a `context`, the write carries the session
+    /// timestamp; in LWW mode the ack's timestamp then raises it.
     pub fn put(
         &mut self,
         key: &[u8],
@@ -255,25 +299,33 @@ impl Client {
             key: key.to_vec(),
             value: value.to_vec(),
             consistency,
-            context,
+            context: Some(write_context(context, self.session_timestamp)),
         };
-        expect_done(self.call_keyed(key, op)?)
+        let reply = self.call_keyed(key, op)?;
+        self.on_write_reply(reply)
     }
 
+    /// Delete `key` (a tombstone); the context as for [`Client::put`].
     pub fn delete(
         &mut self,
         key: &[u8],
         consistency: Option<Consistency>,
         context: Option<Vec<u8>>,
     ) -> Result<(), ClientError> {
-        expect_done(self.call_keyed(
-            key,
-            Op::Delete {
-                key: key.to_vec(),
-                consistency,
-                context,
-            },
-        )?)
+        let op = Op::Delete {
+            key: key.to_vec(),
+            consistency,
+            context: Some(write_context(context, self.session_timestamp)),
+        };
+        let reply = self.call_keyed(key, op)?;
+        self.on_write_reply(reply)
+    }
+
+    fn on_write_reply(&mut self, reply: Reply) -> Result<(), ClientError> {
+        if let Some(timestamp) = write_ack(reply)? {
+            self.observe_timestamp(timestamp);
+        }
+        Ok(())
     }
 
     pub fn ping(&mut self) -> Result<(), ClientError> {

@@ -3,12 +3,22 @@
 //! pipelined (many requests in flight per connection, matched by `request_id`) and
 //! shard-aware: they ask a node for its [`Topology`] and send each request straight to
 //! the port of the shard that owns the key.
+//!
+//! Session timestamps (LWW mode, [`crate::protocol::session`]): a [`blocking::Client`]
+//! (and an [`asynch::AsyncConnection`]) keeps the highest HLC timestamp it has seen in
+//! write acks and read replies, and sends it as the context of every put and delete
+//! that has no context of its own. A coordinator stamps such a write after it, so a
+//! write acknowledged before the next one starts always loses to it, whichever nodes
+//! coordinate them and however their clocks are skewed (within `max_clock_skew_ms`).
+//! Several clients of one program share the guarantee by passing
+//! `session_timestamp()` to each other's `observe_timestamp()`.
 
 pub mod asynch;
 pub mod blocking;
 
+use crate::protocol::session::SessionTimestamp;
 use crate::protocol::token::{shard_of, token_of};
-use crate::protocol::types::{ErrorReply, NodeInfo, Topology};
+use crate::protocol::types::{ErrorReply, NodeInfo, Reply, Topology};
 use std::net::SocketAddr;
 
 /// What went wrong with a request, from the caller's side.
@@ -91,4 +101,32 @@ pub fn route<'a>(topology: &'a Topology, key: &[u8]) -> Option<&'a NodeInfo> {
         }
     }
     topology.nodes.iter().find(|n| n.up)
+}
+
+/// The context a put or delete carries: the caller's own (a causal context, or a session
+/// timestamp it kept), else the session timestamp `session` (0 = none seen yet, which
+/// still asks an LWW server for the written timestamp).
+pub(crate) fn write_context(context: Option<Vec<u8>>, session: u64) -> Vec<u8> {
+    context.unwrap_or_else(|| SessionTimestamp(session).encode())
+}
+
+/// The session timestamp a context carries, if it is one (an LWW read's context).
+pub(crate) fn context_timestamp(context: Option<&[u8]>) -> Option<u64> {
+    match context.and_then(SessionTimestamp::decode) {
+        Some(Ok(SessionTimestamp(timestamp))) => Some(timestamp),
+        _ => None,
+    }
+}
+
+/// The outcome of a put or delete: `Ok(Some(timestamp))` for an LWW ack with the
+/// written version's timestamp, `Ok(None)` for a plain ack (causal mode).
+pub(crate) fn write_ack(reply: Reply) -> Result<Option<u64>, ClientError> {
+    match reply {
+        Reply::Done => Ok(None),
+        Reply::Written { timestamp } => Ok(Some(timestamp)),
+        Reply::Error(e) => Err(ClientError::Server(e)),
+        other => Err(ClientError::Protocol(format!(
+            "unexpected reply to a write: {other:?}"
+        ))),
+    }
 }

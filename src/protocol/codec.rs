@@ -327,7 +327,16 @@ impl Encoder {
                 (wire::ResponseBody::Value, table.as_union_value())
             }
             Reply::Done => {
-                let table = wire::Done::create(builder, &wire::DoneArgs {});
+                let table = wire::Done::create(builder, &wire::DoneArgs { timestamp: 0 });
+                (wire::ResponseBody::Done, table.as_union_value())
+            }
+            Reply::Written { timestamp } => {
+                let table = wire::Done::create(
+                    builder,
+                    &wire::DoneArgs {
+                        timestamp: *timestamp,
+                    },
+                );
                 (wire::ResponseBody::Done, table.as_union_value())
             }
             Reply::Pong => {
@@ -667,7 +676,7 @@ fn response_size_hint(reply: &Reply) -> usize {
         Reply::Error(ErrorReply::BadRequest { message } | ErrorReply::Internal { message }) => {
             message.len()
         }
-        Reply::Error(_) | Reply::Done | Reply::Pong => 0,
+        Reply::Error(_) | Reply::Done | Reply::Written { .. } | Reply::Pong => 0,
         Reply::PeerHandshake { message } => message.len(),
         Reply::Gossip(message) => gossip_size_hint(message),
     };
@@ -1102,7 +1111,13 @@ pub fn decode_response(body: &[u8]) -> Result<Response, DecodeError> {
                 context: optional_bytes(value.context()),
             }
         }
-        wire::ResponseBody::Done => Reply::Done,
+        wire::ResponseBody::Done => {
+            // A Done without its table is read as a plain Done, as before the timestamp.
+            match frame.response_as_done().map_or(0, |done| done.timestamp()) {
+                0 => Reply::Done,
+                timestamp => Reply::Written { timestamp },
+            }
+        }
         wire::ResponseBody::Pong => Reply::Pong,
         wire::ResponseBody::TopologyReply => {
             let reply = frame

@@ -143,6 +143,14 @@ pub enum Reply {
     /// Put/Delete/ReplicaWrite/HintReplay/Auth acknowledged; a Gossip answer with
     /// nothing to send back.
     Done,
+    /// Put/Delete acknowledged in LWW mode, answering a request whose context was a
+    /// session timestamp ([`super::session::SessionTimestamp`]): `timestamp` is the HLC
+    /// timestamp (`conflict::Hlc` as `u64`, never 0) of the version written. On the wire
+    /// it is a `Done` whose `timestamp` field is set; a `Done` without it reads back as
+    /// [`Reply::Done`], so clients that never send a session timestamp never see this.
+    Written {
+        timestamp: u64,
+    },
     Pong,
     Topology(Topology),
     /// ReplicaRead result: the encoded `KeyState`, or None.

@@ -1,19 +1,41 @@
 //! Execute one operation on the shard that owns its key: stamp the version, call the
 //! engine (a node alone) or coordinate the replicas ([`super::replication`]), shape the
 //! reply. A single node is its own and only replica and behaves as it always did.
+//!
+//! It also owns the server's wall clock ([`now_ms`]), including the test-only
+//! `clock_offset_ms` that shifts it, and the LWW session timestamps
+//! ([`crate::protocol::session`]): a write's session context is observed before the
+//! write is stamped, and the ack carries the stamp.
 
 use super::replication;
 use super::shard::Shard;
-use crate::conflict::{causal, Actor, CausalContext, CausalState, ConflictMode, KeyState, LwwCell};
+use crate::conflict::{
+    causal, Actor, CausalContext, CausalState, ConflictMode, Hlc, KeyState, LwwCell,
+};
+use crate::protocol::session::SessionTimestamp;
 use crate::protocol::types::{Consistency, ErrorReply, NodeInfo, NodeStatus, Op, Reply, Topology};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Wall-clock milliseconds since the Unix epoch (the HLC's physical input).
+/// `clock_offset_ms` (tests only): added to every wall-clock read of this process. One
+/// value for the whole process, set once at startup before the first read.
+static CLOCK_OFFSET_MS: AtomicI64 = AtomicI64::new(0);
+
+/// Shift this process's wall clock by `offset_ms` (config `clock_offset_ms`, a testing
+/// aid that simulates a skewed clock). Called once by `server::run` at startup.
+pub fn set_clock_offset_ms(offset_ms: i64) {
+    CLOCK_OFFSET_MS.store(offset_ms, Ordering::Relaxed);
+}
+
+/// Wall-clock milliseconds since the Unix epoch plus `clock_offset_ms`: the HLC's
+/// physical input, and every other wall-clock read of the server (so one node's
+/// clock is consistently skewed, as a real skewed clock would be).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
+    let wall_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| d.as_millis() as u64);
+    wall_ms.saturating_add_signed(CLOCK_OFFSET_MS.load(Ordering::Relaxed))
 }
 
 pub(crate) fn internal(e: impl std::fmt::Display) -> Reply {
@@ -22,7 +44,9 @@ pub(crate) fn internal(e: impl std::fmt::Display) -> Reply {
     })
 }
 
-/// The reply to a get: every live value, and the opaque context in causal mode.
+/// The reply to a get: every live value, and the opaque context: in causal mode the
+/// causal context, in LWW mode the version's timestamp as a session timestamp (a client
+/// learns from reads too, so its next write comes after what it read).
 pub fn value_reply(state: Option<KeyState>) -> Reply {
     match state {
         None => Reply::Value {
@@ -31,7 +55,7 @@ pub fn value_reply(state: Option<KeyState>) -> Reply {
         },
         Some(KeyState::Lww(cell)) => Reply::Value {
             values: cell.value.into_iter().collect(),
-            context: None,
+            context: Some(SessionTimestamp(cell.timestamp.0).encode()),
         },
         Some(KeyState::Causal(state)) => {
             let context = Some(state.read_context().encode());
@@ -95,7 +119,19 @@ async fn write(
 ) -> Reply {
     let placement = replication::placement(shard, key);
     match shard.config.conflict_mode {
-        ConflictMode::Lww => write_lww(shard, key, value, placement, consistency).await,
+        ConflictMode::Lww => {
+            // Any other context (a causal one) means nothing to LWW and is ignored.
+            let session = match context.as_deref().and_then(SessionTimestamp::decode) {
+                None => None,
+                Some(Ok(session)) => Some(session),
+                Some(Err(e)) => {
+                    return Reply::Error(ErrorReply::BadRequest {
+                        message: format!("invalid context: {e}"),
+                    })
+                }
+            };
+            write_lww(shard, key, value, placement, consistency, session).await
+        }
         ConflictMode::Causal => {
             if let Some(p) = placement
                 .as_ref()
@@ -141,16 +177,22 @@ async fn write_causal(
     placement: Option<replication::Placement>,
     consistency: Option<Consistency>,
 ) -> Reply {
-    let client_context = match context {
-        None | Some([]) => CausalContext::default(),
-        Some(bytes) => match CausalContext::decode(bytes) {
-            Ok(c) => c,
-            Err(e) => {
-                return Reply::Error(ErrorReply::BadRequest {
-                    message: format!("invalid context: {e}"),
-                })
-            }
+    let decoded = match context {
+        None | Some([]) => Ok(CausalContext::default()),
+        Some(bytes) => match SessionTimestamp::decode(bytes) {
+            // An LWW session timestamp says nothing about siblings: the empty context.
+            Some(Ok(_)) => Ok(CausalContext::default()),
+            Some(Err(e)) => Err(e.to_string()),
+            None => CausalContext::decode(bytes).map_err(|e| e.to_string()),
         },
+    };
+    let client_context = match decoded {
+        Ok(c) => c,
+        Err(e) => {
+            return Reply::Error(ErrorReply::BadRequest {
+                message: format!("invalid context: {e}"),
+            })
+        }
     };
     let _lock = shard.lock_key(key).await;
     let local = match shard.engine.read(key).await {
@@ -190,21 +232,45 @@ async fn write_causal(
     }
 }
 
+/// LWW mode: stamp the write with this shard's HLC, after observing the client's
+/// session timestamp (if it sent one), so the new version is newer than every version
+/// the client saw, whichever coordinator stamped those. A session timestamp further
+/// ahead than `max_clock_skew_ms` is refused like any received timestamp. A request
+/// with a session timestamp is answered with `Written { timestamp }`.
 async fn write_lww(
     shard: &Rc<Shard>,
     key: &[u8],
     value: Option<Vec<u8>>,
     placement: Option<replication::Placement>,
     consistency: Option<Consistency>,
+    session: Option<SessionTimestamp>,
 ) -> Reply {
-    let timestamp = shard.hlc.borrow_mut().now(now_ms());
+    let timestamp = {
+        let mut hlc = shard.hlc.borrow_mut();
+        if let Some(SessionTimestamp(seen)) = session.filter(|s| s.0 != 0) {
+            if let Err(e) = hlc.observe(now_ms(), Hlc(seen), shard.config.max_clock_skew_ms) {
+                return Reply::Error(ErrorReply::BadRequest {
+                    message: format!("session timestamp refused: {e}"),
+                });
+            }
+        }
+        hlc.now(now_ms())
+    };
     let state = KeyState::Lww(LwwCell { timestamp, value });
-    if let Some(placement) = placement {
-        return replication::coordinate_write(shard, placement, key, state, consistency).await;
-    }
-    match shard.engine.write(key, state).await {
-        Ok(()) => Reply::Done,
-        Err(e) => internal(e),
+    let reply = match placement {
+        Some(placement) => {
+            replication::coordinate_write(shard, placement, key, state, consistency).await
+        }
+        None => match shard.engine.write(key, state).await {
+            Ok(()) => Reply::Done,
+            Err(e) => internal(e),
+        },
+    };
+    match reply {
+        Reply::Done if session.is_some() => Reply::Written {
+            timestamp: timestamp.0,
+        },
+        other => other,
     }
 }
 

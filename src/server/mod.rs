@@ -158,19 +158,25 @@ fn parse_meta(text: &str, config: &Config, path: &Path) -> anyhow::Result<(NodeM
     Ok((NodeMeta { node_id, tokens }, true))
 }
 
-/// How this node proves itself to peers (DESIGN.md §6): the cluster name and the MAC
-/// key of the shared secret. Without `cluster_secret` the key is derived from the
-/// cluster name alone, which keeps clusters with different names apart but
-/// authenticates nobody: anyone who knows the name can join. That is logged as a WARN.
+/// How this node proves itself to peers (DESIGN.md §6): the cluster name, the conflict
+/// mode (a peer of another mode is refused by the handshake, so it never enters this
+/// node's ring, for gossip nor for replication) and the MAC key of the shared secret.
+/// Without `cluster_secret` the key is derived from the cluster name alone, which keeps
+/// clusters with different names apart but authenticates nobody: anyone who knows the
+/// name can join. That is logged as a WARN.
 #[derive(Clone, Debug)]
 pub struct PeerAuth {
-    pub cluster_name: crate::auth::ClusterName,
+    /// The cluster name and this node's `conflict_mode`. Named `cluster_name` because
+    /// the handshake drivers (`peer.rs`, `connection.rs`) hand this field to
+    /// `Initiator::new` / `Acceptor::new`, which take a [`crate::auth::ClusterIdentity`].
+    pub cluster_name: crate::auth::ClusterIdentity,
     pub secret: crate::auth::ClusterSecret,
 }
 
 fn peer_auth(config: &Config) -> anyhow::Result<PeerAuth> {
     let cluster_name = crate::auth::ClusterName::new(&config.cluster_name)
         .map_err(|e| anyhow::anyhow!("invalid cluster_name: {e}"))?;
+    let identity = crate::auth::ClusterIdentity::new(cluster_name.clone(), config.conflict_mode);
     let secret = match &config.cluster_secret {
         Some(secret) => secret.clone(),
         None => {
@@ -185,7 +191,7 @@ fn peer_auth(config: &Config) -> anyhow::Result<PeerAuth> {
         }
     };
     Ok(PeerAuth {
-        cluster_name,
+        cluster_name: identity,
         secret,
     })
 }
@@ -295,6 +301,14 @@ pub fn default_shards() -> u32 {
 
 /// Run a node until SIGINT/SIGTERM. Returns after every shard has drained and synced.
 pub fn run(config: Config) -> anyhow::Result<()> {
+    // Before the first clock read: every HLC physical time this process uses includes it.
+    handler::set_clock_offset_ms(config.clock_offset_ms);
+    if config.clock_offset_ms != 0 {
+        tracing::warn!(
+            clock_offset_ms = config.clock_offset_ms,
+            "clock_offset_ms is set: this node's HLC physical time is shifted (a testing aid, never for production)"
+        );
+    }
     let (_lock, meta) = prepare_data_dir(&config)?;
     let auth = peer_auth(&config)?;
     probe_ports(&config)?;
@@ -430,6 +444,7 @@ mod tests {
         let config = config();
         assert!(config.cluster_secret.is_none());
         let auth = peer_auth(&config).unwrap();
-        assert_eq!(auth.cluster_name.as_str(), config.cluster_name);
+        assert_eq!(auth.cluster_name.name.as_str(), config.cluster_name);
+        assert_eq!(auth.cluster_name.conflict_mode, config.conflict_mode);
     }
 }
