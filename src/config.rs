@@ -298,6 +298,9 @@ pub struct ConfigLayer {
     /// File of accepted client tokens, one per line (blank lines and `#` comments skipped)
     #[arg(long)]
     pub client_auth_token_file: Option<PathBuf>,
+    /// Tests only: file of network fault rules for outgoing peer calls (cut/drop/delay)
+    #[arg(long)]
+    pub fault_rules_file: Option<PathBuf>,
 }
 
 /// Validated settings with defaults applied.
@@ -343,6 +346,8 @@ pub struct Config {
     pub cluster_secret: Option<crate::auth::ClusterSecret>,
     /// Prints as `<redacted>`.
     pub client_auth_token: Option<crate::auth::ClientAuthToken>,
+    /// Tests only: network fault rules for outgoing peer calls (`server::faults`).
+    pub fault_rules_file: Option<PathBuf>,
 }
 
 /// A configuration error naming the key at fault.
@@ -430,6 +435,7 @@ impl ConfigLayer {
             cluster_secret_file,
             client_auth_token,
             client_auth_token_file,
+            fault_rules_file,
         )
     }
 
@@ -641,6 +647,7 @@ impl ConfigLayer {
             cluster_name: self.cluster_name.unwrap_or_else(|| "ringkv".to_string()),
             cluster_secret,
             client_auth_token,
+            fault_rules_file: self.fault_rules_file,
         })
     }
 }
@@ -673,7 +680,8 @@ mod tests {
     fn toml_keys_parse_and_flags_win() {
         let file = ConfigLayer::from_toml(
             "listen = \"127.0.0.1:9000\"\nmemtable_size = \"8MiB\"\nrequest_timeout_ms = 500\n\
-             commitlog_sync = \"periodic\"\nwrite_consistency = \"all\"\nshards = 3\n",
+             commitlog_sync = \"periodic\"\nwrite_consistency = \"all\"\nshards = 3\n\
+             fault_rules_file = \"/tmp/rules\"\n",
         )
         .unwrap();
         let flags = ConfigLayer {
@@ -688,6 +696,7 @@ mod tests {
         assert_eq!(cfg.commitlog_sync, CommitlogSync::Periodic);
         assert_eq!(cfg.write_consistency, Consistency::All);
         assert_eq!(cfg.shards, 2, "flags win over the file");
+        assert_eq!(cfg.fault_rules_file, Some(PathBuf::from("/tmp/rules")));
     }
 
     #[test]
@@ -732,5 +741,6 @@ mod tests {
         assert_eq!(cfg.data_dir, PathBuf::from("./ringkv-data"));
         assert_eq!(cfg.shards, 2);
         assert_eq!(cfg.commitlog_sync, CommitlogSync::Batch);
+        assert_eq!(cfg.fault_rules_file, None, "no fault rules unless asked");
     }
 }

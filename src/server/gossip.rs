@@ -1,7 +1,9 @@
 //! The glommio driver of gossip (DESIGN.md §6), on shard 0 only: it owns the node's
 //! [`Membership`], ticks it every `gossip_interval_ms`, carries its `Send` effects to
 //! peers over authenticated peer connections ([`super::peer`]), feeds answers back, and
-//! publishes a membership snapshot to every shard after each change.
+//! publishes a membership snapshot to every shard after each change. Messages travel
+//! through the shard's [`PeerPool`](super::peer_pool::PeerPool), sharing its pipelined
+//! connections and its fault rules with replica traffic to the same shard port.
 //!
 //! Addresses: gossip names nodes by their client address. A message for a node goes to
 //! its shard 0 port, `shard_port_base` from its gossiped state. For a seed we have not
@@ -18,9 +20,8 @@
 //! `RefCell` borrow across an await, or log the cluster secret.
 
 use super::handler::now_ms;
-use super::peer::{PeerConnection, PeerError};
 use super::router::{ShardOp, ShardReply};
-use super::shard::{bump, Identity, Shard};
+use super::shard::{Identity, Shard};
 use crate::cluster::membership::{Effect, GossipMessage, Peer};
 use crate::cluster::{FailureDetectorConfig, Membership, MembershipConfig, NodeState, SplitMix64};
 use crate::config::Config;
@@ -37,8 +38,6 @@ const BACKOFF_MAX_INTERVALS: u64 = 20;
 /// What shard 0 knows about one dial target (a peer's shard 0 address).
 #[derive(Default)]
 struct PeerSlot {
-    /// The idle authenticated connection, if any (taken out while a call runs).
-    conn: Option<PeerConnection>,
     /// A call is running: messages for this target are dropped meanwhile.
     busy: bool,
     /// Consecutive failures, for the backoff.
@@ -202,47 +201,30 @@ async fn send(shard: &Rc<Shard>, to: Peer, msg: GossipMessage) {
         return;
     };
     let now = now_ms();
-    let conn = {
+    {
         let mut peers = gossiper.peers.borrow_mut();
         let slot = peers.entry(target).or_default();
         if slot.busy || now < slot.retry_at_ms {
             return;
         }
         slot.busy = true;
-        slot.conn.take()
-    };
-    let timeout = Duration::from_millis(shard.config.request_timeout_ms);
-    let result = async {
-        let mut conn = match conn {
-            Some(conn) => conn,
-            None => {
-                PeerConnection::connect(
-                    target,
-                    &shard.auth,
-                    shard.node_id,
-                    timeout,
-                    shard.limits.max_frame_bytes,
-                )
-                .await?
-            }
-        };
-        let reply = conn.call(Op::Gossip(msg)).await;
-        Ok::<_, PeerError>((conn, reply?))
     }
-    .await;
+    let result = shard
+        .peers
+        .call_addr(shard, target, &to.address, to.node, Op::Gossip(msg))
+        .await;
     let effects = {
         let mut peers = gossiper.peers.borrow_mut();
         let slot = peers.entry(target).or_default();
         slot.busy = false;
         match result {
-            Ok((conn, reply)) => {
+            Ok(reply) => {
                 if slot.warned {
                     tracing::info!(peer = %target, "peer reachable again");
                 }
                 slot.failures = 0;
                 slot.retry_at_ms = 0;
                 slot.warned = false;
-                slot.conn = Some(conn);
                 drop(peers);
                 match reply {
                     Reply::Gossip(answer) => gossiper
@@ -261,10 +243,8 @@ async fn send(shard: &Rc<Shard>, to: Peer, msg: GossipMessage) {
                 let backoff_ms = (gossiper.interval_ms << slot.failures.min(16))
                     .min(gossiper.interval_ms * BACKOFF_MAX_INTERVALS);
                 slot.retry_at_ms = now_ms() + backoff_ms;
-                if e.is_auth_failure() {
-                    bump(&shard.metrics.peer_auth_failures);
-                    tracing::warn!(peer = %target, error = %e, "peer refused: authentication failed");
-                } else if !slot.warned {
+                // The pool counted and logged an authentication refusal already.
+                if !slot.warned {
                     tracing::warn!(peer = %target, error = %e, "cannot gossip with peer; retrying with backoff");
                 } else {
                     tracing::debug!(peer = %target, error = %e, "cannot gossip with peer");

@@ -2,6 +2,7 @@
 //! exposition format, gathering every shard's counters over the channel mesh. A tiny
 //! HTTP/1.0 responder: it reads one bounded request head and closes the connection.
 
+use super::faults::FAULT_KINDS;
 use super::router;
 use super::shard::{Shard, ShardStats};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -117,6 +118,20 @@ pub fn render(stats: &[ShardStats]) -> String {
             let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", s.shard, field(s));
         }
     }
+    let name = "ringkv_peer_faults_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Outgoing peer calls a test fault rule cut, dropped or delayed.\n# TYPE {name} counter"
+    );
+    for s in stats {
+        for (kind, count) in FAULT_KINDS.iter().zip(s.peer_faults) {
+            let _ = writeln!(
+                out,
+                "{name}{{shard=\"{}\",kind=\"{kind}\"}} {count}",
+                s.shard
+            );
+        }
+    }
     out
 }
 
@@ -171,6 +186,7 @@ mod tests {
             ShardStats {
                 shard: 1,
                 requests: 9,
+                peer_faults: [3, 0, 2],
                 ..Default::default()
             },
         ];
@@ -178,6 +194,10 @@ mod tests {
         assert!(text.contains("# TYPE ringkv_requests_total counter"));
         assert!(text.contains("ringkv_requests_total{shard=\"0\"} 7"));
         assert!(text.contains("ringkv_requests_total{shard=\"1\"} 9"));
+        assert!(text.contains("# TYPE ringkv_peer_faults_total counter"));
+        assert!(text.contains("ringkv_peer_faults_total{shard=\"1\",kind=\"cut\"} 3"));
+        assert!(text.contains("ringkv_peer_faults_total{shard=\"1\",kind=\"delay\"} 2"));
+        assert!(text.contains("ringkv_peer_faults_total{shard=\"0\",kind=\"drop\"} 0"));
         assert_eq!(
             text.lines()
                 .filter(|l| l.starts_with("ringkv_engine_sstables{"))

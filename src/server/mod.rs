@@ -4,10 +4,12 @@
 //! prepares the data directory, starts the shards, and turns SIGINT/SIGTERM into a stop.
 
 pub mod connection;
+pub mod faults;
 pub mod gossip;
 pub mod handler;
 pub mod metrics;
 pub mod peer;
+pub mod peer_pool;
 pub mod replication;
 pub mod router;
 pub mod shard;

@@ -1,5 +1,7 @@
 //! The dialling side of a peer connection: connect to a peer's shard port, run the
-//! `auth::Initiator` over `PeerHandshake` frames, then carry peer requests one at a time.
+//! `auth::Initiator` over `PeerHandshake` frames, then either carry peer requests one
+//! at a time ([`PeerConnection::call`]) or hand the authenticated stream to the
+//! pipelined pool ([`PeerConnection::into_parts`], [`super::peer_pool`]).
 //! (The accepting side lives in [`super::connection`].)
 //!
 //! Must never: send a peer op before the handshake succeeded, wait without a deadline
@@ -33,6 +35,12 @@ pub enum PeerError {
     Io { addr: SocketAddr, message: String },
     #[error("peer {addr} sent an undecodable frame: {message}")]
     Protocol { addr: SocketAddr, message: String },
+    /// Not tried: reconnect backoff after failed connects, or a fault rule's cut.
+    #[error("peer {addr} is unreachable: {message}")]
+    Unreachable { addr: SocketAddr, message: String },
+    /// Not sent: the connection already carries its maximum of calls in flight.
+    #[error("connection to peer {addr} has too many calls in flight")]
+    Saturated { addr: SocketAddr },
 }
 
 impl PeerError {
@@ -181,6 +189,12 @@ impl PeerConnection {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The authenticated stream and whatever was read past the handshake's last frame,
+    /// for a caller that runs its own reader and writer over it.
+    pub fn into_parts(self) -> (TcpStream, ReadBuffer) {
+        (self.stream, self.buf)
     }
 
     /// Send one peer request and wait (at most `request_timeout_ms`) for its reply. A

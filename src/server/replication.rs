@@ -1,16 +1,15 @@
 //! Leaderless quorum replication (DESIGN.md §6), driven on the shard that owns the key:
 //! the replica set from the membership snapshot's ring, the fan-out of `ReplicaWrite` /
-//! `ReplicaRead` to the replicas (self through the local engine, peers through a small
-//! per-shard pool of authenticated [`PeerConnection`]s), and the drive of the pure
+//! `ReplicaRead` to the replicas (self through the local engine, peers through the
+//! shard's pipelined [`PeerPool`](super::peer_pool::PeerPool)), and the drive of the pure
 //! `WriteCoordinator` / `ReadCoordinator` state machines, read repair included.
 //!
 //! Must never: answer a client before W (R) replicas acknowledged, wait without a
 //! deadline (every peer call and every coordination is bounded by
 //! `request_timeout_ms`), or send a peer op on a connection whose handshake did not
-//! succeed (only `PeerConnection::connect` hands out connections).
+//! succeed (the pool only uses connections `PeerConnection::connect` handed out).
 
 use super::handler::{internal, now_ms, value_reply};
-use super::peer::{PeerConnection, PeerError};
 use super::shard::Shard;
 use crate::cluster::ring::Ring;
 use crate::cluster::NodeId;
@@ -18,23 +17,13 @@ use crate::conflict::{self, KeyState};
 use crate::coordinator::{
     required_replicas, ReadCoordinator, ReadEffect, WriteCoordinator, WriteEffect,
 };
-use crate::protocol::token::{shard_of, token_of};
+use crate::protocol::token::token_of;
 use crate::protocol::types::{Consistency, ErrorReply, NodeInfo, NodeStatus, Op, Reply};
 use ahash::AHashMap;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use std::cell::RefCell;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-
-/// Idle connections kept per peer shard address; more may be open while busy. Each
-/// connection carries one call at a time, so this should cover the calls in flight to a
-/// peer under load: with 4, most calls paid a fresh connect + handshake (3 nodes, 64 in
-/// flight: 2.2k ops/s, p99 44 ms; with 64: 9.2k ops/s, p99 14 ms).
-const MAX_IDLE_PER_PEER: usize = 64;
-/// After a failed connect, wait this long before dialling that address again (calls in
-/// between fail at once rather than each paying a connect timeout).
-const RECONNECT_BACKOFF_MS: u64 = 200;
 
 /// Where the replicas of a key live, as this shard sees the cluster now.
 pub struct Placement {
@@ -95,135 +84,15 @@ pub fn placement(shard: &Shard, key: &[u8]) -> Option<Placement> {
     Some(Placement { replicas, nodes })
 }
 
-/// Lazily connected, authenticated connections to peer shards, keyed by address.
-#[derive(Default)]
-pub struct PeerPool {
-    idle: RefCell<AHashMap<SocketAddr, Vec<PeerConnection>>>,
-    /// Addresses whose last connect failed, and when to try again.
-    backoff_until: RefCell<AHashMap<SocketAddr, Instant>>,
-}
-
-/// The shard port of `node` that owns `key`: the same shard index when its shard count
-/// matches ours, else the shard `shard_of` picks under its own count.
-fn shard_addr(node: &NodeInfo, key: &[u8]) -> Option<SocketAddr> {
-    let client: SocketAddr = node.address.parse().ok()?;
-    let base = if node.shard_port_base == 0 {
-        client.port().checked_add(1)?
-    } else {
-        node.shard_port_base
-    };
-    let shard = shard_of(token_of(key), node.shard_count.max(1));
-    let port = base.checked_add(u16::try_from(shard).ok()?)?;
-    Some(SocketAddr::new(client.ip(), port))
-}
-
-/// One peer call to `node`'s shard that owns `key`, under `request_timeout_ms`. A
-/// pooled connection may have died with its peer (a restart): if the call on it fails
-/// short of a timeout, the address's idle connections are dropped and the call is
-/// retried once on a fresh connection.
+/// One peer call to `node`'s shard that owns `key`, through the shard's pipelined
+/// [`PeerPool`](super::peer_pool::PeerPool), under `request_timeout_ms`.
 async fn peer_call(
     shard: &Rc<Shard>,
     node: &NodeInfo,
     key: &[u8],
     op: Op,
 ) -> Result<Reply, String> {
-    let addr = shard_addr(node, key).ok_or_else(|| format!("bad address {}", node.address))?;
-    let pooled = shard
-        .peers
-        .idle
-        .borrow_mut()
-        .get_mut(&addr)
-        .and_then(Vec::pop);
-    if let Some(conn) = pooled {
-        match call_on(shard, conn, node, addr, op.clone()).await {
-            Err(PeerError::Timeout { addr, timeout_ms }) => {
-                return Err(PeerError::Timeout { addr, timeout_ms }.to_string())
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "pooled peer connection failed; reconnecting");
-                shard.peers.idle.borrow_mut().remove(&addr);
-            }
-            Ok(reply) => return Ok(reply),
-        }
-    }
-    let conn = connect(shard, addr).await?;
-    call_on(shard, conn, node, addr, op)
-        .await
-        .map_err(|e| e.to_string())
-}
-
-/// Dial `addr` (unless it failed moments ago) and authenticate.
-async fn connect(shard: &Rc<Shard>, addr: SocketAddr) -> Result<PeerConnection, String> {
-    let pool = &shard.peers;
-    if pool
-        .backoff_until
-        .borrow()
-        .get(&addr)
-        .is_some_and(|until| Instant::now() < *until)
-    {
-        return Err(format!("{addr}: reconnect backoff"));
-    }
-    let timeout = Duration::from_millis(shard.config.request_timeout_ms);
-    match PeerConnection::connect(
-        addr,
-        &shard.auth,
-        shard.node_id,
-        timeout,
-        shard.limits.max_frame_bytes,
-    )
-    .await
-    {
-        Ok(conn) => {
-            pool.backoff_until.borrow_mut().remove(&addr);
-            Ok(conn)
-        }
-        Err(e) => {
-            note_failure(shard, &e);
-            pool.backoff_until.borrow_mut().insert(
-                addr,
-                Instant::now() + Duration::from_millis(RECONNECT_BACKOFF_MS),
-            );
-            Err(e.to_string())
-        }
-    }
-}
-
-/// Call on `conn`; a connection that answered goes back to the pool, a failed one is
-/// dropped (its stream may be mid-frame).
-async fn call_on(
-    shard: &Rc<Shard>,
-    mut conn: PeerConnection,
-    node: &NodeInfo,
-    addr: SocketAddr,
-    op: Op,
-) -> Result<Reply, PeerError> {
-    if conn.peer_node_id() != node.node_id {
-        return Err(PeerError::Protocol {
-            addr,
-            message: format!(
-                "peer is node {:016x}, expected {:016x}",
-                conn.peer_node_id(),
-                node.node_id
-            ),
-        });
-    }
-    let reply = conn.call(op).await?;
-    let mut idle = shard.peers.idle.borrow_mut();
-    let list = idle.entry(addr).or_default();
-    if list.len() < MAX_IDLE_PER_PEER {
-        list.push(conn);
-    }
-    Ok(reply)
-}
-
-fn note_failure(shard: &Shard, e: &PeerError) {
-    if e.is_auth_failure() {
-        let m = &shard.metrics.peer_auth_failures;
-        m.set(m.get() + 1);
-        tracing::warn!(error = %e, "replica connection refused");
-    } else {
-        tracing::debug!(error = %e, "replica connection failed");
-    }
+    shard.peers.call(shard, node, key, op).await
 }
 
 /// Merge `state` into `node`'s copy of `key` (self: the local engine). Ok when acked.

@@ -65,8 +65,10 @@ pub struct Shard {
     pub topology: RefCell<Option<(u64, Rc<Vec<NodeInfo>>)>>,
     /// The ring of the latest snapshot (rebuilt when the snapshot changes).
     pub ring: super::replication::RingCache,
-    /// Authenticated connections to peer shards for replica reads and writes.
-    pub peers: super::replication::PeerPool,
+    /// Pipelined, authenticated connections to peer shards: every outgoing peer call.
+    pub peers: super::peer_pool::PeerPool,
+    /// Test-only fault rules applied to every outgoing peer call (`fault_rules_file`).
+    pub faults: super::faults::FaultHooks,
     /// Gossip state: shard 0 only.
     pub gossip: Option<super::gossip::Gossiper>,
     /// Keys with a causal read-modify-write in progress, and who waits for each.
@@ -103,6 +105,8 @@ pub struct ShardStats {
     pub forwarded: u64,
     pub peer_auth_failures: u64,
     pub inflight: u32,
+    /// Outgoing peer calls a fault rule cut, dropped, delayed (`faults::FAULT_KINDS`).
+    pub peer_faults: [u64; 3],
 }
 
 /// Holds a key's causal write lock; releasing wakes the waiters.
@@ -158,6 +162,7 @@ impl Shard {
             forwarded: m.forwarded.get(),
             peer_auth_failures: m.peer_auth_failures.get(),
             inflight: self.inflight.get(),
+            peer_faults: self.faults.counts(),
         }
     }
 
@@ -269,6 +274,10 @@ pub async fn run(
         topology: RefCell::new(None),
         ring: Default::default(),
         peers: Default::default(),
+        faults: super::faults::FaultHooks::new(
+            config.fault_rules_file.clone(),
+            identity.node_id ^ identity.generation ^ u64::from(id),
+        ),
         gossip,
         key_locks: RefCell::new(ahash::AHashMap::new()),
         config: config.clone(),
@@ -359,6 +368,8 @@ pub async fn run(
         task.await;
     }
     shard.drained.wait().await;
+    // Ends the peer connections' reader and writer tasks.
+    shard.peers.close_all();
     shard
         .engine
         .shutdown()
