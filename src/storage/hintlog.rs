@@ -28,7 +28,7 @@
 //! so after a restart ids continue above every id ever acknowledged, even when every
 //! hint was delivered and its segment deleted.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::io;
 
@@ -512,6 +512,8 @@ impl Replay {
 pub struct HintLog<D: Disk> {
     log: CommitLog<D>,
     state: RefCell<LogState>,
+    /// Set when a release failed: no more releases until restart.
+    release_failed: Cell<bool>,
 }
 
 impl<D: Disk> std::fmt::Debug for HintLog<D> {
@@ -589,13 +591,16 @@ impl<D: Disk + Clone> HintLog<D> {
         let hint_log = HintLog {
             log,
             state: RefCell::new(state),
+            release_failed: Cell::new(false),
         };
         if hint_log.releasable().is_some() {
             // Segments left over by a crash between a marker and its releases. Write a
             // bare high-water mark first, so that the newest record on disk still
             // carries the id high-water mark after they are gone.
             hint_log.append_marker(&[]).await?;
-            hint_log.release_delivered_segments().await?;
+            if let Err(e) = hint_log.release_delivered_segments().await {
+                tracing::warn!(error = %e, "releasing delivered hint segments failed; they are kept until restart");
+            }
         }
         let recovered = Recovered {
             pending,
@@ -648,9 +653,10 @@ impl<D: Disk> HintLog<D> {
     }
 
     /// Record durably that these hints reached their target, then release every leading
-    /// segment left with no undelivered hint. Ids that are not pending (already
-    /// delivered, never appended, or still being appended) are ignored; if none is
-    /// pending nothing is written.
+    /// segment left with no undelivered hint. Ok means the markers are durable; a failed
+    /// release is logged and only keeps files until restart. Ids that are not pending
+    /// (already delivered, never appended, or still being appended) are ignored; if none
+    /// is pending nothing is written.
     pub async fn mark_delivered(&self, ids: &[u64]) -> Result<(), HintLogError> {
         let mut known: Vec<u64> = {
             let st = self.state.borrow();
@@ -672,7 +678,12 @@ impl<D: Disk> HintLog<D> {
                 st.remove(*id);
             }
         }
-        self.release_delivered_segments().await
+        // The markers are durable: that is what the caller waits for. A failed release
+        // only keeps files around (see `release_delivered_segments`).
+        if let Err(e) = self.release_delivered_segments().await {
+            tracing::warn!(error = %e, "releasing delivered hint segments failed; they are kept until restart");
+        }
+        Ok(())
     }
 
     pub fn stats(&self) -> HintLogStats {
@@ -733,12 +744,23 @@ impl<D: Disk> HintLog<D> {
 
     /// Release leading segments one by one, each removal durable before the next, so
     /// that a crash leaves a prefix removed and never a gap (see the module docs).
+    ///
+    /// After a failed release nothing more is released until restart: the commit log has
+    /// already forgotten the segment whose removal failed, so releasing the next one
+    /// could leave a gap (the failed one still on disk, the markers for its hints gone).
+    /// Recovery at the next open releases leftovers in order.
     async fn release_delivered_segments(&self) -> Result<(), HintLogError> {
+        if self.release_failed.get() {
+            return Ok(());
+        }
         while let Some(oldest) = self.releasable() {
-            let removed = self.log.release_before(SegmentId(oldest.0 + 1)).await?;
-            if removed == 0 {
-                // Not yet flushed past it (the active segment lags the layout): later.
-                break;
+            match self.log.release_before(SegmentId(oldest.0 + 1)).await {
+                Ok(0) => break, // not yet flushed past it (the active segment lags): later
+                Ok(_) => {}
+                Err(e) => {
+                    self.release_failed.set(true);
+                    return Err(e.into());
+                }
             }
         }
         Ok(())
