@@ -799,3 +799,35 @@ fn glommio_disk_append_reopen_pending_is_there() {
             assert_eq!(log.append(1, 1, b"k", b"v").await.unwrap(), 40);
         });
 }
+
+/// A hint whose append is still waiting for its flush is not yet counted in its segment;
+/// a marker flushed together with it (in the next segment) must not release that segment
+/// when the marker's task runs first.
+#[test]
+fn regression_release_never_races_an_unfinished_append() {
+    use futures_lite::future::poll_once;
+    let disk = MemDisk::new();
+    disk.set_yield_on_io(true);
+    let (log, _) = open(&disk);
+    for i in 0..5 {
+        append(&log, i).unwrap(); // blocks 1..=5 of segment 0
+    }
+    block_on(async {
+        // D leads a flush of block 6; A (nearly a block) is buffered for block 7 meanwhile.
+        let mut d = Box::pin(log.append(1, 1, b"d", b"d"));
+        assert!(poll_once(&mut d).await.is_none());
+        let big = vec![7u8; 4000];
+        let mut a = Box::pin(log.append(1, 1, b"a", &big));
+        assert!(poll_once(&mut a).await.is_none());
+        assert_eq!(d.await.unwrap(), 5);
+        // C delivers everything acknowledged so far; its marker does not fit in segment 0,
+        // and C leads the flush that also makes A durable, then releases what it may.
+        log.mark_delivered(&[0, 1, 2, 3, 4, 5]).await.unwrap();
+        assert_eq!(a.await.unwrap(), 6);
+    });
+    log.invariants();
+    drop(log);
+    disk.power_loss();
+    let (_, rec) = open(&disk);
+    assert_eq!(ids(&rec), vec![6], "the acknowledged append survives");
+}

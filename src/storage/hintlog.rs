@@ -394,6 +394,11 @@ struct LogState {
     /// Undelivered hints per segment; a segment with none has no entry.
     undelivered_per_segment: BTreeMap<SegmentId, u64>,
     pending_bytes: u64,
+    /// Appends not yet returned, by the segment their record goes to at the earliest
+    /// (the current segment when they started). Their hints are not counted above yet,
+    /// but the segment may already be flushed (together with a marker for other hints),
+    /// so no segment from the lowest of these on may be released.
+    appends_in_progress: BTreeMap<SegmentId, u64>,
 }
 
 impl LogState {
@@ -432,8 +437,14 @@ impl LogState {
         true
     }
 
-    fn oldest_undelivered_segment(&self) -> Option<SegmentId> {
-        self.undelivered_per_segment.keys().next().copied()
+    /// The oldest segment that must be kept for its hints, finished or not.
+    fn oldest_needed_segment(&self) -> Option<SegmentId> {
+        let undelivered = self.undelivered_per_segment.keys().next().copied();
+        let in_progress = self.appends_in_progress.keys().next().copied();
+        match (undelivered, in_progress) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn invariants(&self) {
@@ -444,6 +455,36 @@ impl LogState {
         assert_eq!(bytes, self.pending_bytes, "pending bytes");
         if let Some((max, _)) = self.pending.last_key_value() {
             assert!(*max < self.next_id, "ids are below next_id");
+        }
+    }
+}
+
+/// Registers an unfinished append in `appends_in_progress` until dropped.
+struct InProgress<'a> {
+    state: &'a RefCell<LogState>,
+    floor: SegmentId,
+}
+
+impl<'a> InProgress<'a> {
+    fn start(state: &'a RefCell<LogState>, floor: SegmentId) -> Self {
+        *state
+            .borrow_mut()
+            .appends_in_progress
+            .entry(floor)
+            .or_insert(0) += 1;
+        Self { state, floor }
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        let mut st = self.state.borrow_mut();
+        match st.appends_in_progress.get_mut(&self.floor) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                st.appends_in_progress.remove(&self.floor);
+            }
+            None => panic!("append in progress at {:?} not registered", self.floor),
         }
     }
 }
@@ -575,6 +616,7 @@ impl<D: Disk + Clone> HintLog<D> {
             pending: BTreeMap::new(),
             undelivered_per_segment: BTreeMap::new(),
             pending_bytes: 0,
+            appends_in_progress: BTreeMap::new(),
         };
         let mut pending = Vec::with_capacity(replay.hints.len());
         for (id, (segment, hint)) in replay.hints {
@@ -638,6 +680,9 @@ impl<D: Disk> HintLog<D> {
         };
         let mut payload = Vec::new();
         encode_hint(id, target, created_ms, key, state, &mut payload);
+        // Held until the hint is counted in its segment (or the append failed or was
+        // dropped): the record may be durable before this task runs again.
+        let _in_progress = InProgress::start(&self.state, self.log.current_segment());
         // Buffered in call order before the first await inside, so log order is id order
         // for concurrent appends too.
         let segment = self.log.append(&payload).await?;
@@ -735,7 +780,7 @@ impl<D: Disk> HintLog<D> {
     fn releasable(&self) -> Option<SegmentId> {
         let oldest = *self.log.live_segments().first()?;
         let st = self.state.borrow();
-        let keep_from = match st.oldest_undelivered_segment() {
+        let keep_from = match st.oldest_needed_segment() {
             Some(s) => s.min(self.log.current_segment()),
             None => self.log.current_segment(),
         };
