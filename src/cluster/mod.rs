@@ -8,6 +8,7 @@
 //! seeded simulator can both run it, and any simulated failure replays from its seed.
 
 pub mod failure_detector;
+pub mod hints;
 pub mod membership;
 pub mod ring;
 

@@ -8,6 +8,7 @@ pub mod compaction;
 pub mod disk;
 pub mod engine;
 pub mod glommio_disk;
+pub mod hintlog;
 pub mod manifest;
 pub mod mem_disk;
 pub mod memtable;
