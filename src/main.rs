@@ -323,9 +323,12 @@ fn status_table(topology: &ringkv::protocol::types::Topology) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<18} {:<22} {:<6} {:<8} {:>8} {:>6} {:>7} {:>7} {:>12}",
+        "{:<18} {:<22} {:<6} {:<8} {:>8} {:>6} {:>7} {:>7} {:>12}  hints held for it",
         "node", "address", "state", "status", "load", "tokens", "owns", "shards", "shard ports"
     );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     for n in nodes {
         let ports = format!(
             "{}-{}",
@@ -337,7 +340,7 @@ fn status_table(topology: &ringkv::protocol::types::Topology) -> String {
             .map_or_else(|| "?".to_string(), |share| format!("{:.1}%", share * 100.0));
         let _ = writeln!(
             out,
-            "{:<18} {:<22} {:<6} {:<8} {:>8} {:>6} {:>7} {:>7} {:>12}",
+            "{:<18} {:<22} {:<6} {:<8} {:>8} {:>6} {:>7} {:>7} {:>12}  {}",
             format!("{:016x}", n.node_id),
             n.address,
             if n.up { "up" } else { "down" },
@@ -347,9 +350,29 @@ fn status_table(topology: &ringkv::protocol::types::Topology) -> String {
             owns,
             n.shard_count,
             ports,
+            hint_cell(&n.hints, now_ms),
         );
     }
     out
+}
+
+/// The `status` cell for the hints the answering node holds for one node:
+/// `-` when none, else `COUNT/BYTES/AGE` of the pending hints (age of the oldest), then
+/// `+N skipped, needs repair` when a bound refused hints for it.
+fn hint_cell(h: &ringkv::protocol::types::HintSummary, now_ms: u64) -> String {
+    let mut cell = if h.pending == 0 {
+        "-".to_string()
+    } else {
+        let age_s = now_ms.saturating_sub(h.oldest_created_ms) as f64 / 1000.0;
+        format!("{}/{}/{age_s:.0}s", h.pending, human_bytes(h.pending_bytes))
+    };
+    if h.skipped > 0 {
+        cell.push_str(&format!(" +{} skipped", h.skipped));
+    }
+    if h.needs_repair {
+        cell.push_str(", needs repair");
+    }
+    cell
 }
 
 fn serve(config_file: Option<PathBuf>, flags: ConfigLayer) -> Result<(), Failure> {

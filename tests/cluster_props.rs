@@ -415,6 +415,98 @@ fn events_strategy() -> impl Strategy<Value = Vec<Event>> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
+    /// Sloppy quorum: every down home gets at most one stand-in, stand-ins are alive
+    /// non-homes taken in ring order, the write is refused only when homes plus stand-ins
+    /// cannot reach W, and `unacked` is exactly the homes holding neither the write nor
+    /// an acknowledged hint.
+    #[test]
+    fn sloppy_write_stand_ins_are_sound(
+        n in 1usize..5,
+        extra in 0usize..4,
+        alive_mask in any::<u8>(),
+        w in 1usize..6,
+        events in prop::collection::vec(
+            prop_oneof![(0u64..9).prop_map(Event::Ack), (0u64..9).prop_map(Event::Error)],
+            0..24,
+        ),
+    ) {
+        let homes: Vec<NodeId> = (0..n as u64).collect();
+        let fallbacks: Vec<NodeId> = (n as u64..(n + extra) as u64).collect();
+        let alive = move |node: NodeId| alive_mask & (1 << node) != 0;
+        let (mut c, effects) = WriteCoordinator::new_sloppy(&homes, &fallbacks, alive, w, 0, 100);
+        c.invariants();
+        let alive_homes = homes.iter().filter(|h| alive(**h)).count();
+        let down_homes: Vec<NodeId> = homes.iter().copied().filter(|h| !alive(*h)).collect();
+        let alive_fallbacks: Vec<NodeId> = fallbacks.iter().copied().filter(|f| alive(*f)).collect();
+        let stand_in_count = down_homes.len().min(alive_fallbacks.len());
+        let refused = alive_homes + stand_in_count < w;
+        let mut stand_ins = Vec::new();
+        for e in &effects {
+            match e {
+                WriteEffect::Send { to } => prop_assert!(homes.contains(to) && alive(*to)),
+                WriteEffect::SendHint { to, home } => stand_ins.push((*to, *home)),
+                WriteEffect::Respond(r) => prop_assert!(refused && r.is_err()),
+                WriteEffect::SetTimer { .. } => {}
+            }
+        }
+        if refused {
+            prop_assert!(stand_ins.is_empty());
+        } else {
+            // In ring order: the i-th down home gets the i-th alive fallback.
+            let expected: Vec<(NodeId, NodeId)> = alive_fallbacks
+                .iter()
+                .copied()
+                .zip(down_homes.iter().copied())
+                .collect();
+            prop_assert_eq!(&stand_ins, &expected);
+        }
+        let mut acked = BTreeSet::new();
+        let mut answered = BTreeSet::new();
+        let contacted: BTreeSet<NodeId> = homes
+            .iter()
+            .copied()
+            .filter(|h| alive(*h))
+            .chain(stand_ins.iter().map(|(s, _)| *s))
+            .collect();
+        let mut ok = false;
+        for event in events {
+            let effects = match event {
+                Event::Ack(node) => {
+                    if !refused && contacted.contains(&node) && answered.insert(node) {
+                        acked.insert(node);
+                    }
+                    c.on_ack(node)
+                }
+                Event::Error(node) => {
+                    answered.insert(node);
+                    c.on_error(node)
+                }
+                Event::Timer(now) => c.on_timer(now),
+            };
+            c.invariants();
+            if effects.contains(&WriteEffect::Respond(Ok(()))) {
+                ok = true;
+                prop_assert!(acked.len() >= w, "ok with {} acks of {}", acked.len(), w);
+            }
+        }
+        let expected_unacked: Vec<NodeId> = if refused {
+            Vec::new()
+        } else {
+            homes
+                .iter()
+                .copied()
+                .filter(|h| !acked.contains(h))
+                .filter(|h| !stand_ins.iter().any(|(s, home)| home == h && acked.contains(s)))
+                .collect()
+        };
+        prop_assert_eq!(c.unacked(), expected_unacked);
+        prop_assert_eq!(ok, !refused && acked.len() >= w);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
     #[test]
     fn write_responds_once_and_only_as_answers_allow(
         n in 1usize..6,
@@ -439,6 +531,7 @@ proptest! {
                 match e {
                     WriteEffect::Respond(r) => responses.push(r),
                     WriteEffect::Send { .. } => panic!("send after start"),
+                    WriteEffect::SendHint { .. } => panic!("a strict write has no stand-ins"),
                     WriteEffect::SetTimer { deadline_ms } => assert_eq!(deadline_ms, 100),
                 }
             }

@@ -16,7 +16,8 @@ use ringkv::protocol::codec::{
 };
 use ringkv::protocol::frame::{next_frame, FrameError, LENGTH_PREFIX_BYTES};
 use ringkv::protocol::types::{
-    Consistency, ErrorReply, NodeInfo, NodeStatus, Op, Reply, Request, Response, Topology,
+    Consistency, ErrorReply, HintSummary, NodeInfo, NodeStatus, Op, Reply, Request, Response,
+    Topology,
 };
 use ringkv::protocol::{decode_request, decode_response, DecodeError, Encoder, Limits};
 
@@ -168,9 +169,26 @@ fn node_info() -> impl Strategy<Value = NodeInfo> {
         any::<bool>(),
         vec(any::<u64>(), 0..8),
         any::<u64>(),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<bool>(),
+        ),
     )
         .prop_map(
-            |(node_id, address, shard_count, shard_port_base, status, up, tokens, load_bytes)| {
+            |(
+                node_id,
+                address,
+                shard_count,
+                shard_port_base,
+                status,
+                up,
+                tokens,
+                load_bytes,
+                (pending, pending_bytes, oldest_created_ms, skipped, needs_repair),
+            )| {
                 NodeInfo {
                     node_id,
                     address,
@@ -180,6 +198,13 @@ fn node_info() -> impl Strategy<Value = NodeInfo> {
                     up,
                     tokens,
                     load_bytes,
+                    hints: HintSummary {
+                        pending,
+                        pending_bytes,
+                        oldest_created_ms,
+                        skipped,
+                        needs_repair,
+                    },
                 }
             },
         )

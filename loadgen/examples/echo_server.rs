@@ -47,6 +47,7 @@ async fn serve(mut stream: TcpStream, me: SocketAddr) {
                         up: true,
                         tokens: vec![0],
                         load_bytes: 0,
+                        hints: Default::default(),
                     }],
                     replication_factor: 1,
                 }),

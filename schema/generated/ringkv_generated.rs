@@ -2206,6 +2206,11 @@ impl<'a> NodeInfo<'a> {
   pub const VT_UP: ::flatbuffers::VOffsetT = 14;
   pub const VT_TOKENS: ::flatbuffers::VOffsetT = 16;
   pub const VT_LOAD_BYTES: ::flatbuffers::VOffsetT = 18;
+  pub const VT_HINTS_PENDING: ::flatbuffers::VOffsetT = 20;
+  pub const VT_HINTS_PENDING_BYTES: ::flatbuffers::VOffsetT = 22;
+  pub const VT_HINTS_OLDEST_CREATED_MS: ::flatbuffers::VOffsetT = 24;
+  pub const VT_HINTS_SKIPPED: ::flatbuffers::VOffsetT = 26;
+  pub const VT_HINTS_NEEDS_REPAIR: ::flatbuffers::VOffsetT = 28;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2217,12 +2222,17 @@ impl<'a> NodeInfo<'a> {
     args: &'args NodeInfoArgs<'args>
   ) -> ::flatbuffers::WIPOffset<NodeInfo<'bldr>> {
     let mut builder = NodeInfoBuilder::new(_fbb);
+    builder.add_hints_skipped(args.hints_skipped);
+    builder.add_hints_oldest_created_ms(args.hints_oldest_created_ms);
+    builder.add_hints_pending_bytes(args.hints_pending_bytes);
+    builder.add_hints_pending(args.hints_pending);
     builder.add_load_bytes(args.load_bytes);
     builder.add_node_id(args.node_id);
     if let Some(x) = args.tokens { builder.add_tokens(x); }
     builder.add_shard_count(args.shard_count);
     if let Some(x) = args.address { builder.add_address(x); }
     builder.add_shard_port_base(args.shard_port_base);
+    builder.add_hints_needs_repair(args.hints_needs_repair);
     builder.add_up(args.up);
     builder.add_status(args.status);
     builder.finish()
@@ -2288,6 +2298,44 @@ impl<'a> NodeInfo<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(NodeInfo::VT_LOAD_BYTES, Some(0)).unwrap()}
   }
+  /// Hints the answering node holds for this node (hinted handoff): pending count and
+  /// bytes, creation time (Unix ms) of the oldest (0: none), writes not hinted because
+  /// of max_hint_window / max_hints_bytes, and whether such a skip left it needing repair.
+  #[inline]
+  pub fn hints_pending(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(NodeInfo::VT_HINTS_PENDING, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn hints_pending_bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(NodeInfo::VT_HINTS_PENDING_BYTES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn hints_oldest_created_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(NodeInfo::VT_HINTS_OLDEST_CREATED_MS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn hints_skipped(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(NodeInfo::VT_HINTS_SKIPPED, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn hints_needs_repair(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(NodeInfo::VT_HINTS_NEEDS_REPAIR, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for NodeInfo<'_> {
@@ -2304,6 +2352,11 @@ impl ::flatbuffers::Verifiable for NodeInfo<'_> {
      .visit_field::<bool>("up", Self::VT_UP, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("tokens", Self::VT_TOKENS, false)?
      .visit_field::<u64>("load_bytes", Self::VT_LOAD_BYTES, false)?
+     .visit_field::<u64>("hints_pending", Self::VT_HINTS_PENDING, false)?
+     .visit_field::<u64>("hints_pending_bytes", Self::VT_HINTS_PENDING_BYTES, false)?
+     .visit_field::<u64>("hints_oldest_created_ms", Self::VT_HINTS_OLDEST_CREATED_MS, false)?
+     .visit_field::<u64>("hints_skipped", Self::VT_HINTS_SKIPPED, false)?
+     .visit_field::<bool>("hints_needs_repair", Self::VT_HINTS_NEEDS_REPAIR, false)?
      .finish();
     Ok(())
   }
@@ -2317,6 +2370,11 @@ pub struct NodeInfoArgs<'a> {
     pub up: bool,
     pub tokens: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
     pub load_bytes: u64,
+    pub hints_pending: u64,
+    pub hints_pending_bytes: u64,
+    pub hints_oldest_created_ms: u64,
+    pub hints_skipped: u64,
+    pub hints_needs_repair: bool,
 }
 impl<'a> Default for NodeInfoArgs<'a> {
   #[inline]
@@ -2330,6 +2388,11 @@ impl<'a> Default for NodeInfoArgs<'a> {
       up: false,
       tokens: None,
       load_bytes: 0,
+      hints_pending: 0,
+      hints_pending_bytes: 0,
+      hints_oldest_created_ms: 0,
+      hints_skipped: 0,
+      hints_needs_repair: false,
     }
   }
 }
@@ -2372,6 +2435,26 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> NodeInfoBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u64>(NodeInfo::VT_LOAD_BYTES, load_bytes, 0);
   }
   #[inline]
+  pub fn add_hints_pending(&mut self, hints_pending: u64) {
+    self.fbb_.push_slot::<u64>(NodeInfo::VT_HINTS_PENDING, hints_pending, 0);
+  }
+  #[inline]
+  pub fn add_hints_pending_bytes(&mut self, hints_pending_bytes: u64) {
+    self.fbb_.push_slot::<u64>(NodeInfo::VT_HINTS_PENDING_BYTES, hints_pending_bytes, 0);
+  }
+  #[inline]
+  pub fn add_hints_oldest_created_ms(&mut self, hints_oldest_created_ms: u64) {
+    self.fbb_.push_slot::<u64>(NodeInfo::VT_HINTS_OLDEST_CREATED_MS, hints_oldest_created_ms, 0);
+  }
+  #[inline]
+  pub fn add_hints_skipped(&mut self, hints_skipped: u64) {
+    self.fbb_.push_slot::<u64>(NodeInfo::VT_HINTS_SKIPPED, hints_skipped, 0);
+  }
+  #[inline]
+  pub fn add_hints_needs_repair(&mut self, hints_needs_repair: bool) {
+    self.fbb_.push_slot::<bool>(NodeInfo::VT_HINTS_NEEDS_REPAIR, hints_needs_repair, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> NodeInfoBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     NodeInfoBuilder {
@@ -2397,6 +2480,11 @@ impl ::core::fmt::Debug for NodeInfo<'_> {
       ds.field("up", &self.up());
       ds.field("tokens", &self.tokens());
       ds.field("load_bytes", &self.load_bytes());
+      ds.field("hints_pending", &self.hints_pending());
+      ds.field("hints_pending_bytes", &self.hints_pending_bytes());
+      ds.field("hints_oldest_created_ms", &self.hints_oldest_created_ms());
+      ds.field("hints_skipped", &self.hints_skipped());
+      ds.field("hints_needs_repair", &self.hints_needs_repair());
       ds.finish()
   }
 }

@@ -316,6 +316,7 @@ impl Membership {
                 up: self.is_up(s.id),
                 tokens: s.tokens.clone(),
                 load_bytes: s.load_bytes,
+                hints: Default::default(),
             })
             .collect()
     }

@@ -22,7 +22,8 @@ use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, WIPOffset};
 
 use super::frame::{FrameError, LENGTH_PREFIX_BYTES};
 use super::types::{
-    Consistency, ErrorReply, NodeInfo, NodeStatus, Op, Reply, Request, Response, Topology,
+    Consistency, ErrorReply, HintSummary, NodeInfo, NodeStatus, Op, Reply, Request, Response,
+    Topology,
 };
 use super::wire;
 use crate::cluster::membership::{
@@ -359,6 +360,11 @@ impl Encoder {
                             up: node.up,
                             tokens: Some(tokens),
                             load_bytes: node.load_bytes,
+                            hints_pending: node.hints.pending,
+                            hints_pending_bytes: node.hints.pending_bytes,
+                            hints_oldest_created_ms: node.hints.oldest_created_ms,
+                            hints_skipped: node.hints.skipped,
+                            hints_needs_repair: node.hints.needs_repair,
                         },
                     ));
                 }
@@ -1139,6 +1145,13 @@ pub fn decode_response(body: &[u8]) -> Result<Response, DecodeError> {
                         up: node.up(),
                         tokens: node.tokens().map_or_else(Vec::new, |t| t.iter().collect()),
                         load_bytes: node.load_bytes(),
+                        hints: HintSummary {
+                            pending: node.hints_pending(),
+                            pending_bytes: node.hints_pending_bytes(),
+                            oldest_created_ms: node.hints_oldest_created_ms(),
+                            skipped: node.hints_skipped(),
+                            needs_repair: node.hints_needs_repair(),
+                        },
                     });
                 }
             }

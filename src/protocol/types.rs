@@ -221,6 +221,22 @@ pub struct NodeInfo {
     pub tokens: Vec<u64>,
     /// Bytes of data stored (all shards).
     pub load_bytes: u64,
+    /// Hints the answering node holds for this node (all its shards).
+    pub hints: HintSummary,
+}
+
+/// Hinted-handoff state one node reports about a target node in a `Topology` reply.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HintSummary {
+    pub pending: u64,
+    pub pending_bytes: u64,
+    /// Creation time (Unix ms) of the oldest pending hint; 0 when none.
+    pub oldest_created_ms: u64,
+    /// Writes not hinted because of `max_hint_window` or `max_hints_bytes`.
+    pub skipped: u64,
+    /// A skipped write left this node needing repair (a QUORUM read of the key, or
+    /// `ringkv repair`, brings it up to date).
+    pub needs_repair: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

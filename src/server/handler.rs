@@ -95,9 +95,12 @@ pub async fn execute_local(shard: &Rc<Shard>, op: Op) -> Reply {
             replication::apply_replica_write(shard, &key, &state).await
         }
         Op::ReplicaRead { key } => replication::answer_replica_read(shard, &key).await,
-        Op::PeerHandshake { .. } | Op::Gossip(_) | Op::HintReplay { .. } => {
-            Reply::Error(ErrorReply::Unauthorized)
-        }
+        Op::HintReplay {
+            key,
+            state,
+            target_node_id,
+        } => super::hints::on_hint_op(shard, &key, &state, target_node_id).await,
+        Op::PeerHandshake { .. } | Op::Gossip(_) => Reply::Error(ErrorReply::Unauthorized),
         // Placeholder until client auth is wired: with no token configured, Auth succeeds
         // whatever it carries (as `auth::ClientAuthState::NotRequired` says); with one
         // configured, refuse rather than pretend to have checked it.
@@ -289,6 +292,7 @@ pub async fn local_topology(shard: &Rc<Shard>) -> Topology {
         up: true,
         tokens: shard.tokens.clone(),
         load_bytes,
+        hints: Default::default(),
     };
     let snapshot = shard
         .topology
@@ -303,6 +307,24 @@ pub async fn local_topology(shard: &Rc<Shard>) -> Topology {
                 .filter(|n| n.node_id != shard.node_id)
                 .cloned(),
         );
+    }
+    // The hints this node's shards hold, per target.
+    for stats in &stats {
+        for (target, t) in &stats.hints {
+            if let Some(node) = nodes.iter_mut().find(|n| n.node_id == *target) {
+                let h = &mut node.hints;
+                h.pending += t.pending_count;
+                h.pending_bytes += t.pending_bytes;
+                if let Some(oldest) = t.oldest_created_ms {
+                    h.oldest_created_ms = match h.oldest_created_ms {
+                        0 => oldest,
+                        have => have.min(oldest),
+                    };
+                }
+                h.skipped += t.skipped_window + t.skipped_bytes;
+                h.needs_repair |= t.needs_repair;
+            }
+        }
     }
     Topology {
         nodes,

@@ -5,6 +5,7 @@
 use super::faults::FAULT_KINDS;
 use super::router;
 use super::shard::{Shard, ShardStats};
+use crate::cluster::hints::TargetStats;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpListener;
 use std::fmt::Write as _;
@@ -132,7 +133,65 @@ pub fn render(stats: &[ShardStats]) -> String {
             );
         }
     }
+    render_hints(stats, &mut out);
     out
+}
+
+/// Hint series, one sample per shard and target node (a target appears once a hint for
+/// it was stored or refused).
+fn render_hints(stats: &[ShardStats], out: &mut String) {
+    type Field = fn(&TargetStats) -> f64;
+    let series: [(&str, &str, &str, Field); 6] = [
+        (
+            "ringkv_hints_pending",
+            "gauge",
+            "Hints stored and not yet delivered to the target.",
+            |t| t.pending_count as f64,
+        ),
+        (
+            "ringkv_hints_pending_bytes",
+            "gauge",
+            "Key and mutation bytes of the pending hints.",
+            |t| t.pending_bytes as f64,
+        ),
+        (
+            "ringkv_hints_oldest_created_ms",
+            "gauge",
+            "Creation time (Unix ms) of the oldest pending hint; 0 when none.",
+            |t| t.oldest_created_ms.unwrap_or(0) as f64,
+        ),
+        (
+            "ringkv_hints_delivered_total",
+            "counter",
+            "Hints the target acknowledged.",
+            |t| t.delivered as f64,
+        ),
+        (
+            "ringkv_hints_skipped_window_total",
+            "counter",
+            "Writes not hinted because the target was down longer than max_hint_window.",
+            |t| t.skipped_window as f64,
+        ),
+        (
+            "ringkv_hints_skipped_bytes_total",
+            "counter",
+            "Writes not hinted because the target's hints reached max_hints_bytes.",
+            |t| t.skipped_bytes as f64,
+        ),
+    ];
+    for (name, kind, help, field) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in stats {
+            for (target, t) in &s.hints {
+                let _ = writeln!(
+                    out,
+                    "{name}{{shard=\"{}\",target=\"{target:016x}\"}} {}",
+                    s.shard,
+                    field(t)
+                );
+            }
+        }
+    }
 }
 
 /// Serve metrics until the shard stops.

@@ -7,6 +7,7 @@ pub mod connection;
 pub mod faults;
 pub mod gossip;
 pub mod handler;
+pub mod hints;
 pub mod metrics;
 pub mod peer;
 pub mod peer_pool;

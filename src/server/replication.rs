@@ -29,6 +29,9 @@ use std::time::{Duration, Instant};
 pub struct Placement {
     /// Replica node ids, primary first.
     pub replicas: Vec<NodeId>,
+    /// The nodes after the replicas on the ring walk, in order: stand-in candidates for
+    /// sloppy quorum.
+    pub fallbacks: Vec<NodeId>,
     /// Node id → (address info, up) for every node of the snapshot.
     nodes: AHashMap<NodeId, NodeInfo>,
 }
@@ -79,14 +82,19 @@ pub fn placement(shard: &Shard, key: &[u8]) -> Option<Placement> {
         }
     };
     let rf = shard.config.replication_factor.max(1) as usize;
-    let replicas = ring.replicas(token_of(key), rf);
+    let mut replicas = ring.replicas(token_of(key), others.len() + 1);
+    let fallbacks = replicas.split_off(rf.min(replicas.len()));
     let nodes = others.into_iter().map(|n| (n.node_id, n.clone())).collect();
-    Some(Placement { replicas, nodes })
+    Some(Placement {
+        replicas,
+        fallbacks,
+        nodes,
+    })
 }
 
 /// One peer call to `node`'s shard that owns `key`, through the shard's pipelined
 /// [`PeerPool`](super::peer_pool::PeerPool), under `request_timeout_ms`.
-async fn peer_call(
+pub(super) async fn peer_call(
     shard: &Rc<Shard>,
     node: &NodeInfo,
     key: &[u8],
@@ -183,7 +191,11 @@ async fn next_event<T>(
     .await
 }
 
-/// Write `state` to the replicas of `key`; answer at W acks (see module doc).
+/// Write `state` to the replicas of `key`; answer at W acks (see module doc). With
+/// sloppy quorum, down homes get stand-ins that hold a hint and count toward W. The
+/// coordination goes on after the answer until every contacted node answered or the
+/// deadline passed; then every home that holds neither the write nor a hint for it gets
+/// a hint stored here.
 pub async fn coordinate_write(
     shard: &Rc<Shard>,
     placement: Placement,
@@ -194,44 +206,86 @@ pub async fn coordinate_write(
     let consistency = consistency.unwrap_or(shard.config.write_consistency);
     let required = required_replicas(consistency, placement.replicas.len());
     let timeout_ms = shard.config.request_timeout_ms;
+    let sloppy = shard.config.sloppy_quorum;
     let placement = Rc::new(placement);
     // The machine's deadline is in wall-clock ms; the wait below uses the monotonic
     // clock, and at its end the deadline is reported as reached whatever the wall says.
     let started_ms = now_ms();
-    let (mut machine, effects) = WriteCoordinator::new(
+    let fallbacks: &[NodeId] = if sloppy { &placement.fallbacks } else { &[] };
+    let (machine, effects) = WriteCoordinator::new_sloppy(
         &placement.replicas,
+        fallbacks,
         |n| placement.is_alive(shard, n),
         required,
         started_ms,
         timeout_ms,
     );
-    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    let (answer_tx, answer_rx) = local_channel::new_bounded::<Reply>(1);
+    let write = Rc::new(PendingWrite {
+        shard: shard.clone(),
+        placement,
+        key: key.into(),
+        state,
+    });
+    spawn(shard, async move {
+        drive_write(write, machine, effects, started_ms + timeout_ms, answer_tx).await;
+    });
+    match answer_rx.recv().await {
+        Some(reply) => reply,
+        None => internal("write coordinator ended without an answer"),
+    }
+}
+
+/// What every task of one coordinated write shares.
+struct PendingWrite {
+    shard: Rc<Shard>,
+    placement: Rc<Placement>,
+    key: Rc<[u8]>,
+    state: KeyState,
+}
+
+async fn drive_write(
+    write: Rc<PendingWrite>,
+    mut machine: WriteCoordinator,
+    effects: Vec<WriteEffect>,
+    deadline_ms: u64,
+    answer: LocalSender<Reply>,
+) {
+    let shard = &write.shard;
+    let deadline = Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms()));
     let (tx, rx) = local_channel::new_unbounded::<(NodeId, Result<(), String>)>();
     let tx = Rc::new(tx);
-    let state = Rc::new(state);
-    let key: Rc<[u8]> = key.into();
     let mut pending = effects;
     loop {
         for effect in pending.drain(..) {
             match effect {
                 WriteEffect::Send { to } => {
-                    let (shard2, placement, key, state, tx) = (
-                        shard.clone(),
-                        placement.clone(),
-                        key.clone(),
-                        state.clone(),
-                        tx.clone(),
-                    );
+                    let (w, tx) = (write.clone(), tx.clone());
                     spawn(shard, async move {
-                        let result = replica_write(&shard2, &placement, to, &key, &state).await;
+                        let result =
+                            replica_write(&w.shard, &w.placement, to, &w.key, &w.state).await;
+                        let _ = tx.send((to, result)).await;
+                    });
+                }
+                WriteEffect::SendHint { to, home } => {
+                    let (w, tx) = (write.clone(), tx.clone());
+                    spawn(shard, async move {
+                        let result = stand_in_write(&w, to, home).await;
                         let _ = tx.send((to, result)).await;
                     });
                 }
                 // The deadline is tracked here from the same timeout.
                 WriteEffect::SetTimer { .. } => {}
-                WriteEffect::Respond(Ok(())) => return Reply::Done,
-                WriteEffect::Respond(Err(e)) => return Reply::Error(e.to_error_reply()),
+                WriteEffect::Respond(Ok(())) => {
+                    let _ = answer.try_send(Reply::Done);
+                }
+                WriteEffect::Respond(Err(e)) => {
+                    let _ = answer.try_send(Reply::Error(e.to_error_reply()));
+                }
             }
+        }
+        if machine.is_finished() {
+            break;
         }
         pending = match next_event(&rx, deadline).await {
             Wake::Answer(node, Ok(())) => machine.on_ack(node),
@@ -239,9 +293,45 @@ pub async fn coordinate_write(
                 tracing::debug!(node = %format!("{node:016x}"), error = %e, "replica write failed");
                 machine.on_error(node)
             }
-            Wake::Deadline => machine.on_timer(now_ms().max(started_ms + timeout_ms)),
-            Wake::Closed => return internal("replica answers channel closed"),
+            Wake::Deadline => machine.on_timer(now_ms().max(deadline_ms)),
+            Wake::Closed => {
+                let _ = answer.try_send(internal("replica answers channel closed"));
+                return;
+            }
         };
+    }
+    let state = write.state.to_bytes();
+    for home in machine.unacked() {
+        if home == shard.node_id {
+            // Our own engine refused the write; a hint to ourselves would not help.
+            continue;
+        }
+        if let Err(e) = super::hints::store(shard, home, &write.key, &state).await {
+            tracing::warn!(target_node = %format!("{home:016x}"), error = %e, "hint not stored");
+        }
+    }
+}
+
+/// Hand the write to stand-in `to`, which stores it as a durable hint for `home`.
+async fn stand_in_write(write: &PendingWrite, to: NodeId, home: NodeId) -> Result<(), String> {
+    let shard = &write.shard;
+    let state = write.state.to_bytes();
+    if to == shard.node_id {
+        return super::hints::store(shard, home, &write.key, &state).await;
+    }
+    let info = write
+        .placement
+        .nodes
+        .get(&to)
+        .ok_or_else(|| format!("node {to:016x} not in the snapshot"))?;
+    let op = Op::HintReplay {
+        key: write.key.to_vec(),
+        state,
+        target_node_id: home,
+    };
+    match peer_call(shard, info, &write.key, op).await? {
+        Reply::Done => Ok(()),
+        other => Err(format!("unexpected reply to a stand-in hint: {other:?}")),
     }
 }
 

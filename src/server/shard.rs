@@ -90,10 +90,14 @@ pub struct Shard {
     pub background_queue: TaskQueueHandle,
     /// Gossip rounds and peer connections (small shares: they are cheap but must run).
     pub gossip_queue: TaskQueueHandle,
+    /// This shard's hinted handoff: hint log, bounds, replay schedule.
+    pub hints: super::hints::Hints,
+    /// Hint replays (small shares: a replay storm must not starve client requests).
+    pub hint_queue: TaskQueueHandle,
 }
 
 /// A snapshot of one shard's counters, sent between shards for `status` and metrics.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ShardStats {
     pub shard: u32,
     pub engine: EngineStats,
@@ -107,6 +111,8 @@ pub struct ShardStats {
     pub inflight: u32,
     /// Outgoing peer calls a fault rule cut, dropped, delayed (`faults::FAULT_KINDS`).
     pub peer_faults: [u64; 3],
+    /// Hints this shard holds, per target node.
+    pub hints: Vec<(u64, crate::cluster::hints::TargetStats)>,
 }
 
 /// Holds a key's causal write lock; releasing wakes the waiters.
@@ -163,6 +169,7 @@ impl Shard {
             peer_auth_failures: m.peer_auth_failures.get(),
             inflight: self.inflight.get(),
             peer_faults: self.faults.counts(),
+            hints: self.hints.stats().into_iter().collect(),
         }
     }
 
@@ -178,6 +185,7 @@ impl Shard {
 pub fn install_topology(shard: &Shard, seq: u64, nodes: Vec<NodeInfo>) {
     let mut current = shard.topology.borrow_mut();
     if current.as_ref().is_none_or(|(have, _)| *have < seq) {
+        super::hints::on_topology(shard, &nodes);
         *current = Some((seq, Rc::new(nodes)));
     }
 }
@@ -223,6 +231,7 @@ pub async fn run(
         executor.create_task_queue(Shares::Static(100), Latency::NotImportant, "background");
     let gossip_queue =
         executor.create_task_queue(Shares::Static(100), Latency::NotImportant, "gossip");
+    let hint_queue = executor.create_task_queue(Shares::Static(50), Latency::NotImportant, "hints");
 
     let dir = config.data_dir.join(format!("shard-{id}"));
     let disk = GlommioDisk::open(&dir).await.map_err(|e| {
@@ -246,6 +255,11 @@ pub async fn run(
         torn_tail = recovered.torn_tail.as_deref().unwrap_or("none"),
         "storage engine open"
     );
+
+    let hints_dir = dir.join("hints");
+    let hints = super::hints::Hints::open(&hints_dir, &config)
+        .await
+        .map_err(|e| fail(format!("shard {id}: {e}")))?;
 
     let client_listener = TcpListener::bind(config.listen).map_err(|e| {
         fail(format!(
@@ -293,6 +307,8 @@ pub async fn run(
         foreground_queue,
         background_queue,
         gossip_queue,
+        hints,
+        hint_queue,
     });
 
     router::spawn_receivers(&shard, receivers);
@@ -320,6 +336,9 @@ pub async fn run(
         );
         tracing::info!(%addr, "serving Prometheus metrics on /metrics");
     }
+    glommio::spawn_local_into(super::hints::run_replay(shard.clone()), hint_queue)
+        .map_err(|e| e.to_string())?
+        .detach();
     let maintenance = shard.clone();
     glommio::spawn_local_into(
         async move {

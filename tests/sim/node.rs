@@ -576,6 +576,9 @@ impl SimNode {
                         self.send(ctx, to, payload);
                     }
                 }
+                WriteEffect::SendHint { .. } => {
+                    unreachable!("the simulator coordinates strict writes (no fallbacks)")
+                }
                 WriteEffect::SetTimer { deadline_ms } => ctx.out.push(Out::Timer {
                     at_ms: deadline_ms,
                     timer: NodeTimer::Request(request),
