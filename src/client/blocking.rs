@@ -1,7 +1,7 @@
 //! Blocking client over std sockets: for the CLI and tests. One [`Connection`] is a
 //! pipelined frame stream; [`Client`] routes each keyed request to its shard's port.
 
-use super::{route, shard_address, ClientError, GetResult};
+use super::{shard_address, ClientError, GetResult, Router};
 use crate::protocol::codec::{decode_response, Encoder};
 use crate::protocol::frame::next_frame;
 use crate::protocol::read_buffer::ReadBuffer;
@@ -133,6 +133,8 @@ pub struct Client {
     /// Presented with an `Auth` request on every new connection, when set.
     token: Option<Vec<u8>>,
     topology: Option<Topology>,
+    /// The ring of `topology`, built once per refresh.
+    router: Router,
     connections: HashMap<SocketAddr, Connection>,
 }
 
@@ -162,6 +164,7 @@ impl Client {
             timeout,
             token,
             topology: None,
+            router: Router::default(),
             connections: HashMap::new(),
         };
         client.refresh_topology()?;
@@ -188,6 +191,7 @@ impl Client {
         let seed = self.seed;
         match self.connection(seed)?.call(Op::Topology)? {
             Reply::Topology(t) => {
+                self.router = Router::new(&t);
                 self.topology = Some(t);
                 self.topology
                     .as_ref()
@@ -208,7 +212,7 @@ impl Client {
     pub fn address_for(&self, key: &[u8]) -> SocketAddr {
         self.topology
             .as_ref()
-            .and_then(|t| route(t, key))
+            .and_then(|t| self.router.route(t, key))
             .and_then(|node| shard_address(node, key))
             .unwrap_or(self.seed)
     }
