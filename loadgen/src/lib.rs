@@ -12,5 +12,6 @@ pub mod plot;
 pub mod ringkv_target;
 pub mod stats;
 pub mod target;
+pub mod transport;
 pub mod verify;
 pub mod workload;

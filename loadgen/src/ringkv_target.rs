@@ -1,25 +1,40 @@
-//! The ringkv target: the real `ringkv::client` glommio transport behind the load
-//! generator's `Connection` trait.
+//! The ringkv target: ringkv's wire protocol over the load generator's own sockets
+//! ([`crate::transport`]) behind the `Connection` trait.
 //!
-//! One load-generator "connection" is shard-aware: it asks the host for its topology,
-//! then opens one pipelined socket per shard port of that node and sends each request
-//! straight to the shard that owns the key (no forwarding between cores on the server).
-//! Typed error replies map to error kinds: `Overloaded`, `Timeout`, `Unavailable`; a
-//! broken socket is `Disconnected` (the engine reconnects); anything else is `Other`.
+//! One load-generator "connection" is token-aware across the cluster: it asks its host
+//! for the topology, builds the ring once (`ringkv::client::Router`, the same routing
+//! the blocking client uses), opens one pipelined socket per shard port of every node
+//! the topology lists as up, and sends each request straight to the owning shard of the
+//! key's first replica that is up and reachable — no forwarding between nodes or
+//! cores on the server. Without a ring (a single node, or no tokens known yet) every
+//! request goes to the host's own shards. Typed error replies map to error kinds:
+//! `Overloaded`, `Timeout`, `Unavailable`; a broken socket is `Disconnected` (the
+//! engine then reconnects, which re-reads the topology); anything else is `Other`.
 
 use crate::target::{ConnectOptions, Connection, Connector, GetOutcome, OpError};
-use ringkv::client::asynch::AsyncConnection;
-use ringkv::client::ClientError;
+use crate::transport::Conn;
+use ringkv::client::{ClientError, Router};
 use ringkv::protocol::token::{shard_of, token_of};
-use ringkv::protocol::types::{Consistency, ErrorReply, Op, Reply};
+use ringkv::protocol::types::{Consistency, ErrorReply, NodeInfo, Op, Reply, Topology};
 use std::net::{SocketAddr, ToSocketAddrs};
 
 #[derive(Clone, Debug, Default)]
 pub struct RingkvConnector;
 
 /// Sockets to every shard of one node.
+struct NodeConns {
+    node_id: u64,
+    shards: Vec<Conn>,
+}
+
+/// Sockets to the shards of every reachable node, and the ring to choose among them.
 pub struct RingkvConnection {
-    shards: Vec<AsyncConnection>,
+    topology: Topology,
+    router: Router,
+    /// Reachable nodes (a node listed as up whose shards all accepted a connection).
+    nodes: Vec<NodeConns>,
+    /// Index in `nodes` of the host this connection was opened on.
+    seed: usize,
     consistency: Option<Consistency>,
 }
 
@@ -43,11 +58,8 @@ fn reply_error(reply: Reply) -> OpError {
 }
 
 /// Open a socket and, when a token is given, present it before anything else.
-async fn connect_authenticated(
-    addr: SocketAddr,
-    token: Option<&[u8]>,
-) -> Result<AsyncConnection, OpError> {
-    let conn = AsyncConnection::connect(addr).await.map_err(op_error)?;
+async fn connect_authenticated(addr: SocketAddr, token: Option<&[u8]>) -> Result<Conn, OpError> {
+    let conn = Conn::connect(addr).await.map_err(op_error)?;
     if let Some(token) = token {
         match conn
             .call(Op::Auth {
@@ -61,6 +73,26 @@ async fn connect_authenticated(
         }
     }
     Ok(conn)
+}
+
+/// Sockets to every shard port of `node`.
+async fn connect_node(node: &NodeInfo, token: Option<&[u8]>) -> Result<NodeConns, OpError> {
+    let addr: SocketAddr = node
+        .address
+        .parse()
+        .map_err(|e| OpError::Other(format!("node address {:?}: {e}", node.address)))?;
+    let mut shards = Vec::with_capacity(node.shard_count as usize);
+    for s in 0..node.shard_count {
+        let port = u16::try_from(s)
+            .ok()
+            .and_then(|s| node.shard_port_base.checked_add(s))
+            .ok_or_else(|| OpError::Other(format!("{}: shard port overflow", node.address)))?;
+        shards.push(connect_authenticated(SocketAddr::new(addr.ip(), port), token).await?);
+    }
+    Ok(NodeConns {
+        node_id: node.node_id,
+        shards,
+    })
 }
 
 impl Connector for RingkvConnector {
@@ -77,43 +109,68 @@ impl Connector for RingkvConnector {
             .next()
             .ok_or_else(|| OpError::Disconnected(format!("{host}: resolves to nothing")))?;
         let token = options.token.as_ref().map(|t| t.as_bytes().to_vec());
-        let seed = connect_authenticated(addr, token.as_deref()).await?;
-        let topology = match seed.call(Op::Topology).await.map_err(op_error)? {
+        let seed_conn = connect_authenticated(addr, token.as_deref()).await?;
+        let topology = match seed_conn.call(Op::Topology).await.map_err(op_error)? {
             Reply::Topology(t) => t,
             other => return Err(reply_error(other)),
         };
-        // The node we asked is the one whose shards we use (the cluster layer will route
-        // to each key's replicas instead).
-        let node = topology
+        drop(seed_conn);
+        // The node we asked: matched by address, else (behind NAT, say) the first one.
+        let seed_node = topology
             .nodes
             .iter()
             .find(|n| n.address.parse::<SocketAddr>().ok() == Some(addr))
             .or_else(|| topology.nodes.first())
             .ok_or_else(|| OpError::Other(format!("{host}: empty topology")))?;
-        let mut shards = Vec::with_capacity(node.shard_count as usize);
-        for s in 0..node.shard_count {
-            let port = node
-                .shard_port_base
-                .checked_add(s as u16)
-                .ok_or_else(|| OpError::Other(format!("{host}: shard port overflow")))?;
-            shards.push(
-                connect_authenticated(SocketAddr::new(addr.ip(), port), token.as_deref()).await?,
-            );
+        // The host we were given must work (its failure is the run's failure); other
+        // nodes are used when they are up and answer, and skipped otherwise.
+        let mut seed_shards = connect_node(seed_node, token.as_deref()).await?;
+        if seed_shards.shards.is_empty() {
+            seed_shards
+                .shards
+                .push(connect_authenticated(addr, token.as_deref()).await?);
         }
-        if shards.is_empty() {
-            shards.push(seed);
+        let router = Router::new(&topology);
+        let mut nodes = vec![seed_shards];
+        if router.is_token_aware() {
+            for node in &topology.nodes {
+                if node.node_id == seed_node.node_id || !node.up || node.shard_count == 0 {
+                    continue;
+                }
+                if let Ok(conns) = connect_node(node, token.as_deref()).await {
+                    nodes.push(conns);
+                }
+            }
         }
         Ok(RingkvConnection {
-            shards,
+            topology,
+            router,
+            nodes,
+            seed: 0,
             consistency: options.consistency,
         })
     }
 }
 
 impl RingkvConnection {
-    fn shard_for(&self, key: &[u8]) -> &AsyncConnection {
-        let s = shard_of(token_of(key), self.shards.len() as u32) as usize;
-        &self.shards[s.min(self.shards.len() - 1)]
+    /// The socket for `key`: the owning shard of its first replica that is up and
+    /// connected, else of the seed host.
+    fn shard_for(&self, key: &[u8]) -> &Conn {
+        let usable = |n: &NodeInfo| n.up && self.nodes.iter().any(|c| c.node_id == n.node_id);
+        let node = self
+            .router
+            .replica_for(&self.topology, key, usable)
+            .and_then(|n| self.nodes.iter().find(|c| c.node_id == n.node_id))
+            .unwrap_or(&self.nodes[self.seed]);
+        let count = node.shards.len();
+        assert!(count > 0, "a connected node has at least one socket");
+        let s = shard_of(token_of(key), count as u32) as usize;
+        &node.shards[s]
+    }
+
+    /// How many nodes this connection can send to (tests, reports).
+    pub fn reachable_nodes(&self) -> usize {
+        self.nodes.len()
     }
 }
 

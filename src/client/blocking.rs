@@ -3,7 +3,7 @@
 //! keeps the session timestamp (see the module doc of `client`).
 
 use super::{
-    context_timestamp, route, shard_address, write_ack, write_context, ClientError, GetResult,
+    context_timestamp, shard_address, write_ack, write_context, ClientError, GetResult, Router,
 };
 use crate::protocol::codec::{decode_response, Encoder};
 use crate::protocol::frame::next_frame;
@@ -136,6 +136,8 @@ pub struct Client {
     /// Presented with an `Auth` request on every new connection, when set.
     token: Option<Vec<u8>>,
     topology: Option<Topology>,
+    /// The ring of `topology`, built once per refresh.
+    router: Router,
     connections: HashMap<SocketAddr, Connection>,
     /// The highest HLC timestamp seen in a write ack or read reply (0 = none yet).
     session_timestamp: u64,
@@ -170,6 +172,7 @@ impl Client {
             timeout,
             token,
             topology: None,
+            router: Router::default(),
             connections: HashMap::new(),
             session_timestamp: 0,
             pinned_to_seed: false,
@@ -198,6 +201,7 @@ impl Client {
         let seed = self.seed;
         match self.connection(seed)?.call(Op::Topology)? {
             Reply::Topology(t) => {
+                self.router = Router::new(&t);
                 self.topology = Some(t);
                 self.topology
                     .as_ref()
@@ -224,7 +228,7 @@ impl Client {
                     // A node lists itself first in its topology.
                     t.nodes.first()
                 } else {
-                    route(t, key)
+                    self.router.route(t, key)
                 }
             })
             .and_then(|node| shard_address(node, key))
