@@ -334,3 +334,130 @@ pub fn sum_series(text: &str, name: &str) -> f64 {
 pub fn metric_sum(metrics_addr: &str, name: &str) -> f64 {
     sum_series(&metrics_text(metrics_addr), name)
 }
+
+/// Every node in `hosts` lists exactly `expected` (address → up) in `ringkv status`.
+pub fn every_node_sees(hosts: &[String], expected: &[(String, bool)]) -> bool {
+    let expected: std::collections::BTreeMap<String, bool> = expected.iter().cloned().collect();
+    hosts
+        .iter()
+        .all(|h| status_view(h).is_some_and(|view| view == expected))
+}
+
+/// `addrs` paired with up = true, except `down` (addresses) paired with false.
+pub fn view_with_down(addrs: &[String], down: &[&str]) -> Vec<(String, bool)> {
+    addrs
+        .iter()
+        .map(|a| (a.clone(), !down.contains(&a.as_str())))
+        .collect()
+}
+
+/// The addresses of `key`'s replicas, primary first, as `topology` places them: the
+/// same ring and replica walk the nodes use (`ringkv ring` prints the same sets).
+pub fn replica_addrs(topology: &ringkv::protocol::types::Topology, key: &[u8]) -> Vec<String> {
+    use ringkv::protocol::types::NodeStatus;
+    let members: Vec<_> = topology
+        .nodes
+        .iter()
+        .filter(|n| n.status == NodeStatus::Normal && !n.tokens.is_empty())
+        .collect();
+    let ring =
+        ringkv::cluster::ring::Ring::new(members.iter().map(|n| (n.node_id, n.tokens.as_slice())))
+            .unwrap();
+    let rf = topology.replication_factor.max(1) as usize;
+    ring.replicas(ringkv::protocol::token::token_of(key), rf)
+        .into_iter()
+        .map(|id| {
+            members
+                .iter()
+                .find(|n| n.node_id == id)
+                .unwrap()
+                .address
+                .clone()
+        })
+        .collect()
+}
+
+/// A peer connection to `addr` (a shard port) authenticated with `cluster_secret`
+/// under the default cluster name; None if the node cannot be reached.
+pub fn peer_connection(
+    addr: SocketAddr,
+    cluster_secret: &str,
+) -> Option<ringkv::client::blocking::Connection> {
+    use ringkv::auth::{self, ClusterName, ClusterSecret, Effect, Handshake, Initiator};
+    use ringkv::protocol::types::{Op, Reply};
+    let mut conn =
+        ringkv::client::blocking::Connection::connect(addr, Duration::from_secs(5)).ok()?;
+    let (mut initiator, mut effects) = Initiator::new(
+        ClusterName::new("ringkv").unwrap(),
+        ClusterSecret::new(cluster_secret.as_bytes()).unwrap(),
+        0x7e57,
+        auth::fresh_nonce().unwrap(),
+    );
+    loop {
+        let mut send = None;
+        for effect in effects.drain(..) {
+            match effect {
+                Effect::Send(message) => send = Some(message),
+                Effect::Authenticated { .. } => return Some(conn),
+                Effect::Close { failure } => panic!("handshake failed: {failure}"),
+            }
+        }
+        let message = send.expect("initiator has something to send");
+        match conn
+            .call(Op::PeerHandshake {
+                message: message.encode(),
+            })
+            .ok()?
+        {
+            Reply::PeerHandshake { message } => effects = initiator.on_bytes(&message),
+            other => panic!("unexpected handshake reply {other:?}"),
+        }
+    }
+}
+
+/// `node`'s own copy of each of `keys`, read with `ReplicaRead` from the shard that owns
+/// it over an authenticated peer connection: the replica-local read path, which never
+/// asks another node (a client `Get`, even at ONE, is coordinated and may be answered
+/// by any replica). Some(None) for a key the node has nothing of; None if the node
+/// cannot be reached. Assumes the default `shard_port_base` (client port + 1).
+pub fn replica_states(
+    node: &Node,
+    cluster_secret: &str,
+    keys: &[&[u8]],
+) -> Option<Vec<Option<ringkv::conflict::KeyState>>> {
+    use ringkv::protocol::token::{shard_of, token_of};
+    use ringkv::protocol::types::{Op, Reply};
+    let mut conns: std::collections::BTreeMap<u32, ringkv::client::blocking::Connection> =
+        std::collections::BTreeMap::new();
+    let mut states = Vec::with_capacity(keys.len());
+    for key in keys {
+        let shard = shard_of(token_of(key), node.shards);
+        let conn = match conns.entry(shard) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let addr = format!("127.0.0.1:{}", node.port + 1 + shard as u16)
+                    .parse()
+                    .unwrap();
+                e.insert(peer_connection(addr, cluster_secret)?)
+            }
+        };
+        let state = match conn.call(Op::ReplicaRead { key: key.to_vec() }).ok()? {
+            Reply::ReplicaState { state: None } => None,
+            Reply::ReplicaState { state: Some(bytes) } => {
+                Some(ringkv::conflict::KeyState::decode(&bytes).unwrap())
+            }
+            other => panic!("unexpected ReplicaRead reply {other:?}"),
+        };
+        states.push(state);
+    }
+    Some(states)
+}
+
+/// The value in an LWW replica state: Some(None) for a tombstone, None for no state.
+pub fn lww_value(state: &Option<ringkv::conflict::KeyState>) -> Option<Option<Vec<u8>>> {
+    match state {
+        None => None,
+        Some(ringkv::conflict::KeyState::Lww(cell)) => Some(cell.value.clone()),
+        Some(other) => panic!("expected an LWW cell, got {other:?}"),
+    }
+}

@@ -1,0 +1,241 @@
+//! A replica that was down while the others took writes converges through read repair
+//! alone (three real nodes, RF=3, no hinted handoff yet): C holds version 1 of 200 keys,
+//! is SIGKILLed, and misses 350 QUORUM writes (new keys, overwrites, deletes, keys both
+//! written and deleted); after the restart its copies are still stale; one QUORUM read
+//! of every key (coordinated round-robin by A, B and C) then brings every replica to the
+//! newest version, tombstones included.
+//!
+//! Each replica's copy is read through the replica-local path (`ReplicaRead` on an
+//! authenticated peer connection to the owning shard). A client `Get` at ONE is not
+//! that: the coordinator asks every replica it believes up and answers with the first
+//! reply, which may come from another node.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{
+    every_node_sees, lww_value, replica_states, view_with_down, wait_until, Cluster, Node,
+};
+use ringkv::client::blocking::Connection;
+use ringkv::protocol::types::{Consistency, Op, Reply};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Generous: phi conviction takes ~18 gossip intervals, and several builders share 2
+/// cores.
+const DEADLINE: Duration = Duration::from_secs(120);
+const SECRET: &str = "repair-secret";
+/// A long coordinator timeout: read repair of a reply that arrives after the deadline
+/// is dropped by design, and a loaded debug build must not turn that into a flaky test.
+const FLAGS: [&str; 8] = [
+    "--gossip-interval-ms",
+    "100",
+    "--replication-factor",
+    "3",
+    "--cluster-secret",
+    SECRET,
+    "--request-timeout-ms",
+    "20000",
+];
+/// Requests in flight per pipelined batch.
+const BATCH: usize = 50;
+
+fn connect(addr: &str) -> Connection {
+    Connection::connect(addr.parse().unwrap(), Duration::from_secs(30)).unwrap()
+}
+
+fn key(i: usize) -> String {
+    format!("rr-{i:04}")
+}
+
+/// Send `ops` through `addr` in pipelined batches; every reply must be `Done`.
+fn write_all(addr: &str, ops: Vec<Op>) {
+    let mut conn = connect(addr);
+    let mut ops = ops.into_iter().peekable();
+    while ops.peek().is_some() {
+        let batch: Vec<Op> = ops.by_ref().take(BATCH).collect();
+        for reply in conn.pipeline(batch).unwrap() {
+            assert_eq!(reply, Reply::Done, "write through {addr}");
+        }
+    }
+}
+
+fn put_op(i: usize, value: &str, consistency: Consistency) -> Op {
+    Op::Put {
+        key: key(i).into_bytes(),
+        value: value.as_bytes().to_vec(),
+        consistency: Some(consistency),
+        context: None,
+    }
+}
+
+fn delete_op(i: usize) -> Op {
+    Op::Delete {
+        key: key(i).into_bytes(),
+        consistency: Some(Consistency::Quorum),
+        context: None,
+    }
+}
+
+/// Every node's own copy of every key: (node, key index) → state.
+fn copies(nodes: &[Node], keys: &[&[u8]]) -> Option<Vec<Vec<Option<ringkv::conflict::KeyState>>>> {
+    nodes
+        .iter()
+        .map(|node| replica_states(node, SECRET, keys))
+        .collect()
+}
+
+#[test]
+fn a_stale_replica_converges_through_read_repair_alone() {
+    let mut cluster = Cluster::start(&[1, 1, 1], &FLAGS);
+    let addrs = cluster.addrs();
+    let all_up = view_with_down(&addrs, &[]);
+    wait_until("every node to see 3 nodes up", DEADLINE, || {
+        every_node_sees(&addrs, &all_up)
+    });
+    let (a, b, c) = (addrs[0].clone(), addrs[1].clone(), addrs[2].clone());
+    // The model: key index → newest value (None: deleted).
+    let mut model: BTreeMap<usize, Option<String>> = BTreeMap::new();
+
+    // Version 1 of keys 0..200 at ALL: C holds every one of them when it is killed.
+    write_all(
+        &a,
+        (0..200)
+            .map(|i| put_op(i, "v1", Consistency::All))
+            .collect(),
+    );
+    model.extend((0..200).map(|i| (i, Some("v1".to_string()))));
+
+    cluster.nodes[2].kill();
+    let c_down = view_with_down(&addrs, &[&c]);
+    wait_until("A and B to mark C down", DEADLINE, || {
+        every_node_sees(&[a.clone(), b.clone()], &c_down)
+    });
+
+    // While C is down, at QUORUM (A and B both ack each write), through A and B:
+    // 200 new keys, 100 overwrites and 50 deletes of old keys, 50 new keys deleted and
+    // 50 new keys overwritten. Each phase completes before the next touches its keys.
+    write_all(
+        &a,
+        (200..400)
+            .map(|i| put_op(i, "n1", Consistency::Quorum))
+            .collect(),
+    );
+    model.extend((200..400).map(|i| (i, Some("n1".to_string()))));
+    write_all(
+        &b,
+        (0..100)
+            .map(|i| put_op(i, "v2", Consistency::Quorum))
+            .collect(),
+    );
+    model.extend((0..100).map(|i| (i, Some("v2".to_string()))));
+    write_all(&a, (100..150).map(delete_op).collect());
+    model.extend((100..150).map(|i| (i, None)));
+    write_all(&b, (200..250).map(delete_op).collect());
+    model.extend((200..250).map(|i| (i, None)));
+    write_all(
+        &a,
+        (250..300)
+            .map(|i| put_op(i, "n2", Consistency::Quorum))
+            .collect(),
+    );
+    model.extend((250..300).map(|i| (i, Some("n2".to_string()))));
+    let touched_while_down = |i: usize| !(150..200).contains(&i);
+
+    cluster.nodes[2].restart();
+    wait_until("C to be up everywhere", DEADLINE, || {
+        every_node_sees(&addrs, &all_up)
+    });
+
+    let names: Vec<String> = (0..400).map(key).collect();
+    let keys: Vec<&[u8]> = names.iter().map(|k| k.as_bytes()).collect();
+    let expected: Vec<Option<Option<Vec<u8>>>> = model
+        .values()
+        .map(|v| Some(v.as_ref().map(|v| v.as_bytes().to_vec())))
+        .collect();
+
+    // Before any read: A and B hold the newest version of every key; C is stale exactly
+    // on the keys written while it was down (nothing else repairs it: no hints yet).
+    let before = copies(&cluster.nodes, &keys).unwrap();
+    for (i, want) in expected.iter().enumerate() {
+        let (on_a, on_b, on_c) = (&before[0][i], &before[1][i], &before[2][i]);
+        assert_eq!(&lww_value(on_a), want, "A's copy of {}", names[i]);
+        assert_eq!(on_a, on_b, "A and B agree on {}", names[i]);
+        if touched_while_down(i) {
+            assert_ne!(on_c, on_a, "C missed the writes to {}", names[i]);
+        } else {
+            assert_eq!(on_c, on_a, "C kept {}", names[i]);
+        }
+    }
+
+    // One QUORUM read of every key, coordinated round-robin by A, B and C.
+    for (n, addr) in addrs.iter().enumerate() {
+        let mut conn = connect(addr);
+        let mine: Vec<usize> = (0..400).filter(|i| i % 3 == n).collect();
+        for chunk in mine.chunks(BATCH) {
+            let ops = chunk
+                .iter()
+                .map(|&i| Op::Get {
+                    key: keys[i].to_vec(),
+                    consistency: Some(Consistency::Quorum),
+                })
+                .collect();
+            for (&i, reply) in chunk.iter().zip(conn.pipeline(ops).unwrap()) {
+                let want = Reply::Value {
+                    values: model[&i].iter().map(|v| v.as_bytes().to_vec()).collect(),
+                    context: None,
+                };
+                assert_eq!(reply, want, "QUORUM read of {} via {addr}", names[i]);
+            }
+        }
+    }
+
+    // Repairs are written after the answers: wait until every replica holds the same,
+    // newest state of every key (the same version, tombstones included).
+    let mut last = None;
+    let converged = std::time::Instant::now() + DEADLINE;
+    loop {
+        let now = copies(&cluster.nodes, &keys);
+        if let Some(now) = &now {
+            let mut stale = Vec::new();
+            for (i, want) in expected.iter().enumerate() {
+                for (n, name) in ["A", "B", "C"].iter().enumerate() {
+                    if &lww_value(&now[n][i]) != want || now[n][i] != now[0][i] {
+                        stale.push(format!("{} on {name}", names[i]));
+                    }
+                }
+            }
+            if stale.is_empty() {
+                break;
+            }
+            last = Some(stale);
+        }
+        assert!(
+            std::time::Instant::now() < converged,
+            "replicas did not converge within {DEADLINE:?}; stale copies: {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // And a read at ONE through every node now answers the newest version.
+    for addr in &addrs {
+        let mut conn = connect(addr);
+        let ops = (0..400)
+            .map(|i| Op::Get {
+                key: keys[i].to_vec(),
+                consistency: Some(Consistency::One),
+            })
+            .collect::<Vec<_>>();
+        for (chunk_start, chunk) in ops.chunks(BATCH).enumerate() {
+            let replies = conn.pipeline(chunk.to_vec()).unwrap();
+            for (j, reply) in replies.into_iter().enumerate() {
+                let i = chunk_start * BATCH + j;
+                let want = Reply::Value {
+                    values: model[&i].iter().map(|v| v.as_bytes().to_vec()).collect(),
+                    context: None,
+                };
+                assert_eq!(reply, want, "ONE read of {} via {addr}", names[i]);
+            }
+        }
+    }
+}
