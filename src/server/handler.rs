@@ -217,21 +217,19 @@ async fn write_causal(
             })
         }
     };
-    // The key lock is held until the replicas (this node among them) acknowledged, so
-    // the next write of this key on this node builds on this one.
-    if let Some(placement) = placement {
-        return replication::coordinate_write(
-            shard,
-            placement,
-            key,
-            KeyState::Causal(state),
-            consistency,
-        )
-        .await;
+    // Apply locally first, under the key lock: the next write of this key on this node
+    // must build on this one (its dot counter), and the local replica's ack may not be
+    // among the first W, so waiting for W acks alone would let the next write read a
+    // copy without this dot and mint it again. The replicas are written after.
+    let state = KeyState::Causal(state);
+    if let Err(e) = shard.engine.write(key, state.clone()).await {
+        return internal(e);
     }
-    match shard.engine.write(key, KeyState::Causal(state)).await {
-        Ok(()) => Reply::Done,
-        Err(e) => internal(e),
+    match placement {
+        Some(placement) => {
+            replication::coordinate_write(shard, placement, key, state, consistency, true).await
+        }
+        None => Reply::Done,
     }
 }
 
@@ -262,7 +260,7 @@ async fn write_lww(
     let state = KeyState::Lww(LwwCell { timestamp, value });
     let reply = match placement {
         Some(placement) => {
-            replication::coordinate_write(shard, placement, key, state, consistency).await
+            replication::coordinate_write(shard, placement, key, state, consistency, false).await
         }
         None => match shard.engine.write(key, state).await {
             Ok(()) => Reply::Done,

@@ -202,11 +202,13 @@ pub async fn coordinate_write(
     key: &[u8],
     state: KeyState,
     consistency: Option<Consistency>,
+    applied_locally: bool,
 ) -> Reply {
     let consistency = consistency.unwrap_or(shard.config.write_consistency);
     let required = required_replicas(consistency, placement.replicas.len());
     let timeout_ms = shard.config.request_timeout_ms;
-    let sloppy = shard.config.sloppy_quorum;
+    // ALL means every home replica: a stand-in's hint never stands in for one there.
+    let sloppy = shard.config.sloppy_quorum && consistency != Consistency::All;
     let placement = Rc::new(placement);
     // The machine's deadline is in wall-clock ms; the wait below uses the monotonic
     // clock, and at its end the deadline is reported as reached whatever the wall says.
@@ -226,6 +228,7 @@ pub async fn coordinate_write(
         placement,
         key: key.into(),
         state,
+        applied_locally,
     });
     spawn(shard, async move {
         drive_write(write, machine, effects, started_ms + timeout_ms, answer_tx).await;
@@ -242,6 +245,9 @@ struct PendingWrite {
     placement: Rc<Placement>,
     key: Rc<[u8]>,
     state: KeyState,
+    /// The caller already wrote `state` to the local engine (causal mode): this node's
+    /// ack is immediate.
+    applied_locally: bool,
 }
 
 async fn drive_write(
@@ -262,8 +268,11 @@ async fn drive_write(
                 WriteEffect::Send { to } => {
                     let (w, tx) = (write.clone(), tx.clone());
                     spawn(shard, async move {
-                        let result =
-                            replica_write(&w.shard, &w.placement, to, &w.key, &w.state).await;
+                        let result = if to == w.shard.node_id && w.applied_locally {
+                            Ok(())
+                        } else {
+                            replica_write(&w.shard, &w.placement, to, &w.key, &w.state).await
+                        };
                         let _ = tx.send((to, result)).await;
                     });
                 }
