@@ -149,6 +149,34 @@ impl Router {
     }
 }
 
+/// The context a put or delete carries: the caller's own (a causal context, or a session
+/// timestamp it kept), else the session timestamp `session` (0 = none seen yet, which
+/// still asks an LWW server for the written timestamp).
+pub(crate) fn write_context(context: Option<Vec<u8>>, session: u64) -> Vec<u8> {
+    context.unwrap_or_else(|| SessionTimestamp(session).encode())
+}
+
+/// The session timestamp a context carries, if it is one (an LWW read's context).
+pub(crate) fn context_timestamp(context: Option<&[u8]>) -> Option<u64> {
+    match context.and_then(SessionTimestamp::decode) {
+        Some(Ok(SessionTimestamp(timestamp))) => Some(timestamp),
+        _ => None,
+    }
+}
+
+/// The outcome of a put or delete: `Ok(Some(timestamp))` for an LWW ack with the
+/// written version's timestamp, `Ok(None)` for a plain ack (causal mode).
+pub(crate) fn write_ack(reply: Reply) -> Result<Option<u64>, ClientError> {
+    match reply {
+        Reply::Done => Ok(None),
+        Reply::Written { timestamp } => Ok(Some(timestamp)),
+        Reply::Error(e) => Err(ClientError::Server(e)),
+        other => Err(ClientError::Protocol(format!(
+            "unexpected reply to a write: {other:?}"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,33 +271,5 @@ mod tests {
             replication_factor: 3,
         };
         assert_eq!(route(&single, b"k").unwrap().node_id, 9);
-    }
-}
-
-/// The context a put or delete carries: the caller's own (a causal context, or a session
-/// timestamp it kept), else the session timestamp `session` (0 = none seen yet, which
-/// still asks an LWW server for the written timestamp).
-pub(crate) fn write_context(context: Option<Vec<u8>>, session: u64) -> Vec<u8> {
-    context.unwrap_or_else(|| SessionTimestamp(session).encode())
-}
-
-/// The session timestamp a context carries, if it is one (an LWW read's context).
-pub(crate) fn context_timestamp(context: Option<&[u8]>) -> Option<u64> {
-    match context.and_then(SessionTimestamp::decode) {
-        Some(Ok(SessionTimestamp(timestamp))) => Some(timestamp),
-        _ => None,
-    }
-}
-
-/// The outcome of a put or delete: `Ok(Some(timestamp))` for an LWW ack with the
-/// written version's timestamp, `Ok(None)` for a plain ack (causal mode).
-pub(crate) fn write_ack(reply: Reply) -> Result<Option<u64>, ClientError> {
-    match reply {
-        Reply::Done => Ok(None),
-        Reply::Written { timestamp } => Ok(Some(timestamp)),
-        Reply::Error(e) => Err(ClientError::Server(e)),
-        other => Err(ClientError::Protocol(format!(
-            "unexpected reply to a write: {other:?}"
-        ))),
     }
 }
