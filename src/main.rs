@@ -87,6 +87,9 @@ enum Command {
         /// Causal mode: the context (hex) from the `get` this write replaces
         #[arg(long, value_parser = parse_hex)]
         context: Option<HexBytes>,
+        /// Override the server's sloppy_quorum for this write (true|false)
+        #[arg(long)]
+        sloppy_quorum: Option<bool>,
         #[command(flatten)]
         host: HostArgs,
     },
@@ -111,6 +114,9 @@ enum Command {
         /// Causal mode: the context (hex) from the `get` this delete replaces
         #[arg(long, value_parser = parse_hex)]
         context: Option<HexBytes>,
+        /// Override the server's sloppy_quorum for this delete (true|false)
+        #[arg(long)]
+        sloppy_quorum: Option<bool>,
         #[command(flatten)]
         host: HostArgs,
     },
@@ -167,10 +173,12 @@ fn run(command: Command) -> Result<(), Failure> {
             value_file,
             consistency,
             context,
+            sloppy_quorum,
             host,
         } => {
             let value = read_value(value, value_file)?;
             let mut client = host.connect()?;
+            client.set_sloppy_quorum(sloppy_quorum);
             client.put(key.as_bytes(), &value, consistency, context.map(|c| c.0))?;
             Ok(())
         }
@@ -233,9 +241,11 @@ fn run(command: Command) -> Result<(), Failure> {
             key,
             consistency,
             context,
+            sloppy_quorum,
             host,
         } => {
             let mut client = host.connect()?;
+            client.set_sloppy_quorum(sloppy_quorum);
             client.delete(key.as_bytes(), consistency, context.map(|c| c.0))?;
             Ok(())
         }

@@ -50,6 +50,7 @@ fn siblings_and_contexts_through_the_library() {
             value: vec![i],
             consistency: None,
             context: None,
+            sloppy_quorum: None,
         })
         .collect();
     assert!(conn
@@ -131,6 +132,7 @@ fn cli_prints_siblings_context_and_json_and_max_siblings_refuses() {
             value: b"v".to_vec(),
             consistency: None,
             context: Some(vec![9, 9, 9]),
+            sloppy_quorum: None,
         })
         .unwrap();
     assert!(

@@ -293,6 +293,7 @@ fn concurrent_writes(nodes: &[Node], key: &'static [u8]) -> BTreeSet<Vec<u8>> {
                         value: value.clone(),
                         consistency: Some(Consistency::Quorum),
                         context: None,
+                        sloppy_quorum: None,
                     })
                     .unwrap();
                 assert_eq!(reply, Reply::Done, "write {i} acknowledged");
@@ -389,6 +390,7 @@ fn without_the_session_timestamp_a_behind_coordinator_loses_the_later_write() {
                 value: value.as_bytes().to_vec(),
                 consistency: Some(Consistency::Quorum),
                 context: None,
+                sloppy_quorum: None,
             })
             .unwrap();
         assert_eq!(reply, Reply::Done);
@@ -465,6 +467,7 @@ fn sequential_contextless_causal_writes_through_one_coordinator_all_survive() {
                     value: format!("v{i}").into_bytes(),
                     consistency: Some(Consistency::Quorum),
                     context: None,
+                    sloppy_quorum: None,
                 })
                 .unwrap();
             assert_eq!(reply, Reply::Done);

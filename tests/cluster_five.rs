@@ -51,6 +51,7 @@ fn put(conn: &mut Connection, key: &str, value: &str, consistency: Consistency) 
         value: value.as_bytes().to_vec(),
         consistency: Some(consistency),
         context: None,
+        sloppy_quorum: None,
     })
     .unwrap()
 }

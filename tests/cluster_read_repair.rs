@@ -70,6 +70,7 @@ fn put_op(i: usize, value: &str, consistency: Consistency) -> Op {
         value: value.as_bytes().to_vec(),
         consistency: Some(consistency),
         context: None,
+        sloppy_quorum: None,
     }
 }
 
@@ -78,6 +79,7 @@ fn delete_op(i: usize) -> Op {
         key: key(i).into_bytes(),
         consistency: Some(Consistency::Quorum),
         context: None,
+        sloppy_quorum: None,
     }
 }
 

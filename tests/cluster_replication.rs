@@ -168,6 +168,7 @@ fn quorum_replication_survives_a_down_node_and_read_repair_heals_it() {
             value: b"x".to_vec(),
             consistency: Some(ringkv::protocol::types::Consistency::All),
             context: None,
+            sloppy_quorum: None,
         })
         .unwrap(),
         Reply::Error(ErrorReply::Unavailable {

@@ -48,6 +48,7 @@ fn put_all(node: &Node, key: &str) -> Reply {
         value: b"v".to_vec(),
         consistency: Some(Consistency::All),
         context: None,
+        sloppy_quorum: None,
     })
     .unwrap()
 }

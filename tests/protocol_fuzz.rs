@@ -43,21 +43,30 @@ fn op() -> impl Strategy<Value = Op> {
             bytes(64),
             bytes(512),
             consistency(),
-            proptest::option::of(bytes(64))
+            proptest::option::of(bytes(64)),
+            proptest::option::of(any::<bool>()),
         )
-            .prop_map(|(key, value, consistency, context)| Op::Put {
+            .prop_map(
+                |(key, value, consistency, context, sloppy_quorum)| Op::Put {
+                    key,
+                    value,
+                    consistency,
+                    context,
+                    sloppy_quorum,
+                }
+            ),
+        (
+            bytes(64),
+            consistency(),
+            proptest::option::of(bytes(64)),
+            proptest::option::of(any::<bool>()),
+        )
+            .prop_map(|(key, consistency, context, sloppy_quorum)| Op::Delete {
                 key,
-                value,
                 consistency,
-                context
+                context,
+                sloppy_quorum,
             }),
-        (bytes(64), consistency(), proptest::option::of(bytes(64))).prop_map(
-            |(key, consistency, context)| Op::Delete {
-                key,
-                consistency,
-                context
-            }
-        ),
         Just(Op::Ping),
         Just(Op::Topology),
         (bytes(64), bytes(256)).prop_map(|(key, state)| Op::ReplicaWrite { key, state }),
@@ -465,8 +474,8 @@ proptest! {
         let limits = Limits { max_key_bytes: 16, max_value_bytes: 32, max_frame_bytes: 4096 };
         let op = match which {
             0 => Op::Get { key, consistency: None },
-            1 => Op::Put { key, value: vec![1], consistency: None, context: None },
-            2 => Op::Delete { key, consistency: None, context: None },
+            1 => Op::Put { key, value: vec![1], consistency: None, context: None, sloppy_quorum: None, },
+            2 => Op::Delete { key, consistency: None, context: None, sloppy_quorum: None, },
             3 => Op::ReplicaWrite { key, state: vec![1] },
             4 => Op::HintReplay { key, state: vec![1], target_node_id: 3 },
             _ => Op::ReplicaRead { key },
@@ -488,7 +497,7 @@ proptest! {
         key in bytes(16),
     ) {
         let limits = Limits { max_key_bytes: 16, max_value_bytes: 32, max_frame_bytes: 4096 };
-        let op = Op::Put { key: key.clone(), value, consistency: None, context: None };
+        let op = Op::Put { key: key.clone(), value, consistency: None, context: None, sloppy_quorum: None, };
         let mut out = Vec::new();
         Encoder::new().encode_request(&Request { request_id, op }, &mut out);
         let err = decode_request(&out[LENGTH_PREFIX_BYTES..], &limits).unwrap_err();
@@ -503,7 +512,7 @@ proptest! {
         // At the limits exactly, the same request is accepted.
         let at_limit = Request {
             request_id,
-            op: Op::Put { key, value: vec![7; 32], consistency: None, context: None },
+            op: Op::Put { key, value: vec![7; 32], consistency: None, context: None, sloppy_quorum: None, },
         };
         let mut out = Vec::new();
         Encoder::new().encode_request(&at_limit, &mut out);
@@ -527,6 +536,7 @@ fn over_limit_frame_is_malformed() {
             value: vec![0; 2048],
             consistency: None,
             context: None,
+            sloppy_quorum: None,
         },
     };
     let mut out = Vec::new();
@@ -559,6 +569,7 @@ fn encoder_reuse_across_sizes() {
                 value: (0..value_len).map(|b| b as u8).collect(),
                 consistency: Some(Consistency::Quorum),
                 context: None,
+                sloppy_quorum: None,
             },
         };
         encoder.encode_request(&request, &mut stream);
@@ -917,11 +928,13 @@ fn peer_ops_are_classified() {
             value: vec![],
             consistency: None,
             context: None,
+            sloppy_quorum: None,
         },
         Op::Delete {
             key: vec![],
             consistency: None,
             context: None,
+            sloppy_quorum: None,
         },
         Op::Ping,
         Op::Topology,

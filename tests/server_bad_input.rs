@@ -145,6 +145,7 @@ fn bad_frames_get_bad_request_or_close_and_others_are_served() {
                 value: vec![0; 100 * 1024],
                 consistency: None,
                 context: None,
+                sloppy_quorum: None,
             },
         },
         &mut out,

@@ -102,6 +102,7 @@ fn ten_thousand_pipelined_requests_on_one_connection() {
                     value: i.to_le_bytes().to_vec(),
                     consistency: None,
                     context: None,
+                    sloppy_quorum: None,
                 }
             } else {
                 Op::Get {

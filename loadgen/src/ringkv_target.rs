@@ -196,6 +196,7 @@ impl Connection for RingkvConnection {
             value: value.to_vec(),
             consistency: self.consistency,
             context: None,
+            sloppy_quorum: None,
         };
         match self.shard_for(key).call(op).await.map_err(op_error)? {
             Reply::Done => Ok(()),

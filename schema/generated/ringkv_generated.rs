@@ -796,6 +796,7 @@ impl<'a> Put<'a> {
   pub const VT_CONSISTENCY: ::flatbuffers::VOffsetT = 8;
   pub const VT_CONSISTENCY_COUNT: ::flatbuffers::VOffsetT = 10;
   pub const VT_CONTEXT: ::flatbuffers::VOffsetT = 12;
+  pub const VT_SLOPPY_QUORUM: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -810,6 +811,7 @@ impl<'a> Put<'a> {
     if let Some(x) = args.context { builder.add_context(x); }
     if let Some(x) = args.value { builder.add_value(x); }
     if let Some(x) = args.key { builder.add_key(x); }
+    if let Some(x) = args.sloppy_quorum { builder.add_sloppy_quorum(x); }
     builder.add_consistency_count(args.consistency_count);
     builder.add_consistency(args.consistency);
     builder.finish()
@@ -851,6 +853,14 @@ impl<'a> Put<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Put::VT_CONTEXT, None)}
   }
+  /// Per-request override of the server's `sloppy_quorum`; absent: the server's setting.
+  #[inline]
+  pub fn sloppy_quorum(&self) -> Option<bool> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Put::VT_SLOPPY_QUORUM, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Put<'_> {
@@ -864,6 +874,7 @@ impl ::flatbuffers::Verifiable for Put<'_> {
      .visit_field::<Consistency>("consistency", Self::VT_CONSISTENCY, false)?
      .visit_field::<u8>("consistency_count", Self::VT_CONSISTENCY_COUNT, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("context", Self::VT_CONTEXT, false)?
+     .visit_field::<bool>("sloppy_quorum", Self::VT_SLOPPY_QUORUM, false)?
      .finish();
     Ok(())
   }
@@ -874,6 +885,7 @@ pub struct PutArgs<'a> {
     pub consistency: Consistency,
     pub consistency_count: u8,
     pub context: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub sloppy_quorum: Option<bool>,
 }
 impl<'a> Default for PutArgs<'a> {
   #[inline]
@@ -884,6 +896,7 @@ impl<'a> Default for PutArgs<'a> {
       consistency: Consistency::Default,
       consistency_count: 0,
       context: None,
+      sloppy_quorum: None,
     }
   }
 }
@@ -914,6 +927,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PutBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Put::VT_CONTEXT, context);
   }
   #[inline]
+  pub fn add_sloppy_quorum(&mut self, sloppy_quorum: bool) {
+    self.fbb_.push_slot_always::<bool>(Put::VT_SLOPPY_QUORUM, sloppy_quorum);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PutBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     PutBuilder {
@@ -936,6 +953,7 @@ impl ::core::fmt::Debug for Put<'_> {
       ds.field("consistency", &self.consistency());
       ds.field("consistency_count", &self.consistency_count());
       ds.field("context", &self.context());
+      ds.field("sloppy_quorum", &self.sloppy_quorum());
       ds.finish()
   }
 }
@@ -960,6 +978,7 @@ impl<'a> Delete<'a> {
   pub const VT_CONSISTENCY: ::flatbuffers::VOffsetT = 6;
   pub const VT_CONSISTENCY_COUNT: ::flatbuffers::VOffsetT = 8;
   pub const VT_CONTEXT: ::flatbuffers::VOffsetT = 10;
+  pub const VT_SLOPPY_QUORUM: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -973,6 +992,7 @@ impl<'a> Delete<'a> {
     let mut builder = DeleteBuilder::new(_fbb);
     if let Some(x) = args.context { builder.add_context(x); }
     if let Some(x) = args.key { builder.add_key(x); }
+    if let Some(x) = args.sloppy_quorum { builder.add_sloppy_quorum(x); }
     builder.add_consistency_count(args.consistency_count);
     builder.add_consistency(args.consistency);
     builder.finish()
@@ -1007,6 +1027,14 @@ impl<'a> Delete<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Delete::VT_CONTEXT, None)}
   }
+  /// As for Put.
+  #[inline]
+  pub fn sloppy_quorum(&self) -> Option<bool> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Delete::VT_SLOPPY_QUORUM, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Delete<'_> {
@@ -1019,6 +1047,7 @@ impl ::flatbuffers::Verifiable for Delete<'_> {
      .visit_field::<Consistency>("consistency", Self::VT_CONSISTENCY, false)?
      .visit_field::<u8>("consistency_count", Self::VT_CONSISTENCY_COUNT, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("context", Self::VT_CONTEXT, false)?
+     .visit_field::<bool>("sloppy_quorum", Self::VT_SLOPPY_QUORUM, false)?
      .finish();
     Ok(())
   }
@@ -1028,6 +1057,7 @@ pub struct DeleteArgs<'a> {
     pub consistency: Consistency,
     pub consistency_count: u8,
     pub context: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub sloppy_quorum: Option<bool>,
 }
 impl<'a> Default for DeleteArgs<'a> {
   #[inline]
@@ -1037,6 +1067,7 @@ impl<'a> Default for DeleteArgs<'a> {
       consistency: Consistency::Default,
       consistency_count: 0,
       context: None,
+      sloppy_quorum: None,
     }
   }
 }
@@ -1063,6 +1094,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeleteBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Delete::VT_CONTEXT, context);
   }
   #[inline]
+  pub fn add_sloppy_quorum(&mut self, sloppy_quorum: bool) {
+    self.fbb_.push_slot_always::<bool>(Delete::VT_SLOPPY_QUORUM, sloppy_quorum);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DeleteBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     DeleteBuilder {
@@ -1084,6 +1119,7 @@ impl ::core::fmt::Debug for Delete<'_> {
       ds.field("consistency", &self.consistency());
       ds.field("consistency_count", &self.consistency_count());
       ds.field("context", &self.context());
+      ds.field("sloppy_quorum", &self.sloppy_quorum());
       ds.finish()
   }
 }

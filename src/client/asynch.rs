@@ -227,6 +227,7 @@ impl AsyncConnection {
             value: value.to_vec(),
             consistency,
             context: Some(write_context(context, self.session_timestamp())),
+            sloppy_quorum: None,
         };
         self.on_write_reply(self.call(op).await?)
     }
@@ -242,6 +243,7 @@ impl AsyncConnection {
             key: key.to_vec(),
             consistency,
             context: Some(write_context(context, self.session_timestamp())),
+            sloppy_quorum: None,
         };
         self.on_write_reply(self.call(op).await?)
     }

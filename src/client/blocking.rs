@@ -144,6 +144,8 @@ pub struct Client {
     /// Send every keyed request to the seed node (it coordinates), not to the key's
     /// first replica.
     pinned_to_seed: bool,
+    /// Sent with every put and delete: the per-request `sloppy_quorum` override.
+    sloppy_quorum: Option<bool>,
 }
 
 impl Client {
@@ -176,6 +178,7 @@ impl Client {
             connections: HashMap::new(),
             session_timestamp: 0,
             pinned_to_seed: false,
+            sloppy_quorum: None,
         };
         client.refresh_topology()?;
         Ok(client)
@@ -242,6 +245,12 @@ impl Client {
         self.pinned_to_seed = pinned;
     }
 
+    /// Override the server's `sloppy_quorum` for this client's puts and deletes (None:
+    /// the server's setting).
+    pub fn set_sloppy_quorum(&mut self, sloppy_quorum: Option<bool>) {
+        self.sloppy_quorum = sloppy_quorum;
+    }
+
     /// The highest HLC timestamp this client has seen (0 = none): the context its next
     /// put or delete without a context of its own carries. Hand it to another client's
     /// [`Client::observe_timestamp`] to order that client's writes after this one's.
@@ -304,6 +313,7 @@ impl Client {
             value: value.to_vec(),
             consistency,
             context: Some(write_context(context, self.session_timestamp)),
+            sloppy_quorum: self.sloppy_quorum,
         };
         let reply = self.call_keyed(key, op)?;
         self.on_write_reply(reply)
@@ -320,6 +330,7 @@ impl Client {
             key: key.to_vec(),
             consistency,
             context: Some(write_context(context, self.session_timestamp)),
+            sloppy_quorum: self.sloppy_quorum,
         };
         let reply = self.call_keyed(key, op)?;
         self.on_write_reply(reply)

@@ -199,6 +199,7 @@ impl Encoder {
                 value,
                 consistency,
                 context,
+                sloppy_quorum,
             } => {
                 let key = byte_vector(builder, key);
                 let value = byte_vector(builder, value);
@@ -212,6 +213,7 @@ impl Encoder {
                         consistency,
                         consistency_count,
                         context,
+                        sloppy_quorum: *sloppy_quorum,
                     },
                 );
                 (wire::RequestBody::Put, table.as_union_value())
@@ -220,6 +222,7 @@ impl Encoder {
                 key,
                 consistency,
                 context,
+                sloppy_quorum,
             } => {
                 let key = byte_vector(builder, key);
                 let context = context.as_deref().map(|c| byte_vector(builder, c));
@@ -231,6 +234,7 @@ impl Encoder {
                         consistency,
                         consistency_count,
                         context,
+                        sloppy_quorum: *sloppy_quorum,
                     },
                 );
                 (wire::RequestBody::Delete, table.as_union_value())
@@ -1016,6 +1020,7 @@ pub fn decode_request(body: &[u8], limits: &Limits) -> Result<Request, DecodeErr
                 value: required_bytes(put.value(), "value", request_id)?,
                 consistency,
                 context: optional_bytes(put.context()),
+                sloppy_quorum: put.sloppy_quorum(),
             }
         }
         wire::RequestBody::Delete => {
@@ -1028,6 +1033,7 @@ pub fn decode_request(body: &[u8], limits: &Limits) -> Result<Request, DecodeErr
                 )
                 .map_err(invalid)?,
                 context: optional_bytes(delete.context()),
+                sloppy_quorum: delete.sloppy_quorum(),
             }
         }
         wire::RequestBody::Ping => Op::Ping,

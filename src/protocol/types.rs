@@ -66,11 +66,15 @@ pub enum Op {
         value: Vec<u8>,
         consistency: Option<Consistency>,
         context: Option<Vec<u8>>,
+        /// Override of the server's `sloppy_quorum` for this write; None: its setting.
+        sloppy_quorum: Option<bool>,
     },
     Delete {
         key: Vec<u8>,
         consistency: Option<Consistency>,
         context: Option<Vec<u8>>,
+        /// As for `Put`.
+        sloppy_quorum: Option<bool>,
     },
     Ping,
     Topology,

@@ -7,13 +7,13 @@
 //! ([`crate::protocol::session`]): a write's session context is observed before the
 //! write is stamped, and the ack carries the stamp.
 
-use super::replication;
+use super::replication::{self, WriteOpts};
 use super::shard::Shard;
 use crate::conflict::{
     causal, Actor, CausalContext, CausalState, ConflictMode, Hlc, KeyState, LwwCell,
 };
 use crate::protocol::session::SessionTimestamp;
-use crate::protocol::types::{Consistency, ErrorReply, NodeInfo, NodeStatus, Op, Reply, Topology};
+use crate::protocol::types::{ErrorReply, NodeInfo, NodeStatus, Op, Reply, Topology};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -83,12 +83,26 @@ pub async fn execute_local(shard: &Rc<Shard>, op: Op) -> Reply {
             value,
             context,
             consistency,
-        } => write(shard, &key, Some(value), context, consistency).await,
+            sloppy_quorum,
+        } => {
+            let opts = WriteOpts {
+                consistency,
+                sloppy_quorum,
+            };
+            write(shard, &key, Some(value), context, opts).await
+        }
         Op::Delete {
             key,
             context,
             consistency,
-        } => write(shard, &key, None, context, consistency).await,
+            sloppy_quorum,
+        } => {
+            let opts = WriteOpts {
+                consistency,
+                sloppy_quorum,
+            };
+            write(shard, &key, None, context, opts).await
+        }
         Op::Ping => Reply::Pong,
         Op::Topology => Reply::Topology(local_topology(shard).await),
         Op::ReplicaWrite { key, state } => {
@@ -118,7 +132,7 @@ async fn write(
     key: &[u8],
     value: Option<Vec<u8>>,
     context: Option<Vec<u8>>,
-    consistency: Option<Consistency>,
+    opts: WriteOpts,
 ) -> Reply {
     let placement = replication::placement(shard, key);
     match shard.config.conflict_mode {
@@ -133,7 +147,7 @@ async fn write(
                     })
                 }
             };
-            write_lww(shard, key, value, placement, consistency, session).await
+            write_lww(shard, key, value, placement, opts, session).await
         }
         ConflictMode::Causal => {
             if let Some(p) = placement
@@ -145,26 +159,20 @@ async fn write(
                     Some(value) => Op::Put {
                         key: key.to_vec(),
                         value,
-                        consistency,
+                        consistency: opts.consistency,
                         context,
+                        sloppy_quorum: opts.sloppy_quorum,
                     },
                     None => Op::Delete {
                         key: key.to_vec(),
-                        consistency,
+                        consistency: opts.consistency,
                         context,
+                        sloppy_quorum: opts.sloppy_quorum,
                     },
                 };
                 return replication::forward_to_replica(shard, p, key, op).await;
             }
-            write_causal(
-                shard,
-                key,
-                value,
-                context.as_deref(),
-                placement,
-                consistency,
-            )
-            .await
+            write_causal(shard, key, value, context.as_deref(), placement, opts).await
         }
     }
 }
@@ -178,7 +186,7 @@ async fn write_causal(
     value: Option<Vec<u8>>,
     context: Option<&[u8]>,
     placement: Option<replication::Placement>,
-    consistency: Option<Consistency>,
+    opts: WriteOpts,
 ) -> Reply {
     let decoded = match context {
         None | Some([]) => Ok(CausalContext::default()),
@@ -227,7 +235,7 @@ async fn write_causal(
     }
     match placement {
         Some(placement) => {
-            replication::coordinate_write(shard, placement, key, state, consistency, true).await
+            replication::coordinate_write(shard, placement, key, state, opts, true).await
         }
         None => Reply::Done,
     }
@@ -243,7 +251,7 @@ async fn write_lww(
     key: &[u8],
     value: Option<Vec<u8>>,
     placement: Option<replication::Placement>,
-    consistency: Option<Consistency>,
+    opts: WriteOpts,
     session: Option<SessionTimestamp>,
 ) -> Reply {
     let timestamp = {
@@ -260,7 +268,7 @@ async fn write_lww(
     let state = KeyState::Lww(LwwCell { timestamp, value });
     let reply = match placement {
         Some(placement) => {
-            replication::coordinate_write(shard, placement, key, state, consistency, false).await
+            replication::coordinate_write(shard, placement, key, state, opts, false).await
         }
         None => match shard.engine.write(key, state).await {
             Ok(()) => Reply::Done,

@@ -201,14 +201,15 @@ pub async fn coordinate_write(
     placement: Placement,
     key: &[u8],
     state: KeyState,
-    consistency: Option<Consistency>,
+    opts: WriteOpts,
     applied_locally: bool,
 ) -> Reply {
-    let consistency = consistency.unwrap_or(shard.config.write_consistency);
+    let consistency = opts.consistency.unwrap_or(shard.config.write_consistency);
     let required = required_replicas(consistency, placement.replicas.len());
     let timeout_ms = shard.config.request_timeout_ms;
     // ALL means every home replica: a stand-in's hint never stands in for one there.
-    let sloppy = shard.config.sloppy_quorum && consistency != Consistency::All;
+    let sloppy =
+        opts.sloppy_quorum.unwrap_or(shard.config.sloppy_quorum) && consistency != Consistency::All;
     let placement = Rc::new(placement);
     // The machine's deadline is in wall-clock ms; the wait below uses the monotonic
     // clock, and at its end the deadline is reported as reached whatever the wall says.
@@ -237,6 +238,13 @@ pub async fn coordinate_write(
         Some(reply) => reply,
         None => internal("write coordinator ended without an answer"),
     }
+}
+
+/// A client write's per-request settings; None: the server's configured default.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriteOpts {
+    pub consistency: Option<Consistency>,
+    pub sloppy_quorum: Option<bool>,
 }
 
 /// What every task of one coordinated write shares.
