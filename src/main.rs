@@ -37,6 +37,11 @@ struct HostArgs {
     /// File holding the token (trailing newline ignored)
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// Send keyed requests to --host itself, which coordinates them (by default they
+    /// go to the key's first live replica). With `get --consistency one` on a replica,
+    /// the answer is that node's own copy
+    #[arg(long)]
+    direct: bool,
 }
 
 impl HostArgs {
@@ -55,11 +60,10 @@ impl HostArgs {
             ),
             (None, None) => None,
         };
-        Ok(Client::connect_with(
-            &self.host,
-            std::time::Duration::from_secs(5),
-            token,
-        )?)
+        let mut client =
+            Client::connect_with(&self.host, std::time::Duration::from_secs(5), token)?;
+        client.pin_to_seed(self.direct);
+        Ok(client)
     }
 }
 

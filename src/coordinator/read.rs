@@ -6,6 +6,11 @@
 //! Asking all alive replicas (not just R) costs one extra request at QUORUM of three,
 //! and buys a read repair on every read whose replicas disagree (DESIGN.md §1).
 //!
+//! A coordinator that is itself a replica names itself with
+//! [`ReadCoordinator::wait_for_local`]: the answer then always includes its own copy
+//! (unless that read failed), so a read at ONE through a replica answers from that
+//! replica, as users of Cassandra expect, rather than from whichever reply came first.
+//!
 //! Generic over the replica state `S` and its merge function, so tests can use small
 //! types; production uses `KeyState` with [`crate::conflict::merge`].
 
@@ -38,6 +43,8 @@ pub struct ReadCoordinator<S> {
     merged: Option<S>,
     outcome: Option<Result<(), CoordinatorError>>,
     deadline_passed: bool,
+    /// The coordinator's own replica, whose reply the answer waits for.
+    local: Option<NodeId>,
 }
 
 impl<S: Clone + PartialEq> ReadCoordinator<S> {
@@ -58,6 +65,7 @@ impl<S: Clone + PartialEq> ReadCoordinator<S> {
             merged: None,
             outcome: None,
             deadline_passed: false,
+            local: None,
         };
         let effects = match QuorumTracker::new(replicas, alive, required_r, now_ms, timeout_ms) {
             Err(unavailable) => {
@@ -81,6 +89,28 @@ impl<S: Clone + PartialEq> ReadCoordinator<S> {
         (machine, effects)
     }
 
+    /// Make the answer wait for `node`'s reply (the coordinator's own replica) as one of
+    /// the R, if `node` was contacted. Call before any reply is fed in.
+    pub fn wait_for_local(&mut self, node: NodeId) {
+        assert!(self.holds.is_empty(), "wait_for_local after replies");
+        self.local = Some(node);
+    }
+
+    /// Whether the answer may go out: R replies, the local one among them unless it
+    /// was never contacted or it failed.
+    fn may_answer(&self) -> bool {
+        let Some(tracker) = &self.tracker else {
+            return false;
+        };
+        let local_done = self.local.is_none_or(|local| {
+            tracker
+                .replicas()
+                .find(|(n, _)| *n == local)
+                .is_none_or(|(_, p)| p != ReplicaProgress::Pending)
+        });
+        tracker.quorum_reached() && local_done
+    }
+
     /// `node` replied with its state of the key (`None`: it has nothing).
     pub fn on_reply(&mut self, node: NodeId, state: Option<S>) -> Vec<ReadEffect<S>> {
         let mut effects = Vec::new();
@@ -97,7 +127,7 @@ impl<S: Clone + PartialEq> ReadCoordinator<S> {
             });
         }
         self.holds.push((node, state));
-        if self.outcome.is_none() && tracker.quorum_reached() {
+        if self.outcome.is_none() && self.may_answer() {
             self.outcome = Some(Ok(()));
             effects.push(ReadEffect::Respond(Ok(self.merged.clone())));
         }
@@ -112,14 +142,18 @@ impl<S: Clone + PartialEq> ReadCoordinator<S> {
         let Some(tracker) = self.tracker.as_mut() else {
             return effects;
         };
-        if tracker.record(node, ReplicaProgress::Failed)
-            && self.outcome.is_none()
-            && tracker.quorum_impossible()
-        {
-            let failed = tracker.failed_error();
-            self.outcome = Some(Err(failed));
-            effects.push(ReadEffect::Respond(Err(failed)));
-            self.repair(&mut effects);
+        if tracker.record(node, ReplicaProgress::Failed) && self.outcome.is_none() {
+            if tracker.quorum_impossible() {
+                let failed = tracker.failed_error();
+                self.outcome = Some(Err(failed));
+                effects.push(ReadEffect::Respond(Err(failed)));
+                self.repair(&mut effects);
+            } else if self.may_answer() {
+                // The local read failed after R others replied: answer with those.
+                self.outcome = Some(Ok(()));
+                effects.push(ReadEffect::Respond(Ok(self.merged.clone())));
+                self.repair(&mut effects);
+            }
         }
         self.invariants();
         effects
@@ -200,7 +234,7 @@ impl<S: Clone + PartialEq> ReadCoordinator<S> {
         );
         match self.outcome {
             None => {
-                assert!(!tracker.quorum_reached(), "quorum reached but no answer");
+                assert!(!self.may_answer(), "may answer but did not");
                 assert!(!tracker.quorum_impossible(), "quorum lost but no answer");
                 assert!(!self.deadline_passed, "deadline passed but no answer");
             }
@@ -355,5 +389,30 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn a_local_replica_is_always_among_the_replies_answered() {
+        let (mut c, _) = read(&[1, 2, 3], 1);
+        c.wait_for_local(3);
+        // Replies from others do not answer a read at ONE through replica 3...
+        assert!(c.on_reply(1, Some(5)).is_empty());
+        assert!(c.on_reply(2, Some(5)).is_empty());
+        // ...its own does, with the merge of everything seen.
+        let effects = c.on_reply(3, Some(4));
+        assert_eq!(effects[0], ReadEffect::Respond(Ok(Some(5))));
+        c.invariants();
+    }
+
+    #[test]
+    fn a_failed_local_read_falls_back_to_the_others() {
+        let (mut c, _) = read(&[1, 2, 3], 1);
+        c.wait_for_local(3);
+        assert!(c.on_reply(1, Some(5)).is_empty());
+        assert_eq!(c.on_error(3), vec![ReadEffect::Respond(Ok(Some(5)))]);
+        // A down local replica (never contacted) does not hold the answer back.
+        let (mut c, _) = read(&[1, 2], 1);
+        c.wait_for_local(3);
+        assert_eq!(c.on_reply(2, Some(1))[0], ReadEffect::Respond(Ok(Some(1))));
     }
 }

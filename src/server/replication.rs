@@ -366,7 +366,7 @@ pub async fn coordinate_read(
     let timeout_ms = shard.config.request_timeout_ms;
     let placement = Rc::new(placement);
     let started_ms = now_ms();
-    let (machine, effects) = ReadCoordinator::new(
+    let (mut machine, effects) = ReadCoordinator::new(
         &placement.replicas,
         |n| placement.is_alive(shard, n),
         required,
@@ -374,6 +374,8 @@ pub async fn coordinate_read(
         timeout_ms,
         conflict::merge,
     );
+    // A replica coordinating answers from its own copy (plus R-1 others).
+    machine.wait_for_local(shard.node_id);
     let (answer_tx, answer_rx) = local_channel::new_bounded::<Reply>(1);
     let key: Rc<[u8]> = key.into();
     let driver_shard = shard.clone();
