@@ -15,8 +15,8 @@
 mod common;
 
 use common::{
-    every_node_sees, free_port_block, metric_sum, replica_addrs, status_view, view_with_down,
-    wait_until, Cluster, Node,
+    every_node_sees, free_port_block, metric_sum, replica_addrs, replica_states, status_view,
+    view_with_down, wait_until, Cluster, Node,
 };
 use ringkv::client::blocking::{Client, Connection};
 use ringkv::cluster::ring::Ring;
@@ -484,4 +484,53 @@ fn sequential_contextless_causal_writes_through_one_coordinator_all_survive() {
         lost += writes - values.len();
     }
     assert_eq!(lost, 0, "context-less causal writes lost as duplicate dots");
+}
+
+/// One bad clock cannot poison keys: a node whose clock runs a minute ahead coordinates
+/// writes; its peers refuse the far-future versions (`max_clock_skew_ms`, default 5 s),
+/// count them in `ringkv_hlc_rejected_total`, and keep their own copies clean.
+#[test]
+fn versions_from_a_clock_beyond_max_skew_are_refused_and_counted() {
+    let metrics = format!("127.0.0.1:{}", free_port_block(1));
+    let common = [
+        "--gossip-interval-ms",
+        "100",
+        "--cluster-secret",
+        SECRET,
+        "--replication-factor",
+        "2",
+    ];
+    let nodes = start_nodes(
+        &common,
+        &[
+            &["--metrics-listen", &metrics],
+            &["--clock-offset-ms", "60000"],
+        ],
+    );
+    wait_all_up(&nodes);
+    assert_eq!(metric_sum(&metrics, "ringkv_hlc_rejected_total"), 0.0);
+    // Through the fast node, which coordinates: at ALL the honest node must accept the
+    // version, and it refuses, so the write fails.
+    let mut fast = Connection::connect(nodes[1].socket_addr(), DEADLINE).unwrap();
+    let reply = fast
+        .call(Op::Put {
+            key: b"poison".to_vec(),
+            value: b"from-the-future".to_vec(),
+            consistency: Some(Consistency::All),
+            context: None,
+            sloppy_quorum: None,
+        })
+        .unwrap();
+    assert!(
+        matches!(reply, Reply::Error(_)),
+        "a far-future version was accepted everywhere: {reply:?}"
+    );
+    assert!(metric_sum(&metrics, "ringkv_hlc_rejected_total") >= 1.0);
+    // The honest node's own copy never took it.
+    let own = replica_states(&nodes[0], SECRET, &[b"poison"]).unwrap();
+    assert_eq!(
+        own,
+        vec![None],
+        "the honest node stored the far-future version"
+    );
 }

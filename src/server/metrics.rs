@@ -17,7 +17,7 @@ const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
 /// Render the exposition text for these shards.
 pub fn render(stats: &[ShardStats]) -> String {
     type Field = fn(&ShardStats) -> f64;
-    let series: [(&str, &str, &str, Field); 16] = [
+    let series: [(&str, &str, &str, Field); 17] = [
         (
             "ringkv_requests_total",
             "counter",
@@ -53,6 +53,12 @@ pub fn render(stats: &[ShardStats]) -> String {
             "counter",
             "Peer handshakes that failed (accepted or dialled).",
             |s| s.peer_auth_failures as f64,
+        ),
+        (
+            "ringkv_hlc_rejected_total",
+            "counter",
+            "Received timestamps refused for being further ahead than max_clock_skew_ms.",
+            |s| s.hlc_rejected as f64,
         ),
         (
             "ringkv_forwarded_total",

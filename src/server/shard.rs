@@ -111,6 +111,8 @@ pub struct ShardStats {
     pub inflight: u32,
     /// Outgoing peer calls a fault rule cut, dropped, delayed (`faults::FAULT_KINDS`).
     pub peer_faults: [u64; 3],
+    /// Received HLC timestamps refused as too far ahead (`max_clock_skew_ms`).
+    pub hlc_rejected: u64,
     /// Hints this shard holds, per target node.
     pub hints: Vec<(u64, crate::cluster::hints::TargetStats)>,
 }
@@ -169,6 +171,7 @@ impl Shard {
             peer_auth_failures: m.peer_auth_failures.get(),
             inflight: self.inflight.get(),
             peer_faults: self.faults.counts(),
+            hlc_rejected: self.hlc.borrow().rejected_count(),
             hints: self.hints.stats().into_iter().collect(),
         }
     }
