@@ -1,8 +1,9 @@
 //! Deterministic cluster simulator (test-only): N nodes running ringkv's real state
 //! machines — ring, gossip membership with phi-accrual failure detection, quorum write
-//! and read coordinators with read repair, HLC and causal versioning, `conflict::merge` —
-//! over a simulated clock, network and disk, driven from one seed. See
-//! `docs/simulator.md` for replaying a seed and adding faults or checkers.
+//! (strict or sloppy, drawn per seed) and read coordinators with read repair, HLC and
+//! causal versioning, `conflict::merge`, the `HintBook` over a durable `HintLog` — over
+//! a simulated clock, network and disk, driven from one seed. See `docs/simulator.md`
+//! for replaying a seed and adding faults or checkers.
 //!
 //! Environment:
 //! - `SIM_SEED=<u64>`: run only that seed (verbose); other tests skip.
