@@ -50,6 +50,8 @@ pub struct OpRecord {
     pub outcome: Outcome,
     /// Writes only, once stamped by the coordinator.
     pub version: Option<WriteVersion>,
+    /// Writes only: a sloppy-quorum stand-in's hint ack counted toward W.
+    pub via_stand_in: bool,
 }
 
 #[derive(Default)]
@@ -85,6 +87,7 @@ impl History {
             end_step: None,
             outcome: Outcome::Pending,
             version: None,
+            via_stand_in: false,
         });
         id
     }
@@ -101,6 +104,10 @@ impl History {
 
     /// Record the client's answer; false if the op was already finished (the client
     /// gave up before a late answer).
+    pub fn mark_via_stand_in(&mut self, id: OpId) {
+        self.ops[id as usize].via_stand_in = true;
+    }
+
     pub fn finish(&mut self, id: OpId, outcome: Outcome, step: u64) -> bool {
         let op = &mut self.ops[id as usize];
         if op.outcome != Outcome::Pending {

@@ -35,15 +35,39 @@ pub enum Payload {
         request: u64,
         state: Option<KeyState>,
     },
-    /// A replayed hint; answered with `HintAck` once durable.
+    /// A mutation for `target` (`Op::HintReplay` in the server): the receiver applies it
+    /// if it is `target` (a replayed hint), or stores it as a durable hint for `target`
+    /// (a sloppy-quorum stand-in). Answered with `HintAck` once durable, or refused.
     Hint {
-        hint: u64,
+        origin: HintOrigin,
+        target: NodeId,
         key: Key,
         state: KeyState,
     },
+    /// The answer to `Hint`: `ok` once the mutation (or the stand-in's hint) is durable;
+    /// false when the stand-in's hint bounds refused it.
     HintAck {
-        hint: u64,
+        origin: HintOrigin,
+        ok: bool,
     },
+}
+
+/// Who is waiting for a `Hint`'s answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HintOrigin {
+    /// The sender's hint log id: a replay its `HintBook` tracks.
+    Replay(u64),
+    /// The sender's coordinated write request: a stand-in hint that counts toward W.
+    StandIn(u64),
+}
+
+impl HintOrigin {
+    fn id(self) -> u64 {
+        match self {
+            HintOrigin::Replay(id) => id << 1,
+            HintOrigin::StandIn(request) => (request << 1) | 1,
+        }
+    }
 }
 
 impl Payload {
@@ -70,7 +94,7 @@ impl Payload {
             Payload::WriteAck { request }
             | Payload::Read { request, .. }
             | Payload::ReadReply { request, .. } => *request,
-            Payload::Hint { hint, .. } | Payload::HintAck { hint } => *hint,
+            Payload::Hint { origin, .. } | Payload::HintAck { origin, .. } => origin.id(),
         }
     }
 }

@@ -1,12 +1,19 @@
 //! One simulated node: the real state machines (gossip `Membership` with its phi-accrual
-//! detector, `WriteCoordinator` / `ReadCoordinator` per request, the HLC, causal writes
-//! and `conflict::merge`) glued to a [`NodeStore`] and a sim-side hint store.
+//! detector, `WriteCoordinator` / `ReadCoordinator` per request, strict or sloppy, the
+//! HLC, causal writes, `conflict::merge`, and the `HintBook` over a durable `HintLog`)
+//! glued to a [`NodeStore`] and [`NodeHints`].
 //!
 //! This glue is what a production shard driver does, minus sockets: it turns messages
 //! and timers into state-machine inputs and their effects into [`Out`]s for the world to
-//! schedule. Planted bugs ([`Bugs`]) live here, never in `src/`. The node never reads a
+//! schedule. Write coordination mirrors `drive_write` in `src/server/replication.rs`
+//! (replicas and sloppy-quorum fallbacks from one ring walk, `SendHint` to stand-ins, a
+//! hint stored for every home in `unacked()` once the machine is finished) and hint
+//! handling mirrors `src/server/hints.rs` (a `Hint` for this node is applied like a
+//! replica write, one for another node is stored and acked once durable; replay as the
+//! book says). Planted bugs ([`Bugs`]) live here, never in `src/`. The node never reads a
 //! clock or an RNG of its own: `now_ms` and the world's seeded RNG come in a [`Ctx`].
 
+use ringkv::cluster::hints::{Admission, HintLimits, ReplayOutcome};
 use ringkv::cluster::membership::{Ack2, Effect, Peer};
 use ringkv::cluster::{
     FailureDetectorConfig, Membership, MembershipConfig, NodeId, NodeState, Ring, RngLike,
@@ -18,19 +25,22 @@ use ringkv::conflict::{
 use ringkv::coordinator::{ReadCoordinator, ReadEffect, WriteCoordinator, WriteEffect};
 use ringkv::protocol::token::token_of;
 use ringkv::protocol::types::NodeStatus;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crate::client::{OpId, WriteVersion};
-use crate::network::{Message, Payload};
+use crate::hints::NodeHints;
+use crate::network::{HintOrigin, Message, Payload};
 use crate::store::{Key, MergeFn, NodeStore};
 
 /// Test-only switches that plant a known bug in the node glue. The simulator must catch
 /// each one within a bounded number of seeds (the negative controls).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Bugs {
-    /// A replica acks a write as soon as it is applied, before the commit-log sync.
+    /// A replica acks a write as soon as it is applied, before the commit-log sync (and
+    /// a stand-in acks its hint before the hint log's sync).
     pub ack_before_sync: bool,
-    /// In strict mode, a replica believed down gets a hint that counts toward W.
+    /// In strict mode, the coordinator still gives down homes sloppy-quorum stand-ins,
+    /// whose hint acks count toward W.
     pub hints_count_toward_w: bool,
     /// The coordinator drops `Repair` effects.
     pub no_read_repair: bool,
@@ -39,6 +49,9 @@ pub struct Bugs {
     /// Causal coordinator creates the dot from the client context alone, ignoring its
     /// local state (so it can reuse a dot it already handed out).
     pub causal_write_ignores_local: bool,
+    /// A hint is taken as delivered as soon as its replay is sent (no ack awaited), so
+    /// a lost replay loses the hint.
+    pub hint_replay_unacked: bool,
 }
 
 impl Bugs {
@@ -51,6 +64,7 @@ impl Bugs {
             "no_read_repair" => bugs.no_read_repair = true,
             "merge_ignores_ties" => bugs.merge_ignores_ties = true,
             "causal_write_ignores_local" => bugs.causal_write_ignores_local = true,
+            "hint_replay_unacked" => bugs.hint_replay_unacked = true,
             _ => return None,
         }
         Some(bugs)
@@ -64,13 +78,14 @@ pub struct NodeConfig {
     pub replication_factor: usize,
     pub write_required: usize,
     pub read_required: usize,
+    /// Coordinators give down homes stand-ins whose hint acks count toward W.
+    pub sloppy_quorum: bool,
     pub gossip_interval_ms: u64,
     pub phi_convict_threshold: f64,
     pub request_timeout_ms: u64,
     pub sync_latency_min_ms: u64,
     pub sync_latency_max_ms: u64,
-    pub max_hint_window_ms: u64,
-    pub hint_replay_batch: usize,
+    pub hint_limits: HintLimits,
     pub max_siblings: usize,
     pub max_clock_skew_ms: u64,
     /// Physical clock at simulated time 0.
@@ -111,12 +126,19 @@ pub enum NodeTimer {
     Gossip,
     Request(u64),
     SyncDone(u64),
+    /// The hint group commit with this tag completed.
+    HintSyncDone(u64),
+    /// The hint book asked to be polled at this time.
+    HintWake(u64),
 }
 
 /// What the client hears back.
 #[derive(Clone, Debug)]
 pub enum ClientResult {
-    WriteOk,
+    /// `via_stand_in`: a sloppy-quorum stand-in's hint ack was among the W acks.
+    WriteOk {
+        via_stand_in: bool,
+    },
     WriteFailed,
     Read(Option<KeyState>),
     ReadFailed,
@@ -153,25 +175,12 @@ struct PendingWrite {
     key: Key,
     state: KeyState,
     op: OpId,
-    /// Replicas already holding a hint for this write (planted bug only).
-    hinted: BTreeSet<NodeId>,
 }
 
 struct PendingRead {
     coordinator: ReadCoordinator<KeyState>,
     key: Key,
     op: OpId,
-}
-
-/// A write for a replica that did not acknowledge it, kept by the coordinator and
-/// replayed when gossip believes the replica is up. Sim-side: `src/` has no hints yet.
-#[derive(Clone, Debug)]
-pub struct Hint {
-    pub target: NodeId,
-    pub key: Key,
-    pub state: KeyState,
-    pub created_ms: u64,
-    pub in_flight_until_ms: u64,
 }
 
 pub struct SimNode {
@@ -188,10 +197,11 @@ pub struct SimNode {
     /// Answers held until the store makes `seq` durable.
     waiting_for_sync: Vec<(u64, Message)>,
     sync_in_flight: Option<u64>,
-    /// Hints are modelled as synced on creation (a hint store fsyncs before counting).
-    pub hints: BTreeMap<u64, Hint>,
-    pub hints_dropped: u64,
-    pub hints_delivered: u64,
+    /// The hint book, the durable hint log and the payloads (durable across crashes).
+    pub hints: NodeHints,
+    /// Crashes that lost hint bookkeeping: writes still being coordinated (their
+    /// `unacked()` homes never get a hint) or hint appends not yet durable.
+    pub lossy_crashes: u64,
     /// The peers table a real node persists (Cassandra's `system.peers`), restored into
     /// a fresh `Membership` on restart.
     peers_table: Vec<NodeState>,
@@ -219,9 +229,8 @@ impl SimNode {
             reads: BTreeMap::new(),
             waiting_for_sync: Vec::new(),
             sync_in_flight: None,
-            hints: BTreeMap::new(),
-            hints_dropped: 0,
-            hints_delivered: 0,
+            hints: NodeHints::new(config.hint_limits.clone()),
+            lossy_crashes: 0,
             peers_table: Vec::new(),
         }
     }
@@ -236,11 +245,15 @@ impl SimNode {
 
     // ---- lifecycle -----------------------------------------------------------------
 
-    /// The process dies: everything in memory is gone, the store loses its unsynced
-    /// tail. Hints and the peers table are durable.
+    /// The process dies: everything in memory is gone, the store and the hint log lose
+    /// their unsynced tails (the hint log is recovered into a fresh book). The peers
+    /// table is durable.
     pub fn crash(&mut self, rng: &mut SplitMix64) {
         assert!(self.up, "crashing a node that is down");
         self.up = false;
+        if !self.writes.is_empty() || self.hints.appends_in_progress() > 0 {
+            self.lossy_crashes += 1;
+        }
         self.writes.clear();
         self.reads.clear();
         self.waiting_for_sync.clear();
@@ -253,6 +266,7 @@ impl SimNode {
             .cloned()
             .collect();
         self.store.crash(rng);
+        self.hints.crash(rng);
     }
 
     /// A new process on the same data, with a new generation.
@@ -275,6 +289,12 @@ impl SimNode {
         // node persists).
         self.clock = HlcClock::starting_after(self.clock.last());
         self.up = true;
+        self.sync_hint_targets(now_ms);
+    }
+
+    /// Checked by the world after every step of this node.
+    pub fn invariants(&mut self) {
+        self.hints.check_if_changed();
     }
 
     // ---- gossip ----------------------------------------------------------------------
@@ -282,7 +302,8 @@ impl SimNode {
     pub fn on_gossip_tick(&mut self, ctx: &mut Ctx<'_>) {
         let effects = self.membership.tick(ctx.now_ms, ctx.rng);
         self.on_membership_effects(ctx, effects);
-        self.replay_hints(ctx);
+        self.sync_hint_targets(ctx.now_ms);
+        self.pump_hints(ctx);
         ctx.out.push(Out::Timer {
             at_ms: ctx.now_ms + ctx.config.gossip_interval_ms,
             timer: NodeTimer::Gossip,
@@ -290,7 +311,7 @@ impl SimNode {
     }
 
     fn on_membership_effects(&mut self, ctx: &mut Ctx<'_>, effects: Vec<Effect>) {
-        let mut replay = false;
+        let mut liveness_changed = false;
         for effect in effects {
             match effect {
                 Effect::Send { to, msg } => {
@@ -298,12 +319,13 @@ impl SimNode {
                         self.send(ctx, to, Payload::Gossip(msg));
                     }
                 }
-                Effect::NodeUp(_) => replay = true,
-                Effect::NodeUpdated(_) | Effect::NodeDown(_) => {}
+                Effect::NodeUp(_) | Effect::NodeDown(_) => liveness_changed = true,
+                Effect::NodeUpdated(_) => {}
             }
         }
-        if replay {
-            self.replay_hints(ctx);
+        if liveness_changed {
+            self.sync_hint_targets(ctx.now_ms);
+            self.pump_hints(ctx);
         }
     }
 
@@ -350,15 +372,44 @@ impl SimNode {
                     self.on_read_effects(ctx, request, effects);
                 }
             }
-            Payload::Hint { hint, key, state } => {
-                let seq = self.apply(ctx, &key, &state);
-                self.answer_when_durable(ctx, seq, from, Payload::HintAck { hint });
-            }
-            Payload::HintAck { hint } => {
-                if self.hints.remove(&hint).is_some() {
-                    self.hints_delivered += 1;
+            Payload::Hint {
+                origin,
+                target,
+                key,
+                state,
+            } => {
+                if target == self.id {
+                    // A replayed hint: apply it like a replica write.
+                    let seq = self.apply(ctx, &key, &state);
+                    let ack = Payload::HintAck { origin, ok: true };
+                    self.answer_when_durable(ctx, seq, from, ack);
+                } else {
+                    // A stand-in for a down home: store a hint, ack once it is durable.
+                    self.store_hint(ctx, target, key, state, Some((from, origin)));
                 }
             }
+            Payload::HintAck { origin, ok } => match origin {
+                HintOrigin::Replay(id) => {
+                    let outcome = if ok {
+                        ReplayOutcome::Acked
+                    } else {
+                        ReplayOutcome::Failed
+                    };
+                    self.hints.on_replay_result(id, outcome, ctx.now_ms);
+                    self.start_hint_sync(ctx);
+                    self.pump_hints(ctx);
+                }
+                HintOrigin::StandIn(request) => {
+                    if let Some(pending) = self.writes.get_mut(&request) {
+                        let effects = if ok {
+                            pending.coordinator.on_ack(from)
+                        } else {
+                            pending.coordinator.on_error(from)
+                        };
+                        self.on_write_effects(ctx, request, effects);
+                    }
+                }
+            },
         }
     }
 
@@ -424,6 +475,19 @@ impl SimNode {
                 }
                 self.start_sync(ctx);
             }
+            NodeTimer::HintSyncDone(tag) => {
+                for (to, origin) in self.hints.complete_commit(tag) {
+                    self.send(ctx, to, Payload::HintAck { origin, ok: true });
+                }
+                self.start_hint_sync(ctx);
+                self.pump_hints(ctx);
+            }
+            NodeTimer::HintWake(at_ms) => {
+                if self.hints.wake_at_ms == Some(at_ms) {
+                    self.hints.wake_at_ms = None;
+                    self.pump_hints(ctx);
+                }
+            }
             NodeTimer::Request(request) => {
                 if let Some(pending) = self.writes.get_mut(&request) {
                     let effects = pending.coordinator.on_timer(ctx.now_ms);
@@ -445,6 +509,17 @@ impl SimNode {
             .unwrap_or_default()
     }
 
+    /// The replicas of `key` and, after them, every other node in ring-walk order (the
+    /// sloppy-quorum stand-in candidates), as `placement` in the server computes them.
+    fn placement(&self, key: &[u8], replication_factor: usize) -> (Vec<NodeId>, Vec<NodeId>) {
+        let mut walk = self
+            .ring()
+            .map(|ring| ring.replicas(token_of(key), usize::MAX))
+            .unwrap_or_default();
+        let fallbacks = walk.split_off(replication_factor.min(walk.len()));
+        (walk, fallbacks)
+    }
+
     pub fn ring(&self) -> Option<Ring> {
         self.membership.ring().ok()
     }
@@ -459,7 +534,7 @@ impl SimNode {
         value: Option<Vec<u8>>,
         client_context: &CausalContext,
     ) {
-        let replicas = self.replicas_of(&key, ctx.config.replication_factor);
+        let (replicas, fallbacks) = self.placement(&key, ctx.config.replication_factor);
         let physical_ms = self.physical_ms(ctx);
         let timestamp = self.clock.now(physical_ms);
         let version;
@@ -516,15 +591,41 @@ impl SimNode {
             }
         };
         let request = ctx.fresh_id();
-        let sloppy = ctx.config.bugs.hints_count_toward_w;
         let membership = &self.membership;
-        let (coordinator, effects) = WriteCoordinator::new(
-            &replicas,
-            |node| sloppy || membership.is_up(node),
-            ctx.config.write_required,
-            ctx.now_ms,
-            ctx.config.request_timeout_ms,
-        );
+        // The planted bug (strict runs): hints count toward W. Down homes get stand-ins
+        // while alive fallbacks last; the down homes left over are treated as alive, and
+        // `on_write_effects` counts a coordinator-side hint as their ack.
+        let planted = !ctx.config.sloppy_quorum && ctx.config.bugs.hints_count_toward_w;
+        let sloppy = ctx.config.sloppy_quorum || planted;
+        let mut pretend_alive: Vec<NodeId> = Vec::new();
+        if planted {
+            let spare = fallbacks.iter().filter(|&&f| membership.is_up(f)).count();
+            let down: Vec<NodeId> = replicas
+                .iter()
+                .copied()
+                .filter(|&n| !membership.is_up(n))
+                .collect();
+            pretend_alive = down.into_iter().skip(spare).collect();
+        }
+        let alive = |node| membership.is_up(node) || pretend_alive.contains(&node);
+        let (coordinator, effects) = if sloppy {
+            WriteCoordinator::new_sloppy(
+                &replicas,
+                &fallbacks,
+                alive,
+                ctx.config.write_required,
+                ctx.now_ms,
+                ctx.config.request_timeout_ms,
+            )
+        } else {
+            WriteCoordinator::new(
+                &replicas,
+                alive,
+                ctx.config.write_required,
+                ctx.now_ms,
+                ctx.config.request_timeout_ms,
+            )
+        };
         let refused = matches!(
             coordinator.outcome(),
             Some(Err(
@@ -547,7 +648,6 @@ impl SimNode {
                 key,
                 state,
                 op,
-                hinted: BTreeSet::new(),
             },
         );
         self.on_write_effects(ctx, request, effects);
@@ -560,37 +660,57 @@ impl SimNode {
                 return;
             };
             match effect {
-                WriteEffect::Send { to } => {
-                    if ctx.config.bugs.hints_count_toward_w && !self.membership.is_up(to) {
-                        // Planted bug: the hint stands in for the replica's ack.
-                        pending.hinted.insert(to);
-                        let (key, state) = (pending.key.clone(), pending.state.clone());
-                        queue.extend(pending.coordinator.on_ack(to));
-                        self.store_hint(ctx, to, key, state);
-                    } else {
-                        let payload = Payload::Write {
-                            request: Some(request),
-                            key: pending.key.clone(),
-                            state: pending.state.clone(),
-                        };
-                        self.send(ctx, to, payload);
-                    }
+                WriteEffect::Send { to }
+                    if ctx.config.bugs.hints_count_toward_w
+                        && !ctx.config.sloppy_quorum
+                        && !self.membership.is_up(to) =>
+                {
+                    // Planted bug: a coordinator-side hint stands in for the home's ack.
+                    let (key, state) = (pending.key.clone(), pending.state.clone());
+                    queue.extend(pending.coordinator.on_ack(to));
+                    self.store_hint(ctx, to, key, state, None);
                 }
-                WriteEffect::SendHint { .. } => {
-                    unreachable!("the simulator coordinates strict writes (no fallbacks)")
+                WriteEffect::Send { to } => {
+                    let payload = Payload::Write {
+                        request: Some(request),
+                        key: pending.key.clone(),
+                        state: pending.state.clone(),
+                    };
+                    self.send(ctx, to, payload);
+                }
+                WriteEffect::SendHint { to, home } => {
+                    assert!(
+                        ctx.config.sloppy_quorum || ctx.config.bugs.hints_count_toward_w,
+                        "a strict write used a stand-in"
+                    );
+                    let payload = Payload::Hint {
+                        origin: HintOrigin::StandIn(request),
+                        target: home,
+                        key: pending.key.clone(),
+                        state: pending.state.clone(),
+                    };
+                    self.send(ctx, to, payload);
                 }
                 WriteEffect::SetTimer { deadline_ms } => ctx.out.push(Out::Timer {
                     at_ms: deadline_ms,
                     timer: NodeTimer::Request(request),
                 }),
-                WriteEffect::Respond(result) => ctx.out.push(Out::Reply {
-                    op: pending.op,
-                    result: if result.is_ok() {
-                        ClientResult::WriteOk
-                    } else {
-                        ClientResult::WriteFailed
-                    },
-                }),
+                WriteEffect::Respond(result) => {
+                    // Answered on the ack that reached W: `acked()` is exactly those W.
+                    let coordinator = &pending.coordinator;
+                    let via_stand_in = coordinator
+                        .acked()
+                        .iter()
+                        .any(|n| coordinator.stand_ins().iter().any(|(s, _)| s == n));
+                    ctx.out.push(Out::Reply {
+                        op: pending.op,
+                        result: if result.is_ok() {
+                            ClientResult::WriteOk { via_stand_in }
+                        } else {
+                            ClientResult::WriteFailed
+                        },
+                    })
+                }
             }
         }
         let finished = self
@@ -599,18 +719,12 @@ impl SimNode {
             .is_some_and(|p| p.coordinator.is_finished());
         if finished {
             if let Some(done) = self.writes.remove(&request) {
-                // Hinted handoff for every replica that did not acknowledge. A write
-                // refused as unavailable sent nothing and needs no hint.
-                if done.coordinator.outcome().is_some_and(|o| {
-                    !matches!(
-                        o,
-                        Err(ringkv::coordinator::CoordinatorError::Unavailable { .. })
-                    )
-                }) {
-                    for target in done.coordinator.unacked() {
-                        if target != self.id && !done.hinted.contains(&target) {
-                            self.store_hint(ctx, target, done.key.clone(), done.state.clone());
-                        }
+                // Hinted handoff for every home holding neither the write nor a stand-in's
+                // hint (a write refused as unavailable has none). Our own store refusing
+                // is not a case here; a hint to ourselves would not help anyway.
+                for home in done.coordinator.unacked() {
+                    if home != self.id {
+                        self.store_hint(ctx, home, done.key.clone(), done.state.clone(), None);
                     }
                 }
             }
@@ -694,49 +808,89 @@ impl SimNode {
 
     // ---- hints -------------------------------------------------------------------------
 
-    fn store_hint(&mut self, ctx: &mut Ctx<'_>, target: NodeId, key: Key, state: KeyState) {
-        let id = ctx.fresh_id();
-        self.hints.insert(
-            id,
-            Hint {
+    /// Store a hint for `target` if the book admits it; `reply` (a stand-in's
+    /// coordinator) hears `HintAck` once the hint is durable, or at once if refused.
+    fn store_hint(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        target: NodeId,
+        key: Key,
+        state: KeyState,
+        reply: Option<(NodeId, HintOrigin)>,
+    ) {
+        assert_ne!(target, self.id, "a hint for ourselves");
+        // Planted bug: a stand-in acks its hint before the hint log's sync.
+        let early = ctx.config.bugs.ack_before_sync;
+        let queued_reply = if early { None } else { reply };
+        match self
+            .hints
+            .admit(target, key, state, ctx.now_ms, queued_reply)
+        {
+            Ok(()) => {
+                if let (true, Some((to, origin))) = (early, reply) {
+                    self.send(ctx, to, Payload::HintAck { origin, ok: true });
+                }
+                self.start_hint_sync(ctx);
+            }
+            Err(Admission::Store) => unreachable!("admitted hints are queued"),
+            Err(Admission::SkippedWindow | Admission::SkippedBytes) => {
+                if let Some((to, origin)) = reply {
+                    self.send(ctx, to, Payload::HintAck { origin, ok: false });
+                }
+            }
+        }
+    }
+
+    /// Start the hint log's group commit if something is queued and none is in flight.
+    fn start_hint_sync(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some(tag) = self.hints.begin_commit() {
+            let spread = ctx.config.sync_latency_max_ms - ctx.config.sync_latency_min_ms;
+            let latency_ms = ctx.config.sync_latency_min_ms + ctx.rng.below(spread + 1);
+            ctx.out.push(Out::Timer {
+                at_ms: ctx.now_ms + latency_ms,
+                timer: NodeTimer::HintSyncDone(tag),
+            });
+        }
+    }
+
+    /// Tell the book what the failure detector believes of every other node (the
+    /// server's `hints::on_topology`).
+    fn sync_hint_targets(&mut self, now_ms: u64) {
+        let ids: Vec<NodeId> = self.membership.states().keys().copied().collect();
+        for id in ids.into_iter().filter(|&id| id != self.id) {
+            let up = self.membership.is_up(id);
+            self.hints.set_target_up(id, up, now_ms);
+        }
+    }
+
+    /// Send every replay the book allows now, and arm a timer for its next wake-up.
+    fn pump_hints(&mut self, ctx: &mut Ctx<'_>) {
+        for (id, target, key, state) in self.hints.poll(ctx.now_ms) {
+            let payload = Payload::Hint {
+                origin: HintOrigin::Replay(id),
                 target,
                 key,
                 state,
-                created_ms: ctx.now_ms,
-                in_flight_until_ms: 0,
-            },
-        );
-    }
-
-    /// Drop hints older than the window; send a bounded batch of the others whose
-    /// target is believed up and that are not already awaiting an ack.
-    fn replay_hints(&mut self, ctx: &mut Ctx<'_>) {
-        let window_ms = ctx.config.max_hint_window_ms;
-        let before = self.hints.len();
-        self.hints
-            .retain(|_, h| ctx.now_ms.saturating_sub(h.created_ms) <= window_ms);
-        self.hints_dropped += (before - self.hints.len()) as u64;
-        let mut sent = 0;
-        let mut batch = Vec::new();
-        for (id, hint) in &mut self.hints {
-            if sent == ctx.config.hint_replay_batch {
-                break;
-            }
-            if hint.in_flight_until_ms <= ctx.now_ms && self.membership.is_up(hint.target) {
-                hint.in_flight_until_ms = ctx.now_ms + ctx.config.request_timeout_ms;
-                batch.push((
-                    hint.target,
-                    Payload::Hint {
-                        hint: *id,
-                        key: hint.key.clone(),
-                        state: hint.state.clone(),
-                    },
-                ));
-                sent += 1;
+            };
+            self.send(ctx, target, payload);
+            if ctx.config.bugs.hint_replay_unacked {
+                self.hints
+                    .on_replay_result(id, ReplayOutcome::Acked, ctx.now_ms);
             }
         }
-        for (to, payload) in batch {
-            self.send(ctx, to, payload);
+        if ctx.config.bugs.hint_replay_unacked {
+            self.start_hint_sync(ctx);
+        }
+        if let Some(at_ms) = self.hints.next_wake_ms(ctx.now_ms) {
+            // Never at `now`: a poll just ran, so anything due now was done.
+            let at_ms = at_ms.max(ctx.now_ms + 1);
+            if self.hints.wake_at_ms.is_none_or(|armed| at_ms < armed) {
+                self.hints.wake_at_ms = Some(at_ms);
+                ctx.out.push(Out::Timer {
+                    at_ms,
+                    timer: NodeTimer::HintWake(at_ms),
+                });
+            }
         }
     }
 }

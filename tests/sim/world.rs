@@ -8,9 +8,16 @@
 //!
 //! A run has four phases: forming (gossip only, until every node sees every other up),
 //! load (clients run while faults fire inside a fault window), settling (faults stop,
-//! crashed nodes restart, the network heals, hints drain), and a read-repair sweep at
-//! ALL, after which replicas must have converged and hold every acknowledged write.
+//! crashed nodes restart, the network heals, every node's hint book drains), and a
+//! read-repair sweep at ALL, after which replicas must have converged and hold every
+//! acknowledged write. Between settling and the sweep, a run in which no hint was
+//! refused by a bound (window, bytes) and no crash lost hint bookkeeping must already
+//! have converged by hints alone: that is the check that sees a lost hint, which the
+//! sweep's read repair would otherwise hide. Hint windows are drawn short (300 ms) in
+//! some seeds, so targets down past the window skip hints (`needs_repair`); those runs
+//! converge through the sweep.
 
+use ringkv::cluster::hints::HintLimits;
 use ringkv::cluster::ring::initial_tokens;
 use ringkv::cluster::{NodeId, Ring, RngLike, SplitMix64};
 use ringkv::conflict::{CausalContext, ConflictMode, KeyState};
@@ -18,9 +25,10 @@ use ringkv::protocol::token::token_of;
 use std::collections::BTreeMap;
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::checker;
+use crate::checker::{self, ReadPromise};
 use crate::client::{Client, History, OpId, OpKind, Outcome};
 use crate::engine_store::EngineStore;
+use crate::hints::HintCounters;
 use crate::network::{Message, Network, NetworkFaults};
 use crate::node::{address_of, Bugs, ClientResult, Ctx, NodeConfig, NodeTimer, Out, SimNode};
 use crate::store::{Key, ModelStore, NodeStore};
@@ -90,54 +98,94 @@ impl SimConfig {
         };
         let gossip_interval_ms = pick(&mut rng, &[50, 100]);
         let latency_min_ms = between(&mut rng, 1, 5);
-        let node = NodeConfig {
+        let mut node = NodeConfig {
             mode,
             replication_factor,
             write_required,
             read_required,
+            sloppy_quorum: false,
             gossip_interval_ms,
             phi_convict_threshold: pick(&mut rng, &[3.0, 5.0, 8.0]),
             request_timeout_ms: between(&mut rng, 100, 500),
             sync_latency_min_ms: 1,
             sync_latency_max_ms: between(&mut rng, 1, 15),
-            max_hint_window_ms: pick(&mut rng, &[300, 1_500, 10_000]),
-            hint_replay_batch: 4,
+            hint_limits: HintLimits {
+                max_hint_window_ms: pick(&mut rng, &[300, 1_500, 10_000]),
+                ..HintLimits::default()
+            },
             max_siblings: 16,
             max_clock_skew_ms: 500,
             epoch_ms: 1_700_000_000_000,
             seeds: vec![address_of(1)],
             bugs,
         };
+        let num_tokens = between(&mut rng, 1, 4) as usize;
+        let network = NetworkFaults {
+            latency_min_ms,
+            latency_max_ms: latency_min_ms + between(&mut rng, 0, 20),
+            loss_per_mille: pick(&mut rng, &[0, 10, 50, 100]),
+            duplicate_per_mille: pick(&mut rng, &[0, 10, 50]),
+        };
+        let clients = between(&mut rng, 1, 4) as usize;
+        let ops_per_client = between(&mut rng, 10, 30) as u32;
+        let keys = between(&mut rng, 1, 5) as usize;
+        let think_max_ms = pick(&mut rng, &[0, 10, 30]);
+        let skew_max_ms = pick(&mut rng, &[0, 10, 50]);
+        let fault_window_ms = between(&mut rng, 500, 2_500);
+        let crashes = between(&mut rng, 0, 3);
+        let power_losses = u64::from(rng.chance(1, 6));
+        let partitions = between(&mut rng, 0, 2);
+        let one_way_cuts = between(&mut rng, 0, 2);
+        let swizzles = between(&mut rng, 0, 1);
+        let downtime_max_ms = pick(&mut rng, &[200, 800, 2_000]);
+        let engine_store = rng.chance(1, 2);
+        // Knobs added with the real hint book, drawn after the older ones so old seeds
+        // keep their shape. Sloppy quorum is the server's default; half the runs are
+        // strict so the strict-quorum read checker has work.
+        node.sloppy_quorum = rng.chance(1, 2);
+        node.hint_limits = HintLimits {
+            max_hint_window_ms: node.hint_limits.max_hint_window_ms,
+            // Mostly unbounded; sometimes small enough that hints are refused.
+            max_hints_bytes: pick(&mut rng, &[1 << 30, 1 << 30, 1_024]),
+            replay_rate_per_s: pick(&mut rng, &[50, 200, 1_000]),
+            max_in_flight_per_target: pick(&mut rng, &[1, 4, 16]),
+            retry_backoff_ms: pick(&mut rng, &[50, 200]),
+            replay_timeout_ms: 2 * node.request_timeout_ms,
+        };
         SimConfig {
             seed,
             node_count,
-            num_tokens: between(&mut rng, 1, 4) as usize,
-            network: NetworkFaults {
-                latency_min_ms,
-                latency_max_ms: latency_min_ms + between(&mut rng, 0, 20),
-                loss_per_mille: pick(&mut rng, &[0, 10, 50, 100]),
-                duplicate_per_mille: pick(&mut rng, &[0, 10, 50]),
-            },
-            clients: between(&mut rng, 1, 4) as usize,
-            ops_per_client: between(&mut rng, 10, 30) as u32,
-            keys: between(&mut rng, 1, 5) as usize,
-            think_max_ms: pick(&mut rng, &[0, 10, 30]),
-            skew_max_ms: pick(&mut rng, &[0, 10, 50]),
-            fault_window_ms: between(&mut rng, 500, 2_500),
-            crashes: between(&mut rng, 0, 3),
-            power_losses: u64::from(rng.chance(1, 6)),
-            partitions: between(&mut rng, 0, 2),
-            one_way_cuts: between(&mut rng, 0, 2),
-            swizzles: between(&mut rng, 0, 1),
-            downtime_max_ms: pick(&mut rng, &[200, 800, 2_000]),
-            engine_store: rng.chance(1, 2),
+            num_tokens,
+            network,
+            clients,
+            ops_per_client,
+            keys,
+            think_max_ms,
+            skew_max_ms,
+            fault_window_ms,
+            crashes,
+            power_losses,
+            partitions,
+            one_way_cuts,
+            swizzles,
+            downtime_max_ms,
+            engine_store,
             node,
         }
     }
 
-    /// Reads are guaranteed to see acknowledged writes (strict quorums overlap).
-    pub fn quorums_overlap(&self) -> bool {
-        self.node.read_required + self.node.write_required > self.node.replication_factor
+    /// What a client read is promised (see [`ReadPromise`]): with R + W > N, every
+    /// acknowledged write under strict quorums, and under sloppy quorum only the writes
+    /// acknowledged by W home replicas (a stand-in's hint is invisible to reads of the
+    /// homes until it is replayed; those writes are checked after the hints drained).
+    pub fn read_promise(&self) -> ReadPromise {
+        if self.node.read_required + self.node.write_required <= self.node.replication_factor {
+            ReadPromise::Nothing
+        } else if self.node.sloppy_quorum {
+            ReadPromise::HomeAckedWrites
+        } else {
+            ReadPromise::EveryAckedWrite
+        }
     }
 }
 
@@ -180,6 +228,10 @@ pub struct RunReport {
     pub end_ms: u64,
     pub failure: Option<String>,
     pub summary: String,
+    /// Hint counters summed over the nodes, for the seed budget's coverage line.
+    pub hints: HintCounters,
+    /// Whether the replicas had to converge by hints alone (before the sweep).
+    pub hinted_convergence_checked: bool,
 }
 
 pub struct World {
@@ -201,6 +253,8 @@ pub struct World {
     /// Non-gossip messages scheduled but not yet delivered or dropped.
     data_in_flight: u64,
     sweep_ops: Vec<OpId>,
+    /// `check_hinted_convergence` applied to this run.
+    hinted_convergence_checked: bool,
     settle_started_ms: u64,
     crashes_done: u64,
     /// Crashes waiting for the node's next replica write (node -> downtime).
@@ -253,6 +307,7 @@ impl World {
             faults_over: false,
             data_in_flight: 0,
             sweep_ops: Vec::new(),
+            hinted_convergence_checked: false,
             settle_started_ms: 0,
             crashes_done: 0,
             armed_crashes: BTreeMap::new(),
@@ -326,6 +381,16 @@ impl World {
             done = self.on_event(event);
         }
         let summary = self.summary();
+        let hints = HintCounters {
+            stored: self.hint_total(|h| h.stored),
+            stand_in: self.hint_total(|h| h.stand_in),
+            delivered: self.hint_total(|h| h.delivered),
+            skipped_window: self.hint_total(|h| h.skipped_window),
+            skipped_bytes: self.hint_total(|h| h.skipped_bytes),
+            appends_cut: self.hint_total(|h| h.appends_cut),
+            torn_writes: self.hint_total(|h| h.torn_writes),
+            recovered: self.hint_total(|h| h.recovered),
+        };
         RunReport {
             seed: self.config.seed,
             log_hash: self.hash.digest(),
@@ -333,22 +398,26 @@ impl World {
             end_ms: self.now_ms,
             failure: self.failure,
             summary,
+            hints,
+            hinted_convergence_checked: self.hinted_convergence_checked,
         }
     }
 
     fn summary(&self) -> String {
         let c = &self.config;
         format!(
-            "store={} nodes={} rf={} w={} r={} mode={:?} tokens={} clients={}x{} keys={} \
+            "store={} nodes={} rf={} w={} r={} {} mode={:?} tokens={} clients={}x{} keys={} \
              loss={}‰ dup={}‰ lat={}..{}ms faults: crash={} power={} part={} oneway={} swizzle={} \
              | ops ok={} failed={} unknown={} | msgs sent={} lost={} dup={} cut={} | \
-             hints left={} dropped={} delivered={} | store flushes={} torn={} lost={} | \
+             hints window={}ms stored={} stand-in={} delivered={} left={} skipped window={} bytes={} \
+             cut={} torn={} recovered={} | store flushes={} torn={} lost={} | \
              events={} end={}ms",
             if c.engine_store { "engine" } else { "model" },
             c.node_count,
             c.node.replication_factor,
             c.node.write_required,
             c.node.read_required,
+            if c.node.sloppy_quorum { "sloppy" } else { "strict" },
             c.node.mode,
             c.num_tokens,
             c.clients,
@@ -370,15 +439,26 @@ impl World {
             self.network.lost,
             self.network.duplicated,
             self.network.cut_drops,
-            self.nodes.iter().map(|n| n.hints.len()).sum::<usize>(),
-            self.nodes.iter().map(|n| n.hints_dropped).sum::<u64>(),
-            self.nodes.iter().map(|n| n.hints_delivered).sum::<u64>(),
+            c.node.hint_limits.max_hint_window_ms,
+            self.hint_total(|h| h.stored),
+            self.hint_total(|h| h.stand_in),
+            self.hint_total(|h| h.delivered),
+            self.nodes.iter().map(|n| n.hints.pending()).sum::<usize>(),
+            self.hint_total(|h| h.skipped_window),
+            self.hint_total(|h| h.skipped_bytes),
+            self.hint_total(|h| h.appends_cut),
+            self.hint_total(|h| h.torn_writes),
+            self.hint_total(|h| h.recovered),
             self.nodes.iter().map(|n| n.store.counters().0).sum::<u64>(),
             self.nodes.iter().map(|n| n.store.counters().1).sum::<u64>(),
             self.nodes.iter().map(|n| n.store.counters().2).sum::<u64>(),
             self.step,
             self.now_ms,
         )
+    }
+
+    fn hint_total(&self, field: impl Fn(&HintCounters) -> u64) -> u64 {
+        self.nodes.iter().map(|n| field(&n.hints.counters())).sum()
     }
 
     /// Process one event; true when the run is complete.
@@ -423,6 +503,8 @@ impl World {
                     NodeTimer::Gossip => 0,
                     NodeTimer::Request(r) => r,
                     NodeTimer::SyncDone(s) => s,
+                    NodeTimer::HintSyncDone(t) => t,
+                    NodeTimer::HintWake(at) => at,
                 };
                 self.log(&[2, node, tag]);
                 self.with_node(node, |node, ctx| node.on_timer(ctx, timer));
@@ -501,6 +583,7 @@ impl World {
                 next_id: &mut self.next_id,
             };
             f(node, &mut ctx);
+            node.invariants();
         }
         for effect in out {
             self.perform(id, generation, effect);
@@ -628,22 +711,25 @@ impl World {
 
     fn on_reply(&mut self, op: OpId, result: ClientResult) {
         let outcome = match &result {
-            ClientResult::WriteOk | ClientResult::Read(_) => Outcome::Ok,
+            ClientResult::WriteOk { .. } | ClientResult::Read(_) => Outcome::Ok,
             ClientResult::WriteFailed | ClientResult::ReadFailed => Outcome::Failed,
         };
         self.log(&[12, op, u64::from(outcome == Outcome::Ok)]);
         if !self.history.finish(op, outcome, self.step) {
             return;
         }
+        if let ClientResult::WriteOk { via_stand_in: true } = result {
+            self.history.mark_via_stand_in(op);
+        }
         let client = self.history.op(op).client;
         if let ClientResult::Read(state) = &result {
-            let overlapping = self.config.quorums_overlap() || client == SWEEP_CLIENT;
-            let verdict = checker::check_read(
-                &self.history,
-                self.history.op(op),
-                state.as_ref(),
-                overlapping,
-            );
+            let promise = if client == SWEEP_CLIENT {
+                ReadPromise::EveryAckedWrite
+            } else {
+                self.config.read_promise()
+            };
+            let verdict =
+                checker::check_read(&self.history, self.history.op(op), state.as_ref(), promise);
             if let Err(e) = verdict {
                 self.fail(e);
             }
@@ -807,13 +893,15 @@ impl World {
                 }
             }
             Phase::Settling => {
-                let hints: usize = self.nodes.iter().map(|n| n.hints.len()).sum();
+                let hints: usize = self.nodes.iter().map(|n| n.hints.pending()).sum();
                 let busy: usize = self.nodes.iter().map(|n| n.in_flight_requests()).sum();
                 if self.formed() && hints == 0 && busy == 0 && self.network.is_healed() {
+                    self.check_hinted_convergence();
                     self.start_sweep();
                 } else if self.now_ms > self.settle_started_ms + SETTLE_DEADLINE_MS {
+                    let drained = self.check_hints_drained().err().unwrap_or_default();
                     self.fail(format!(
-                        "did not settle: formed={} hints left={hints} requests in flight={busy}",
+                        "did not settle: formed={} hints left={hints} requests in flight={busy} {drained}",
                         self.formed()
                     ));
                 }
@@ -857,7 +945,53 @@ impl World {
         }
     }
 
+    /// Hints drained, before the sweep: if no hint was refused by a bound and no crash
+    /// lost hint bookkeeping, every replica got every write directly or through a hint,
+    /// so the replicas have converged without any read repair. (Otherwise a replica may
+    /// lack writes only a repair brings back — `needs_repair` — and convergence is left
+    /// to the sweep.) This is what makes a lost or undelivered hint visible: the sweep's
+    /// read repair would otherwise hide it.
+    fn check_hinted_convergence(&mut self) {
+        let skipped = self.hint_total(|h| h.skipped_window + h.skipped_bytes);
+        let lossy: u64 = self.nodes.iter().map(|n| n.lossy_crashes).sum();
+        if skipped > 0 || lossy > 0 {
+            return;
+        }
+        self.hinted_convergence_checked = true;
+        let rf = self.config.node.replication_factor;
+        for key in self.keys.clone() {
+            let states: Vec<(NodeId, Option<KeyState>)> = self
+                .ring
+                .replicas(token_of(&key), rf)
+                .iter()
+                .map(|&id| (id, self.nodes[(id - 1) as usize].store.get(&key)))
+                .collect();
+            if let Err(e) = checker::check_converged(&key, &states) {
+                self.fail(format!(
+                    "hints drained but replicas differ before any repair (no hint was \
+                     skipped, no crash lost hint bookkeeping): {e}"
+                ));
+                return;
+            }
+        }
+    }
+
+    fn check_hints_drained(&self) -> Result<(), String> {
+        for node in &self.nodes {
+            checker::check_hints_drained(
+                node.id,
+                &node.hints.stats(),
+                node.hints.appends_in_progress(),
+            )?;
+        }
+        Ok(())
+    }
+
     fn final_checks(&mut self) {
+        if let Err(e) = self.check_hints_drained() {
+            self.fail(e);
+            return;
+        }
         for &op in &self.sweep_ops {
             if self.history.op(op).outcome != Outcome::Ok {
                 self.fail(format!("sweep read op {op} failed on a healed cluster"));
