@@ -502,7 +502,8 @@ pub async fn run_join(shard: Rc<Shard>) {
     tracing::info!(
         keys_streamed = moved.keys_streamed,
         bytes_streamed = moved.bytes_streamed,
-        duration_ms = started.elapsed().as_millis() as u64,
+        duration_ms = moved.duration_ms,
+        since_start_ms = started.elapsed().as_millis() as u64,
         "join streaming complete; this node is now normal"
     );
 }
