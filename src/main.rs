@@ -1,5 +1,5 @@
 //! The `ringkv` binary: server (`serve`), client commands (`put`, `get`, `delete`) and
-//! admin (`status`, `ring`). Exit codes (DESIGN.md §8): 0 success, 1 key not found,
+//! admin (`status`, `ring`, `decommission`). Exit codes (DESIGN.md §8): 0 success, 1 key not found,
 //! 2 usage error, 3 operational error — each failure with a one-line reason on stderr.
 
 use clap::{Parser, Subcommand};
@@ -46,7 +46,15 @@ struct HostArgs {
 
 impl HostArgs {
     fn connect(&self) -> Result<Client, Failure> {
-        let token = match (&self.token, &self.token_file) {
+        let mut client =
+            Client::connect_with(&self.host, std::time::Duration::from_secs(5), self.token()?)?;
+        client.pin_to_seed(self.direct);
+        Ok(client)
+    }
+
+    /// The client auth token from `--token` or `--token-file`, if any.
+    fn token(&self) -> Result<Option<Vec<u8>>, Failure> {
+        Ok(match (&self.token, &self.token_file) {
             (Some(t), _) => Some(t.clone().into_bytes()),
             (None, Some(path)) => Some(
                 std::fs::read_to_string(path)
@@ -59,11 +67,7 @@ impl HostArgs {
                     .to_vec(),
             ),
             (None, None) => None,
-        };
-        let mut client =
-            Client::connect_with(&self.host, std::time::Duration::from_secs(5), token)?;
-        client.pin_to_seed(self.direct);
-        Ok(client)
+        })
     }
 }
 
@@ -133,6 +137,16 @@ enum Command {
     Ring {
         #[command(flatten)]
         host: HostArgs,
+    },
+    /// Make the node at --host leave the cluster: it streams every key it replicates to
+    /// the nodes that take over its ranges, then leaves the ring (status `left`). Waits
+    /// for the end and prints what moved
+    Decommission {
+        #[command(flatten)]
+        host: HostArgs,
+        /// Give up waiting after this many seconds (the node goes on streaming)
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
     },
 }
 
@@ -260,7 +274,11 @@ fn run(command: Command) -> Result<(), Failure> {
                 .nodes
                 .iter()
                 .filter(|n| {
-                    n.status == ringkv::protocol::types::NodeStatus::Normal && !n.tokens.is_empty()
+                    matches!(
+                        n.status,
+                        ringkv::protocol::types::NodeStatus::Normal
+                            | ringkv::protocol::types::NodeStatus::Leaving
+                    ) && !n.tokens.is_empty()
                 })
                 .collect();
             let ring = ringkv::cluster::ring::Ring::new(
@@ -299,12 +317,60 @@ fn run(command: Command) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Decommission { host, timeout_secs } => decommission(&host, timeout_secs),
         Command::Status { host } => {
             let mut client = host.connect()?;
             let topology = client.refresh_topology()?.clone();
             print!("{}", status_table(&topology));
             Ok(())
         }
+    }
+}
+
+/// `ringkv decommission`: one `Decommission` request, answered when the streaming is
+/// done. The connection's read timeout is ten times its connect timeout, so the connect
+/// timeout is a tenth of `timeout_secs`.
+fn decommission(host: &HostArgs, timeout_secs: u64) -> Result<(), Failure> {
+    use ringkv::protocol::types::{Op, Reply};
+    use std::net::ToSocketAddrs;
+    let usage = |message: String| Failure {
+        code: EXIT_USAGE,
+        message,
+    };
+    let addr = host
+        .host
+        .to_socket_addrs()
+        .map_err(|e| usage(format!("invalid address {:?}: {e}", host.host)))?
+        .next()
+        .ok_or_else(|| usage(format!("address {:?} resolves to nothing", host.host)))?;
+    let timeout = std::time::Duration::from_secs((timeout_secs / 10).max(1));
+    let mut conn = ringkv::client::blocking::Connection::connect(addr, timeout)?;
+    if let Some(token) = host.token()? {
+        match conn.call(Op::Auth { token })? {
+            Reply::Done => {}
+            Reply::Error(e) => return Err(ClientError::Server(e).into()),
+            other => {
+                return Err(
+                    ClientError::Protocol(format!("unexpected reply to Auth: {other:?}")).into(),
+                )
+            }
+        }
+    }
+    match conn.call(Op::Decommission)? {
+        Reply::Decommissioned(moved) => {
+            println!(
+                "decommissioned {}: streamed {} key copies ({}) to the new owners in {:.1} s; it has left the ring",
+                host.host,
+                moved.keys_streamed,
+                human_bytes(moved.bytes_streamed),
+                moved.duration_ms as f64 / 1000.0
+            );
+            Ok(())
+        }
+        Reply::Error(e) => Err(ClientError::Server(e).into()),
+        other => Err(
+            ClientError::Protocol(format!("unexpected reply to Decommission: {other:?}")).into(),
+        ),
     }
 }
 
@@ -325,14 +391,27 @@ fn status_table(topology: &ringkv::protocol::types::Topology) -> String {
             .unwrap_or_default();
     let mut nodes: Vec<_> = topology.nodes.iter().collect();
     nodes.sort_by(|a, b| a.address.cmp(&b.address).then(a.node_id.cmp(&b.node_id)));
-    let up = nodes.iter().filter(|n| n.up).count();
+    // A node that left is neither up nor down: it is no longer part of the cluster.
+    let left = nodes
+        .iter()
+        .filter(|n| n.status == NodeStatus::Left)
+        .count();
+    let up = nodes
+        .iter()
+        .filter(|n| n.up && n.status != NodeStatus::Left)
+        .count();
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} nodes ({} up, {} down), replication factor {}",
+        "{} nodes ({} up, {} down{}), replication factor {}",
         nodes.len(),
         up,
-        nodes.len() - up,
+        nodes.len() - left - up,
+        if left > 0 {
+            format!(", {left} left")
+        } else {
+            String::new()
+        },
         topology.replication_factor
     );
     let _ = writeln!(

@@ -16,8 +16,8 @@ use ringkv::protocol::codec::{
 };
 use ringkv::protocol::frame::{next_frame, FrameError, LENGTH_PREFIX_BYTES};
 use ringkv::protocol::types::{
-    Consistency, ErrorReply, HintSummary, NodeInfo, NodeStatus, Op, Reply, Request, Response,
-    Topology,
+    Consistency, ErrorReply, HintSummary, MovedStats, NodeInfo, NodeStatus, Op, Reply, Request,
+    Response, Topology,
 };
 use ringkv::protocol::{decode_request, decode_response, DecodeError, Encoder, Limits};
 
@@ -81,6 +81,25 @@ fn op() -> impl Strategy<Value = Op> {
                 target_node_id,
             }
         }),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            proptest::option::of(bytes(64)),
+            any::<u32>(),
+            any::<u32>(),
+        )
+            .prop_map(
+                |(start_exclusive, end_inclusive, after_key, limit_keys, limit_bytes)| {
+                    Op::StreamRange {
+                        start_exclusive,
+                        end_inclusive,
+                        after_key,
+                        limit_keys,
+                        limit_bytes,
+                    }
+                }
+            ),
+        Just(Op::Decommission),
     ]
 }
 
@@ -250,6 +269,15 @@ fn reply() -> impl Strategy<Value = Reply> {
         error_reply().prop_map(Reply::Error),
         bytes(128).prop_map(|message| Reply::PeerHandshake { message }),
         gossip_message().prop_map(Reply::Gossip),
+        (vec((bytes(64), bytes(128)), 0..6), any::<bool>())
+            .prop_map(|(entries, more)| Reply::StreamBatch { entries, more }),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(keys_streamed, bytes_streamed, duration_ms)| Reply::Decommissioned(MovedStats {
+                keys_streamed,
+                bytes_streamed,
+                duration_ms,
+            })
+        ),
     ]
 }
 
@@ -469,7 +497,7 @@ proptest! {
     fn over_limit_keys_are_invalid_with_their_request_id(
         request_id: u64,
         key in vec(any::<u8>(), 17..64),
-        which in 0usize..6,
+        which in 0usize..7,
     ) {
         let limits = Limits { max_key_bytes: 16, max_value_bytes: 32, max_frame_bytes: 4096 };
         let op = match which {
@@ -478,6 +506,7 @@ proptest! {
             2 => Op::Delete { key, consistency: None, context: None, sloppy_quorum: None, },
             3 => Op::ReplicaWrite { key, state: vec![1] },
             4 => Op::HintReplay { key, state: vec![1], target_node_id: 3 },
+            5 => Op::StreamRange { start_exclusive: 1, end_inclusive: 2, after_key: Some(key), limit_keys: 1, limit_bytes: 1 },
             _ => Op::ReplicaRead { key },
         };
         let mut out = Vec::new();
@@ -939,6 +968,8 @@ fn peer_ops_are_classified() {
         Op::Ping,
         Op::Topology,
         Op::Auth { token: vec![1] },
+        // An admin op a client sends (subject to client authentication).
+        Op::Decommission,
     ];
     let peer_ops = [
         Op::ReplicaWrite {
@@ -955,6 +986,13 @@ fn peer_ops_are_classified() {
             key: vec![],
             state: vec![],
             target_node_id: 1,
+        },
+        Op::StreamRange {
+            start_exclusive: 1,
+            end_inclusive: 2,
+            after_key: None,
+            limit_keys: 10,
+            limit_bytes: 1000,
         },
     ];
     assert!(client_ops.iter().all(|op| !op.is_peer_op()));

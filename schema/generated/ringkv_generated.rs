@@ -116,10 +116,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Consistency {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST_BODY: u8 = 11;
+pub const ENUM_MAX_REQUEST_BODY: u8 = 13;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 12] = [
+pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 14] = [
   RequestBody::NONE,
   RequestBody::Get,
   RequestBody::Put,
@@ -132,6 +132,8 @@ pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 12] = [
   RequestBody::PeerHandshake,
   RequestBody::Gossip,
   RequestBody::HintReplay,
+  RequestBody::StreamRange,
+  RequestBody::Decommission,
 ];
 
 /// APPEND-ONLY (rule 1). Member numbers are part of the protocol.
@@ -152,9 +154,11 @@ impl RequestBody {
   pub const PeerHandshake: Self = Self(9);
   pub const Gossip: Self = Self(10);
   pub const HintReplay: Self = Self(11);
+  pub const StreamRange: Self = Self(12);
+  pub const Decommission: Self = Self(13);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 11;
+  pub const ENUM_MAX: u8 = 13;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Get,
@@ -168,6 +172,8 @@ impl RequestBody {
     Self::PeerHandshake,
     Self::Gossip,
     Self::HintReplay,
+    Self::StreamRange,
+    Self::Decommission,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -184,6 +190,8 @@ impl RequestBody {
       Self::PeerHandshake => Some("PeerHandshake"),
       Self::Gossip => Some("Gossip"),
       Self::HintReplay => Some("HintReplay"),
+      Self::StreamRange => Some("StreamRange"),
+      Self::Decommission => Some("Decommission"),
       _ => None,
     }
   }
@@ -435,10 +443,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ErrorKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE_BODY: u8 = 8;
+pub const ENUM_MAX_RESPONSE_BODY: u8 = 10;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 9] = [
+pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 11] = [
   ResponseBody::NONE,
   ResponseBody::Value,
   ResponseBody::Done,
@@ -448,6 +456,8 @@ pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 9] = [
   ResponseBody::Error,
   ResponseBody::PeerHandshake,
   ResponseBody::Gossip,
+  ResponseBody::StreamBatch,
+  ResponseBody::Decommissioned,
 ];
 
 /// APPEND-ONLY (rule 1). Member numbers are part of the protocol.
@@ -465,9 +475,11 @@ impl ResponseBody {
   pub const Error: Self = Self(6);
   pub const PeerHandshake: Self = Self(7);
   pub const Gossip: Self = Self(8);
+  pub const StreamBatch: Self = Self(9);
+  pub const Decommissioned: Self = Self(10);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 8;
+  pub const ENUM_MAX: u8 = 10;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Value,
@@ -478,6 +490,8 @@ impl ResponseBody {
     Self::Error,
     Self::PeerHandshake,
     Self::Gossip,
+    Self::StreamBatch,
+    Self::Decommissioned,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -491,6 +505,8 @@ impl ResponseBody {
       Self::Error => Some("Error"),
       Self::PeerHandshake => Some("PeerHandshake"),
       Self::Gossip => Some("Gossip"),
+      Self::StreamBatch => Some("StreamBatch"),
+      Self::Decommissioned => Some("Decommissioned"),
       _ => None,
     }
   }
@@ -1826,6 +1842,258 @@ impl ::core::fmt::Debug for HintReplay<'_> {
       ds.finish()
   }
 }
+pub enum StreamRangeOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Peer op (range streaming, DESIGN.md §6): one page of the keys the answering shard
+/// holds whose token lies in (`start_exclusive`, `end_inclusive`] (wrapping; equal
+/// bounds mean the whole ring), in key order, strictly after `after_key` (absent: from
+/// the first key). At most `limit_keys` keys and about `limit_bytes` bytes (at least one
+/// key when any matches); the answering node clamps both to its own maximums. Answered
+/// with StreamBatch. Tombstones are included.
+pub struct StreamRange<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for StreamRange<'a> {
+  type Inner = StreamRange<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> StreamRange<'a> {
+  pub const VT_START_EXCLUSIVE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_END_INCLUSIVE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_AFTER_KEY: ::flatbuffers::VOffsetT = 8;
+  pub const VT_LIMIT_KEYS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_LIMIT_BYTES: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    StreamRange { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args StreamRangeArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<StreamRange<'bldr>> {
+    let mut builder = StreamRangeBuilder::new(_fbb);
+    builder.add_end_inclusive(args.end_inclusive);
+    builder.add_start_exclusive(args.start_exclusive);
+    builder.add_limit_bytes(args.limit_bytes);
+    builder.add_limit_keys(args.limit_keys);
+    if let Some(x) = args.after_key { builder.add_after_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn start_exclusive(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(StreamRange::VT_START_EXCLUSIVE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn end_inclusive(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(StreamRange::VT_END_INCLUSIVE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn after_key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(StreamRange::VT_AFTER_KEY, None)}
+  }
+  #[inline]
+  pub fn limit_keys(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(StreamRange::VT_LIMIT_KEYS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn limit_bytes(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(StreamRange::VT_LIMIT_BYTES, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for StreamRange<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("start_exclusive", Self::VT_START_EXCLUSIVE, false)?
+     .visit_field::<u64>("end_inclusive", Self::VT_END_INCLUSIVE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("after_key", Self::VT_AFTER_KEY, false)?
+     .visit_field::<u32>("limit_keys", Self::VT_LIMIT_KEYS, false)?
+     .visit_field::<u32>("limit_bytes", Self::VT_LIMIT_BYTES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct StreamRangeArgs<'a> {
+    pub start_exclusive: u64,
+    pub end_inclusive: u64,
+    pub after_key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub limit_keys: u32,
+    pub limit_bytes: u32,
+}
+impl<'a> Default for StreamRangeArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    StreamRangeArgs {
+      start_exclusive: 0,
+      end_inclusive: 0,
+      after_key: None,
+      limit_keys: 0,
+      limit_bytes: 0,
+    }
+  }
+}
+
+pub struct StreamRangeBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StreamRangeBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_start_exclusive(&mut self, start_exclusive: u64) {
+    self.fbb_.push_slot::<u64>(StreamRange::VT_START_EXCLUSIVE, start_exclusive, 0);
+  }
+  #[inline]
+  pub fn add_end_inclusive(&mut self, end_inclusive: u64) {
+    self.fbb_.push_slot::<u64>(StreamRange::VT_END_INCLUSIVE, end_inclusive, 0);
+  }
+  #[inline]
+  pub fn add_after_key(&mut self, after_key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StreamRange::VT_AFTER_KEY, after_key);
+  }
+  #[inline]
+  pub fn add_limit_keys(&mut self, limit_keys: u32) {
+    self.fbb_.push_slot::<u32>(StreamRange::VT_LIMIT_KEYS, limit_keys, 0);
+  }
+  #[inline]
+  pub fn add_limit_bytes(&mut self, limit_bytes: u32) {
+    self.fbb_.push_slot::<u32>(StreamRange::VT_LIMIT_BYTES, limit_bytes, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StreamRangeBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    StreamRangeBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<StreamRange<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for StreamRange<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("StreamRange");
+      ds.field("start_exclusive", &self.start_exclusive());
+      ds.field("end_inclusive", &self.end_inclusive());
+      ds.field("after_key", &self.after_key());
+      ds.field("limit_keys", &self.limit_keys());
+      ds.field("limit_bytes", &self.limit_bytes());
+      ds.finish()
+  }
+}
+pub enum DecommissionOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Client (admin) op: stream every key of this node to the nodes that take over its
+/// ranges, then leave the ring (status Leaving, then Left). Refused unless the node is
+/// Normal and at least one other Normal node stays. Answered with Decommissioned when
+/// the streaming is done, or an Error.
+pub struct Decommission<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Decommission<'a> {
+  type Inner = Decommission<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Decommission<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Decommission { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args DecommissionArgs
+  ) -> ::flatbuffers::WIPOffset<Decommission<'bldr>> {
+    let mut builder = DecommissionBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for Decommission<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DecommissionArgs {
+}
+impl<'a> Default for DecommissionArgs {
+  #[inline]
+  fn default() -> Self {
+    DecommissionArgs {
+    }
+  }
+}
+
+pub struct DecommissionBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DecommissionBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DecommissionBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DecommissionBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Decommission<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Decommission<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Decommission");
+      ds.finish()
+  }
+}
 pub enum BlobOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2731,6 +2999,367 @@ impl ::core::fmt::Debug for ReplicaState<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("ReplicaState");
       ds.field("state", &self.state());
+      ds.finish()
+  }
+}
+pub enum StreamEntryOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One key of a StreamBatch: the key and its encoded KeyState (a tombstone included).
+pub struct StreamEntry<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for StreamEntry<'a> {
+  type Inner = StreamEntry<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> StreamEntry<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_STATE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    StreamEntry { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args StreamEntryArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<StreamEntry<'bldr>> {
+    let mut builder = StreamEntryBuilder::new(_fbb);
+    if let Some(x) = args.state { builder.add_state(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(StreamEntry::VT_KEY, None)}
+  }
+  #[inline]
+  pub fn state(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(StreamEntry::VT_STATE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for StreamEntry<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("state", Self::VT_STATE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct StreamEntryArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub state: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for StreamEntryArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    StreamEntryArgs {
+      key: None,
+      state: None,
+    }
+  }
+}
+
+pub struct StreamEntryBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StreamEntryBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StreamEntry::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_state(&mut self, state: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StreamEntry::VT_STATE, state);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StreamEntryBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    StreamEntryBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<StreamEntry<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for StreamEntry<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("StreamEntry");
+      ds.field("key", &self.key());
+      ds.field("state", &self.state());
+      ds.finish()
+  }
+}
+pub enum StreamBatchOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// StreamRange result: entries in key order; `more` says keys after the last entry may
+/// still match (ask again with after_key = the last entry's key).
+pub struct StreamBatch<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for StreamBatch<'a> {
+  type Inner = StreamBatch<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> StreamBatch<'a> {
+  pub const VT_ENTRIES: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MORE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    StreamBatch { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args StreamBatchArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<StreamBatch<'bldr>> {
+    let mut builder = StreamBatchBuilder::new(_fbb);
+    if let Some(x) = args.entries { builder.add_entries(x); }
+    builder.add_more(args.more);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn entries(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<StreamEntry<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<StreamEntry>>>>(StreamBatch::VT_ENTRIES, None)}
+  }
+  #[inline]
+  pub fn more(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(StreamBatch::VT_MORE, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for StreamBatch<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<StreamEntry>>>>("entries", Self::VT_ENTRIES, false)?
+     .visit_field::<bool>("more", Self::VT_MORE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct StreamBatchArgs<'a> {
+    pub entries: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<StreamEntry<'a>>>>>,
+    pub more: bool,
+}
+impl<'a> Default for StreamBatchArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    StreamBatchArgs {
+      entries: None,
+      more: false,
+    }
+  }
+}
+
+pub struct StreamBatchBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StreamBatchBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_entries(&mut self, entries: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<StreamEntry<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StreamBatch::VT_ENTRIES, entries);
+  }
+  #[inline]
+  pub fn add_more(&mut self, more: bool) {
+    self.fbb_.push_slot::<bool>(StreamBatch::VT_MORE, more, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StreamBatchBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    StreamBatchBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<StreamBatch<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for StreamBatch<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("StreamBatch");
+      ds.field("entries", &self.entries());
+      ds.field("more", &self.more());
+      ds.finish()
+  }
+}
+pub enum DecommissionedOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Decommission result: key copies and bytes sent to the new owners, and how long the
+/// streaming took.
+pub struct Decommissioned<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Decommissioned<'a> {
+  type Inner = Decommissioned<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Decommissioned<'a> {
+  pub const VT_KEYS_STREAMED: ::flatbuffers::VOffsetT = 4;
+  pub const VT_BYTES_STREAMED: ::flatbuffers::VOffsetT = 6;
+  pub const VT_DURATION_MS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Decommissioned { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DecommissionedArgs
+  ) -> ::flatbuffers::WIPOffset<Decommissioned<'bldr>> {
+    let mut builder = DecommissionedBuilder::new(_fbb);
+    builder.add_duration_ms(args.duration_ms);
+    builder.add_bytes_streamed(args.bytes_streamed);
+    builder.add_keys_streamed(args.keys_streamed);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn keys_streamed(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Decommissioned::VT_KEYS_STREAMED, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn bytes_streamed(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Decommissioned::VT_BYTES_STREAMED, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn duration_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Decommissioned::VT_DURATION_MS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Decommissioned<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("keys_streamed", Self::VT_KEYS_STREAMED, false)?
+     .visit_field::<u64>("bytes_streamed", Self::VT_BYTES_STREAMED, false)?
+     .visit_field::<u64>("duration_ms", Self::VT_DURATION_MS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DecommissionedArgs {
+    pub keys_streamed: u64,
+    pub bytes_streamed: u64,
+    pub duration_ms: u64,
+}
+impl<'a> Default for DecommissionedArgs {
+  #[inline]
+  fn default() -> Self {
+    DecommissionedArgs {
+      keys_streamed: 0,
+      bytes_streamed: 0,
+      duration_ms: 0,
+    }
+  }
+}
+
+pub struct DecommissionedBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DecommissionedBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_keys_streamed(&mut self, keys_streamed: u64) {
+    self.fbb_.push_slot::<u64>(Decommissioned::VT_KEYS_STREAMED, keys_streamed, 0);
+  }
+  #[inline]
+  pub fn add_bytes_streamed(&mut self, bytes_streamed: u64) {
+    self.fbb_.push_slot::<u64>(Decommissioned::VT_BYTES_STREAMED, bytes_streamed, 0);
+  }
+  #[inline]
+  pub fn add_duration_ms(&mut self, duration_ms: u64) {
+    self.fbb_.push_slot::<u64>(Decommissioned::VT_DURATION_MS, duration_ms, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DecommissionedBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DecommissionedBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Decommissioned<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Decommissioned<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Decommissioned");
+      ds.field("keys_streamed", &self.keys_streamed());
+      ds.field("bytes_streamed", &self.bytes_streamed());
+      ds.field("duration_ms", &self.duration_ms());
       ds.finish()
   }
 }
@@ -4251,6 +4880,36 @@ impl<'a> Frame<'a> {
 
   #[inline]
   #[allow(non_snake_case)]
+  pub fn request_as_stream_range(&self) -> Option<StreamRange<'a>> {
+    if self.request_type() == RequestBody::StreamRange {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { StreamRange::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_decommission(&self) -> Option<Decommission<'a>> {
+    if self.request_type() == RequestBody::Decommission {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Decommission::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
   pub fn response_as_value(&self) -> Option<Value<'a>> {
     if self.response_type() == ResponseBody::Value {
       self.response().map(|t| {
@@ -4369,6 +5028,36 @@ impl<'a> Frame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn response_as_stream_batch(&self) -> Option<StreamBatch<'a>> {
+    if self.response_type() == ResponseBody::StreamBatch {
+      self.response().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { StreamBatch::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn response_as_decommissioned(&self) -> Option<Decommissioned<'a>> {
+    if self.response_type() == ResponseBody::Decommissioned {
+      self.response().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Decommissioned::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -4391,6 +5080,8 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           RequestBody::PeerHandshake => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PeerHandshake>>("RequestBody::PeerHandshake", pos),
           RequestBody::Gossip => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Gossip>>("RequestBody::Gossip", pos),
           RequestBody::HintReplay => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<HintReplay>>("RequestBody::HintReplay", pos),
+          RequestBody::StreamRange => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StreamRange>>("RequestBody::StreamRange", pos),
+          RequestBody::Decommission => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Decommission>>("RequestBody::Decommission", pos),
           _ => Ok(()),
         }
      })?
@@ -4404,6 +5095,8 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           ResponseBody::Error => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Error>>("ResponseBody::Error", pos),
           ResponseBody::PeerHandshake => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PeerHandshake>>("ResponseBody::PeerHandshake", pos),
           ResponseBody::Gossip => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Gossip>>("ResponseBody::Gossip", pos),
+          ResponseBody::StreamBatch => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StreamBatch>>("ResponseBody::StreamBatch", pos),
+          ResponseBody::Decommissioned => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Decommissioned>>("ResponseBody::Decommissioned", pos),
           _ => Ok(()),
         }
      })?
@@ -4554,6 +5247,20 @@ impl ::core::fmt::Debug for Frame<'_> {
             ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
           }
         },
+        RequestBody::StreamRange => {
+          if let Some(x) = self.request_as_stream_range() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::Decommission => {
+          if let Some(x) = self.request_as_decommission() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
         _ => {
           let x: Option<()> = None;
           ds.field("request", &x)
@@ -4612,6 +5319,20 @@ impl ::core::fmt::Debug for Frame<'_> {
         },
         ResponseBody::Gossip => {
           if let Some(x) = self.response_as_gossip() {
+            ds.field("response", &x)
+          } else {
+            ds.field("response", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::StreamBatch => {
+          if let Some(x) = self.response_as_stream_batch() {
+            ds.field("response", &x)
+          } else {
+            ds.field("response", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::Decommissioned => {
+          if let Some(x) = self.response_as_decommissioned() {
             ds.field("response", &x)
           } else {
             ds.field("response", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -22,8 +22,8 @@ use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, WIPOffset};
 
 use super::frame::{FrameError, LENGTH_PREFIX_BYTES};
 use super::types::{
-    Consistency, ErrorReply, HintSummary, NodeInfo, NodeStatus, Op, Reply, Request, Response,
-    Topology,
+    Consistency, ErrorReply, HintSummary, MovedStats, NodeInfo, NodeStatus, Op, Reply, Request,
+    Response, Topology,
 };
 use super::wire;
 use crate::cluster::membership::{
@@ -295,6 +295,30 @@ impl Encoder {
                 );
                 (wire::RequestBody::HintReplay, table.as_union_value())
             }
+            Op::StreamRange {
+                start_exclusive,
+                end_inclusive,
+                after_key,
+                limit_keys,
+                limit_bytes,
+            } => {
+                let after_key = after_key.as_deref().map(|k| byte_vector(builder, k));
+                let table = wire::StreamRange::create(
+                    builder,
+                    &wire::StreamRangeArgs {
+                        start_exclusive: *start_exclusive,
+                        end_inclusive: *end_inclusive,
+                        after_key,
+                        limit_keys: *limit_keys,
+                        limit_bytes: *limit_bytes,
+                    },
+                );
+                (wire::RequestBody::StreamRange, table.as_union_value())
+            }
+            Op::Decommission => {
+                let table = wire::Decommission::create(builder, &wire::DecommissionArgs {});
+                (wire::RequestBody::Decommission, table.as_union_value())
+            }
         };
         let frame = wire::Frame::create(
             builder,
@@ -424,6 +448,40 @@ impl Encoder {
             Reply::Gossip(message) => {
                 let table = gossip_to_wire(builder, &mut self.gossip, message);
                 (wire::ResponseBody::Gossip, table.as_union_value())
+            }
+            Reply::StreamBatch { entries, more } => {
+                let mut tables = Vec::with_capacity(entries.len());
+                for (key, state) in entries {
+                    let key = byte_vector(builder, key);
+                    let state = byte_vector(builder, state);
+                    tables.push(wire::StreamEntry::create(
+                        builder,
+                        &wire::StreamEntryArgs {
+                            key: Some(key),
+                            state: Some(state),
+                        },
+                    ));
+                }
+                let entries = builder.create_vector(&tables);
+                let table = wire::StreamBatch::create(
+                    builder,
+                    &wire::StreamBatchArgs {
+                        entries: Some(entries),
+                        more: *more,
+                    },
+                );
+                (wire::ResponseBody::StreamBatch, table.as_union_value())
+            }
+            Reply::Decommissioned(moved) => {
+                let table = wire::Decommissioned::create(
+                    builder,
+                    &wire::DecommissionedArgs {
+                        keys_streamed: moved.keys_streamed,
+                        bytes_streamed: moved.bytes_streamed,
+                        duration_ms: moved.duration_ms,
+                    },
+                );
+                (wire::ResponseBody::Decommissioned, table.as_union_value())
             }
         };
         let frame = wire::Frame::create(
@@ -657,7 +715,8 @@ fn request_size_hint(op: &Op) -> usize {
             ..
         } => key.len() + value.len() + context.as_ref().map_or(0, Vec::len),
         Op::Delete { key, context, .. } => key.len() + context.as_ref().map_or(0, Vec::len),
-        Op::Ping | Op::Topology => 0,
+        Op::Ping | Op::Topology | Op::Decommission => 0,
+        Op::StreamRange { after_key, .. } => after_key.as_ref().map_or(0, Vec::len),
         Op::ReplicaWrite { key, state } | Op::HintReplay { key, state, .. } => {
             key.len() + state.len()
         }
@@ -689,6 +748,11 @@ fn response_size_hint(reply: &Reply) -> usize {
         Reply::Error(_) | Reply::Done | Reply::Written { .. } | Reply::Pong => 0,
         Reply::PeerHandshake { message } => message.len(),
         Reply::Gossip(message) => gossip_size_hint(message),
+        Reply::StreamBatch { entries, .. } => entries
+            .iter()
+            .map(|(k, s)| k.len() + s.len() + 3 * OVERHEAD_BYTES_PER_OBJECT)
+            .sum(),
+        Reply::Decommissioned(_) => 0,
     };
     payload_bytes + 8 * OVERHEAD_BYTES_PER_OBJECT
 }
@@ -1084,6 +1148,21 @@ pub fn decode_request(body: &[u8], limits: &Limits) -> Result<Request, DecodeErr
                 target_node_id: hint.target_node_id(),
             }
         }
+        wire::RequestBody::StreamRange => {
+            let range = frame.request_as_stream_range().ok_or_else(missing_table)?;
+            let after_key = match range.after_key() {
+                None => None,
+                Some(_) => Some(checked_key(range.after_key(), limits, request_id)?),
+            };
+            Op::StreamRange {
+                start_exclusive: range.start_exclusive(),
+                end_inclusive: range.end_inclusive(),
+                after_key,
+                limit_keys: range.limit_keys(),
+                limit_bytes: range.limit_bytes(),
+            }
+        }
+        wire::RequestBody::Decommission => Op::Decommission,
         wire::RequestBody::NONE => return Err(invalid("frame carries no request".to_owned())),
         // A newer client's operation: answer BadRequest for it, keep the connection.
         wire::RequestBody(unknown) => {
@@ -1212,6 +1291,33 @@ pub fn decode_response(body: &[u8]) -> Result<Response, DecodeError> {
         wire::ResponseBody::Gossip => {
             let gossip = frame.response_as_gossip().ok_or_else(missing_table)?;
             Reply::Gossip(gossip_from_wire(gossip).map_err(invalid)?)
+        }
+        wire::ResponseBody::StreamBatch => {
+            let batch = frame.response_as_stream_batch().ok_or_else(missing_table)?;
+            let mut entries = Vec::new();
+            if let Some(wire_entries) = batch.entries() {
+                entries.reserve_exact(wire_entries.len());
+                for entry in wire_entries {
+                    entries.push((
+                        required_bytes(entry.key(), "StreamEntry.key", request_id)?,
+                        required_bytes(entry.state(), "StreamEntry.state", request_id)?,
+                    ));
+                }
+            }
+            Reply::StreamBatch {
+                entries,
+                more: batch.more(),
+            }
+        }
+        wire::ResponseBody::Decommissioned => {
+            let moved = frame
+                .response_as_decommissioned()
+                .ok_or_else(missing_table)?;
+            Reply::Decommissioned(MovedStats {
+                keys_streamed: moved.keys_streamed(),
+                bytes_streamed: moved.bytes_streamed(),
+                duration_ms: moved.duration_ms(),
+            })
         }
         wire::ResponseBody::NONE => return Err(invalid("frame carries no response".to_owned())),
         wire::ResponseBody(unknown) => {

@@ -107,6 +107,19 @@ pub enum Op {
         state: Vec<u8>,
         target_node_id: u64,
     },
+    /// Peer op (range streaming): one page of the keys the answering shard holds with a
+    /// token in `(start_exclusive, end_inclusive]` (wrapping; equal bounds: the whole
+    /// ring), in key order after `after_key`. Answered with `Reply::StreamBatch`.
+    StreamRange {
+        start_exclusive: u64,
+        end_inclusive: u64,
+        after_key: Option<Vec<u8>>,
+        limit_keys: u32,
+        limit_bytes: u32,
+    },
+    /// Admin op: stream this node's data to the nodes that take over its ranges, then
+    /// leave the ring. Answered with `Reply::Decommissioned` when done.
+    Decommission,
 }
 
 impl Op {
@@ -118,8 +131,10 @@ impl Op {
             | Op::ReplicaRead { .. }
             | Op::PeerHandshake { .. }
             | Op::Gossip(_)
-            | Op::HintReplay { .. } => true,
-            Op::Get { .. }
+            | Op::HintReplay { .. }
+            | Op::StreamRange { .. } => true,
+            Op::Decommission
+            | Op::Get { .. }
             | Op::Put { .. }
             | Op::Delete { .. }
             | Op::Ping
@@ -168,6 +183,23 @@ pub enum Reply {
     },
     /// Gossip answer: the next message of the round (an Ack to a Syn).
     Gossip(GossipMessage),
+    /// StreamRange answer: (key, encoded `KeyState`) in key order; `more`: ask again
+    /// after the last key.
+    StreamBatch {
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+        more: bool,
+    },
+    /// Decommission answer: key copies and bytes sent to the new owners, and how long
+    /// the streaming took.
+    Decommissioned(MovedStats),
+}
+
+/// What one streaming (a join or a decommission) moved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MovedStats {
+    pub keys_streamed: u64,
+    pub bytes_streamed: u64,
+    pub duration_ms: u64,
 }
 
 /// Typed errors (DESIGN.md §4).

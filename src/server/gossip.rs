@@ -68,7 +68,14 @@ impl Gossiper {
             identity.generation,
             config.listen.to_string(),
         );
-        local.status = NodeStatus::Normal;
+        // A `--join` node whose streaming has not finished (DESIGN.md §6) is Joining:
+        // outside the read/write ring, a pending write target. Everything else starts
+        // Normal, as a node always did.
+        local.status = if super::streaming::is_joining(&config.data_dir) {
+            NodeStatus::Joining
+        } else {
+            NodeStatus::Normal
+        };
         local.shard_count = config.shards;
         local.shard_port_base = config.shard_port_base;
         local.tokens = identity.tokens.clone();
@@ -122,6 +129,17 @@ pub async fn run(shard: Rc<Shard>) {
     };
     let interval = Duration::from_millis(gossiper.interval_ms);
     publish(&shard).await;
+    if local_status(&shard) == Some(NodeStatus::Joining) {
+        match glommio::spawn_local_into(
+            super::streaming::run_join(shard.clone()),
+            shard.background_queue,
+        ) {
+            Ok(task) => {
+                task.detach();
+            }
+            Err(e) => tracing::error!(error = %e, "cannot start the join streaming"),
+        }
+    }
     loop {
         let stopped = futures_lite::future::or(
             async {
@@ -152,6 +170,32 @@ pub async fn run(shard: Rc<Shard>) {
         };
         apply_effects(&shard, effects).await;
     }
+}
+
+/// This node's own gossiped status (shard 0 only; None elsewhere).
+pub fn local_status(shard: &Shard) -> Option<NodeStatus> {
+    let gossiper = shard.gossip.as_ref()?;
+    let status = gossiper.membership.borrow().local_state().status;
+    Some(status)
+}
+
+/// Change this node's gossiped status (joining → normal, normal → leaving → left).
+/// The change is made at once, before this returns (so a caller that checked the old
+/// status in the same step cannot race another caller); the returned future publishes
+/// the new view to every shard; gossip spreads it to the peers. Shard 0 only.
+pub fn set_local_status(
+    shard: &Rc<Shard>,
+    status: NodeStatus,
+) -> impl std::future::Future<Output = ()> + 'static {
+    let shard = shard.clone();
+    match shard.gossip.as_ref() {
+        Some(gossiper) => {
+            gossiper.membership.borrow_mut().set_local_status(status);
+            tracing::info!(status = ?status, "this node's status changed");
+        }
+        None => tracing::error!("set_local_status called on a shard other than 0"),
+    }
+    async move { publish(&shard).await }
 }
 
 /// Carry out membership effects: sends become tasks, changes are logged and published.

@@ -114,6 +114,25 @@ pub async fn execute_local(shard: &Rc<Shard>, op: Op) -> Reply {
             state,
             target_node_id,
         } => super::hints::on_hint_op(shard, &key, &state, target_node_id).await,
+        Op::StreamRange {
+            start_exclusive,
+            end_inclusive,
+            after_key,
+            limit_keys,
+            limit_bytes,
+        } => {
+            super::streaming::on_stream_range(
+                shard,
+                start_exclusive,
+                end_inclusive,
+                after_key,
+                limit_keys,
+                limit_bytes,
+            )
+            .await
+        }
+        // The router sends it to shard 0, which owns membership.
+        Op::Decommission => super::streaming::decommission(shard).await,
         Op::PeerHandshake { .. } | Op::Gossip(_) => Reply::Error(ErrorReply::Unauthorized),
         // Placeholder until client auth is wired: with no token configured, Auth succeeds
         // whatever it carries (as `auth::ClientAuthState::NotRequired` says); with one
@@ -235,6 +254,7 @@ async fn write_causal(
     }
     match placement {
         Some(placement) => {
+            super::streaming::write_pending(shard, &placement.pending, key, &state);
             replication::coordinate_write(shard, placement, key, state, opts, true).await
         }
         None => Reply::Done,
@@ -268,6 +288,7 @@ async fn write_lww(
     let state = KeyState::Lww(LwwCell { timestamp, value });
     let reply = match placement {
         Some(placement) => {
+            super::streaming::write_pending(shard, &placement.pending, key, &state);
             replication::coordinate_write(shard, placement, key, state, opts, false).await
         }
         None => match shard.engine.write(key, state).await {
@@ -289,12 +310,25 @@ async fn write_lww(
 pub async fn local_topology(shard: &Rc<Shard>) -> Topology {
     let stats = super::router::all_stats(shard).await;
     let load_bytes = stats.iter().map(|s| s.engine.data_bytes).sum();
+    // This node's gossiped status (joining, normal, leaving, left); Normal until the
+    // first snapshot.
+    let status = shard
+        .topology
+        .borrow()
+        .as_ref()
+        .and_then(|(_, nodes)| {
+            nodes
+                .iter()
+                .find(|n| n.node_id == shard.node_id)
+                .map(|n| n.status)
+        })
+        .unwrap_or(NodeStatus::Normal);
     let this = NodeInfo {
         node_id: shard.node_id,
         address: shard.config.listen.to_string(),
         shard_count: shard.shard_count,
         shard_port_base: shard.config.shard_port_base,
-        status: NodeStatus::Normal,
+        status,
         up: true,
         tokens: shard.tokens.clone(),
         load_bytes,

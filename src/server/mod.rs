@@ -14,6 +14,7 @@ pub mod peer_pool;
 pub mod replication;
 pub mod router;
 pub mod shard;
+pub mod streaming;
 
 use crate::config::Config;
 use anyhow::{bail, Context};
@@ -63,7 +64,10 @@ fn choose_tokens(config: &Config, node_id: u64) -> Vec<u64> {
 }
 
 /// Lock the data directory (one process per directory), create or check its identity.
-fn prepare_data_dir(config: &Config) -> anyhow::Result<(std::fs::File, NodeMeta)> {
+/// A first start with `--join` takes its tokens from the seed's ring
+/// ([`join_tokens`]) and leaves the `JOINING` marker for the streaming
+/// ([`streaming`]); a decommissioned directory refuses to start.
+fn prepare_data_dir(config: &Config, auth: &PeerAuth) -> anyhow::Result<(std::fs::File, NodeMeta)> {
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
@@ -81,6 +85,13 @@ fn prepare_data_dir(config: &Config) -> anyhow::Result<(std::fs::File, NodeMeta)
             lock_path.display()
         );
     }
+    if dir.join(streaming::DECOMMISSIONED_MARKER).exists() {
+        bail!(
+            "data directory {} belongs to a node that was decommissioned (its ranges moved to other \
+             nodes); to add this machine again, start it with an empty data directory and --join",
+            dir.display()
+        );
+    }
     let meta_path = dir.join("node.meta");
     let meta = match std::fs::read_to_string(&meta_path) {
         Ok(text) => {
@@ -95,6 +106,20 @@ fn prepare_data_dir(config: &Config) -> anyhow::Result<(std::fs::File, NodeMeta)
             }
             meta
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && config.join => {
+            let node_id = random_u64()?;
+            let tokens = join_tokens(config, auth, node_id)?;
+            // The marker first: a crash before node.meta exists only repeats this.
+            let marker = dir.join(streaming::JOINING_MARKER);
+            write_durably(dir, &marker, b"joining: streaming not finished\n")?;
+            let text = meta_text(node_id, config.shards, &tokens);
+            write_durably(dir, &meta_path, text.as_bytes())?;
+            tracing::info!(
+                tokens = tokens.len(),
+                "joining: chose tokens that split the largest ranges of the seed's ring"
+            );
+            NodeMeta { node_id, tokens }
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let node_id = random_u64()?;
             let tokens = choose_tokens(config, node_id);
@@ -105,6 +130,103 @@ fn prepare_data_dir(config: &Config) -> anyhow::Result<(std::fs::File, NodeMeta)
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", meta_path.display())),
     };
     Ok((lock, meta))
+}
+
+/// How long a first `--join` start keeps asking the seeds for their ring.
+const JOIN_SEED_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Tokens for a node joining the cluster of `config.seeds`: the ring of the token owners
+/// (Normal and Leaving nodes, plus Joining ones so two joiners never pick the same
+/// token) as a seed reports it, split at its largest ranges (`allocate_tokens`). The
+/// seed is asked over an authenticated peer connection to its shard 0 (client port + 1,
+/// the default layout, as gossip assumes for seeds).
+fn join_tokens(config: &Config, auth: &PeerAuth, node_id: u64) -> anyhow::Result<Vec<u64>> {
+    use crate::protocol::types::NodeStatus;
+    if config.seeds.iter().all(|s| *s == config.listen) {
+        bail!("--join needs --seeds naming a node of the cluster to join");
+    }
+    let deadline = std::time::Instant::now() + JOIN_SEED_PATIENCE;
+    let mut last_error = String::new();
+    while std::time::Instant::now() < deadline {
+        for seed in config.seeds.iter().filter(|s| **s != config.listen) {
+            match seed_topology(*seed, auth, node_id) {
+                Ok(topology) => {
+                    let owners: Vec<_> = topology
+                        .nodes
+                        .iter()
+                        .filter(|n| n.node_id != node_id && !n.tokens.is_empty())
+                        .filter(|n| n.status != NodeStatus::Left)
+                        .collect();
+                    if owners.is_empty() {
+                        last_error = format!("seed {seed} reports no node with tokens");
+                        continue;
+                    }
+                    let ring = crate::cluster::ring::Ring::new(
+                        owners.iter().map(|n| (n.node_id, n.tokens.as_slice())),
+                    )
+                    .map_err(|e| anyhow::anyhow!("seed {seed} reports a bad ring: {e}"))?;
+                    return Ok(crate::cluster::ring::allocate_tokens(
+                        &ring,
+                        config.num_tokens as usize,
+                    ));
+                }
+                Err(e) => last_error = format!("seed {seed}: {e}"),
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    bail!(
+        "cannot join: no seed answered with its ring within {JOIN_SEED_PATIENCE:?} ({last_error})"
+    )
+}
+
+/// A seed's `Topology`, asked over an authenticated peer connection.
+fn seed_topology(
+    seed: std::net::SocketAddr,
+    auth: &PeerAuth,
+    node_id: u64,
+) -> anyhow::Result<crate::protocol::types::Topology> {
+    use crate::auth::{Effect, Handshake, Initiator};
+    use crate::protocol::types::{Op, Reply};
+    let timeout = std::time::Duration::from_secs(2);
+    let shard0 = std::net::SocketAddr::new(
+        seed.ip(),
+        seed.port()
+            .checked_add(1)
+            .context("seed port has no shard port after it")?,
+    );
+    let mut conn = crate::client::blocking::Connection::connect(shard0, timeout)?;
+    let nonce = crate::auth::fresh_nonce().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (mut initiator, mut effects) = Initiator::new(
+        auth.cluster_name.clone(),
+        auth.secret.clone(),
+        node_id,
+        nonce,
+    );
+    // A handshake is a few messages; the bound keeps a confused peer from looping us.
+    for _ in 0..8 {
+        let mut send = None;
+        for effect in effects.drain(..) {
+            match effect {
+                Effect::Send(message) => send = Some(message),
+                Effect::Authenticated { .. } => {
+                    return match conn.call(Op::Topology)? {
+                        Reply::Topology(t) => Ok(t),
+                        other => bail!("unexpected reply to Topology: {other:?}"),
+                    };
+                }
+                Effect::Close { failure } => bail!("peer handshake failed: {failure}"),
+            }
+        }
+        let message = send.context("handshake stalled")?;
+        effects = match conn.call(Op::PeerHandshake {
+            message: message.encode(),
+        })? {
+            Reply::PeerHandshake { message } => initiator.on_bytes(&message),
+            other => bail!("unexpected handshake reply: {other:?}"),
+        };
+    }
+    bail!("peer handshake did not finish")
 }
 
 /// Parse `node.meta`; the flag says whether it already held tokens (else they were
@@ -312,8 +434,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             "clock_offset_ms is set: this node's HLC physical time is shifted (a testing aid, never for production)"
         );
     }
-    let (_lock, meta) = prepare_data_dir(&config)?;
     let auth = peer_auth(&config)?;
+    let (_lock, meta) = prepare_data_dir(&config, &auth)?;
     probe_ports(&config)?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

@@ -32,6 +32,10 @@ pub struct Placement {
     /// The nodes after the replicas on the ring walk, in order: stand-in candidates for
     /// sloppy quorum.
     pub fallbacks: Vec<NodeId>,
+    /// Pending replicas (Cassandra's pending ranges): while a node joins or leaves,
+    /// the nodes that will replicate this key once the change is done and do not yet.
+    /// Writes go to them too, their acks never count toward W; reads never ask them.
+    pub pending: Vec<NodeInfo>,
     /// Node id → (address info, up) for every node of the snapshot.
     nodes: AHashMap<NodeId, NodeInfo>,
 }
@@ -42,10 +46,74 @@ impl Placement {
     }
 }
 
-/// The ring of the latest snapshot, rebuilt only when the snapshot changes.
+/// The rings of the latest snapshot, rebuilt only when the snapshot changes: the ring
+/// of the token owners (Normal and Leaving nodes), and while a node joins or leaves,
+/// the ring after the change (joining nodes in, leaving nodes out).
 #[derive(Default)]
 pub struct RingCache {
-    cached: RefCell<Option<(u64, Rc<Ring>)>>,
+    cached: RefCell<Option<CachedRings>>,
+}
+
+struct CachedRings {
+    seq: u64,
+    ring: Rc<Ring>,
+    future: Option<Rc<Ring>>,
+}
+
+/// Owns tokens in the read/write ring: Normal, and Leaving until its streaming is done.
+fn in_ring(status: NodeStatus) -> bool {
+    matches!(status, NodeStatus::Normal | NodeStatus::Leaving)
+}
+
+fn build_rings(shard: &Shard, seq: u64, snapshot: &[NodeInfo]) -> Option<CachedRings> {
+    // This node's own entry decides whether it is in the ring (a node joining, or one
+    // that left, coordinates without replicating); before its first snapshot, it is.
+    let self_in_ring = snapshot
+        .iter()
+        .find(|n| n.node_id == shard.node_id)
+        .is_none_or(|n| in_ring(n.status));
+    let members = snapshot
+        .iter()
+        .filter(|n| n.node_id != shard.node_id && in_ring(n.status) && !n.tokens.is_empty())
+        .map(|n| (n.node_id, n.tokens.as_slice()))
+        .chain(self_in_ring.then_some((shard.node_id, shard.tokens.as_slice())));
+    let ring = match Ring::new(members) {
+        Ok(ring) => ring,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the ring from the membership snapshot");
+            return None;
+        }
+    };
+    let changing = snapshot.iter().any(|n| {
+        (n.status == NodeStatus::Joining && !n.tokens.is_empty()) || n.status == NodeStatus::Leaving
+    });
+    let future = if changing {
+        let mut future = ring.clone();
+        for n in snapshot {
+            match n.status {
+                NodeStatus::Joining if !n.tokens.is_empty() => {
+                    match future.with_node(n.node_id, &n.tokens) {
+                        Ok(with) => future = with,
+                        Err(e) => tracing::warn!(
+                            node = %format!("{:016x}", n.node_id),
+                            error = %e,
+                            "joining node's tokens do not fit the ring; no pending writes for it"
+                        ),
+                    }
+                }
+                NodeStatus::Leaving => future = future.without_node(n.node_id),
+                _ => {}
+            }
+        }
+        Some(Rc::new(future))
+    } else {
+        None
+    };
+    Some(CachedRings {
+        seq,
+        ring: Rc::new(ring),
+        future,
+    })
 }
 
 /// Where to place `key`; None when this node is alone (no peer in the ring): then it
@@ -54,40 +122,38 @@ pub fn placement(shard: &Shard, key: &[u8]) -> Option<Placement> {
     let (seq, snapshot) = shard.topology.borrow().as_ref().cloned()?;
     let others: Vec<&NodeInfo> = snapshot
         .iter()
-        .filter(|n| n.node_id != shard.node_id && n.status == NodeStatus::Normal)
+        .filter(|n| n.node_id != shard.node_id && in_ring(n.status))
         .filter(|n| !n.tokens.is_empty())
         .collect();
     if others.is_empty() {
         return None;
     }
-    let ring = {
+    let (ring, future) = {
         let mut cached = shard.ring.cached.borrow_mut();
-        match cached.as_ref() {
-            Some((have, ring)) if *have == seq => ring.clone(),
-            _ => {
-                let members = others
-                    .iter()
-                    .map(|n| (n.node_id, n.tokens.as_slice()))
-                    .chain([(shard.node_id, shard.tokens.as_slice())]);
-                let ring = match Ring::new(members) {
-                    Ok(ring) => Rc::new(ring),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot build the ring from the membership snapshot");
-                        return None;
-                    }
-                };
-                *cached = Some((seq, ring.clone()));
-                ring
-            }
+        if cached.as_ref().is_none_or(|c| c.seq != seq) {
+            *cached = Some(build_rings(shard, seq, &snapshot)?);
         }
+        let rings = cached.as_ref()?;
+        (rings.ring.clone(), rings.future.clone())
     };
     let rf = shard.config.replication_factor.max(1) as usize;
-    let mut replicas = ring.replicas(token_of(key), others.len() + 1);
+    let token = token_of(key);
+    let mut replicas = ring.replicas(token, others.len() + 1);
     let fallbacks = replicas.split_off(rf.min(replicas.len()));
+    let pending = match future {
+        None => Vec::new(),
+        Some(future) => future
+            .replicas(token, rf)
+            .into_iter()
+            .filter(|n| !replicas.contains(n))
+            .filter_map(|n| snapshot.iter().find(|info| info.node_id == n).cloned())
+            .collect(),
+    };
     let nodes = others.into_iter().map(|n| (n.node_id, n.clone())).collect();
     Some(Placement {
         replicas,
         fallbacks,
+        pending,
         nodes,
     })
 }

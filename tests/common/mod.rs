@@ -461,3 +461,28 @@ pub fn lww_value(state: &Option<ringkv::conflict::KeyState>) -> Option<Option<Ve
         Some(other) => panic!("expected an LWW cell, got {other:?}"),
     }
 }
+
+/// `ringkv status --host HOST` as (address → (up, status)) for every listed node, the
+/// status as printed (`joining`, `normal`, `leaving`, `left`); None if the command
+/// failed.
+pub fn status_rows(host: &str) -> Option<std::collections::BTreeMap<String, (bool, String)>> {
+    let (code, out, _) = cli(&["status", "--host", host]);
+    if code != 0 {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let mut rows = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() >= 4
+            && fields[0].len() == 16
+            && fields[0].chars().all(|c| c.is_ascii_hexdigit())
+        {
+            rows.insert(
+                fields[1].to_string(),
+                (fields[2] == "up", fields[3].to_string()),
+            );
+        }
+    }
+    Some(rows)
+}
