@@ -773,7 +773,7 @@ fn every_acknowledged_write_survives_20_sigkills_of_a_replica_under_load() {
     // (the load generator sends none) may order two sequential writes of a key through
     // two coordinators within one millisecond either way; that documented anomaly is
     // not what this test is about. Node 2 is killed and restarted.
-    let duration_s = 90;
+    let duration_s = 120;
     let mut run = ChildGuard(Some(
         Command::new(&loadgen)
             .args([
