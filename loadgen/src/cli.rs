@@ -8,6 +8,8 @@
 //!   operation succeeded at all, or an output file cannot be written.
 //! - 4: `--verify` found at least one violation (a read older than the latest
 //!   acknowledged write, or a lost write); each is printed with key, expected, got.
+//!   With `--verify-final`, the final pass's violations count too; a final read that
+//!   keeps failing is not judged and makes the exit code 3 (when nothing else is 4).
 //!
 //! Hosts named `fake` select the in-process [`FakeTarget`] (for demos and tests of this
 //! binary): `fake[:stale][:delay_us=N]`.
@@ -125,6 +127,14 @@ pub struct RunArgs {
     /// Check every read against acknowledged writes; exit 4 on violations.
     #[arg(long)]
     pub verify: bool,
+    /// With --verify: after the run, read every key that had an acknowledged write
+    /// through every host at --verify-final-consistency; an older value than the
+    /// latest acknowledged write, or none, is a violation (exit 4).
+    #[arg(long, requires = "verify")]
+    pub verify_final: bool,
+    /// Consistency of the final pass: one|two|quorum|all|N (default all).
+    #[arg(long, value_name = "C", requires = "verify_final")]
+    pub verify_final_consistency: Option<String>,
     /// Auth token passed to the target.
     #[arg(long, conflicts_with = "token_file")]
     pub token: Option<String>,
@@ -224,6 +234,8 @@ pub struct Plan {
     pub config: RunConfig,
     pub settings: Settings,
     pub target: TargetChoice,
+    /// `--verify-final`: the final pass's consistency.
+    pub verify_final: Option<Consistency>,
 }
 
 pub fn plan(args: &RunArgs) -> Result<Plan, Failure> {
@@ -297,6 +309,17 @@ pub fn plan(args: &RunArgs) -> Result<Plan, Failure> {
         .map(str::parse)
         .transpose()
         .map_err(usage)?;
+    let verify_final: Option<Consistency> = if args.verify_final {
+        Some(
+            args.verify_final_consistency
+                .as_deref()
+                .unwrap_or("all")
+                .parse()
+                .map_err(usage)?,
+        )
+    } else {
+        None
+    };
     let token = match (&args.token, &args.token_file) {
         (Some(t), _) => Some(t.clone()),
         (None, Some(path)) => Some(
@@ -366,6 +389,7 @@ pub fn plan(args: &RunArgs) -> Result<Plan, Failure> {
         config,
         settings,
         target,
+        verify_final,
     })
 }
 
@@ -534,10 +558,18 @@ fn run_command(args: &RunArgs, command_line: &[String]) -> Result<i32, Failure> 
     );
     let mut on_line = |line: &str| printer.line(line);
     let outcome = match &plan.target {
-        TargetChoice::Fake(fake) => {
-            engine::run(FakeTarget::new(fake.clone()), &plan.config, &mut on_line)
-        }
-        TargetChoice::Ringkv => engine::run(RingkvConnector, &plan.config, &mut on_line),
+        TargetChoice::Fake(fake) => engine::run_with_final_check(
+            FakeTarget::new(fake.clone()),
+            &plan.config,
+            plan.verify_final,
+            &mut on_line,
+        ),
+        TargetChoice::Ringkv => engine::run_with_final_check(
+            RingkvConnector,
+            &plan.config,
+            plan.verify_final,
+            &mut on_line,
+        ),
     };
     printer.finish();
     let outcome = outcome.map_err(|e| match e {
@@ -575,6 +607,13 @@ fn run_command(args: &RunArgs, command_line: &[String]) -> Result<i32, Failure> 
 
     if report.verify.as_ref().is_some_and(|v| v.violations > 0) {
         return Ok(EXIT_VERIFY);
+    }
+    if let Some(f) = outcome.final_check.as_ref().filter(|f| f.unreadable > 0) {
+        return Err(operational(format!(
+            "final verification could not read {} of {} keys",
+            f.unreadable,
+            f.keys * f.hosts as u64
+        )));
     }
     if report.total.count == 0 && report.total.error_total() > 0 {
         return Err(operational("no operation succeeded"));
@@ -628,6 +667,16 @@ fn print_summary(report: &Report, outcome: &RunOutcome) {
             eprintln!(
                 "... {} more violations not shown",
                 v.violations as usize - outcome.violation_sample.len()
+            );
+        }
+        if let Some(f) = &outcome.final_check {
+            let consistency = f.consistency.map_or_else(
+                || "default".to_string(),
+                |c| format!("{c:?}").to_lowercase(),
+            );
+            println!(
+                "verify-final: {} keys with acknowledged writes read at {consistency} through {} host(s): {} reads, {} missing, {} stale, {} unreadable",
+                f.keys, f.hosts, f.reads, f.missing, f.stale, f.unreadable
             );
         }
         println!(

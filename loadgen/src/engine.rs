@@ -14,7 +14,12 @@
 //! correction of coordinated omission). The raw latency is completion − actual send.
 //!
 //! Errors are counted by kind and never stop the run; a `Disconnected` error makes the
-//! connection reconnect (with backoff) while its other slots wait. This module owns the
+//! connection reconnect (with backoff) while its other slots wait.
+//!
+//! Final check (`--verify-final`, [`run_with_final_check`]): after the run, with nothing
+//! in flight any more, every key that had an acknowledged write is read once through
+//! every host at the given consistency and judged by the same verifier, so an older
+//! value than the latest acknowledged write, or none, is a violation. This module owns the
 //! clock and the threads; it must never decide what counts as a violation (that is
 //! `verify`) nor format output (that is `stats`).
 
@@ -34,6 +39,7 @@ use crate::stats::{
 use crate::target::{ConnectOptions, Connection, Connector, ErrorKind, GetOutcome, OpError};
 use crate::verify::{Verifier, Violation};
 use crate::workload::{key_for, write_id_of, Generator, OpKind, Rng, ValueSource, WorkloadSpec};
+use ringkv::protocol::types::Consistency;
 
 /// What ends the measured phase.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -95,7 +101,36 @@ pub struct RunOutcome {
     pub missed_schedule: u64,
     pub verify: Option<VerifyReport>,
     pub violation_sample: Vec<Violation>,
+    /// The final pass, when one was asked for (its reads and violations are also in
+    /// `verify`).
+    pub final_check: Option<FinalCheckReport>,
 }
+
+/// What the final pass of [`run_with_final_check`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FinalCheckReport {
+    pub consistency: Option<Consistency>,
+    /// Hosts each key was read through.
+    pub hosts: usize,
+    /// Keys that had an acknowledged write.
+    pub keys: u64,
+    /// Reads judged (keys × hosts, less the unreadable ones).
+    pub reads: u64,
+    /// An acknowledged write not found at all.
+    pub missing: u64,
+    /// A value older than the latest acknowledged write.
+    pub stale: u64,
+    /// Reads still failing after [`FINAL_READ_ATTEMPTS`] attempts: not judged.
+    pub unreadable: u64,
+}
+
+/// Attempts per final read (errors: retried after a backoff, reconnecting when the
+/// connection broke).
+pub const FINAL_READ_ATTEMPTS: u32 = 10;
+/// Backoff before the second attempt of a final read; doubles up to 1 s.
+const FINAL_READ_BACKOFF_FIRST: Duration = Duration::from_millis(50);
+/// Final reads in flight per host.
+const FINAL_SLOTS_PER_HOST: usize = 8;
 
 /// How long a connection keeps trying to reconnect before it is given up.
 const RECONNECT_GIVE_UP: Duration = Duration::from_secs(10);
@@ -193,6 +228,18 @@ pub fn run<C: Connector>(
     config: &RunConfig,
     on_line: &mut dyn FnMut(&str),
 ) -> Result<RunOutcome, EngineError> {
+    run_with_final_check(connector, config, None, on_line)
+}
+
+/// [`run`], then, in verify mode with `final_check` set, the final pass (module doc)
+/// at that consistency.
+pub fn run_with_final_check<C: Connector>(
+    connector: C,
+    config: &RunConfig,
+    final_check: Option<Consistency>,
+    on_line: &mut dyn FnMut(&str),
+) -> Result<RunOutcome, EngineError> {
+    let final_connector = connector.clone();
     assert!(config.threads >= 1 && config.connections >= 1 && config.pipeline >= 1);
     assert!(!config.hosts.is_empty());
     let shared = Arc::new(Shared {
@@ -285,6 +332,15 @@ pub fn run<C: Connector>(
     } else {
         0.0
     };
+    let final_check = match final_check {
+        Some(consistency) if config.verify => Some(run_final_check(
+            final_connector,
+            config,
+            consistency,
+            &shared,
+        )?),
+        _ => None,
+    };
     let (verify, violation_sample) = match &shared.verifier {
         Some(v) => {
             let state = lock(v);
@@ -306,7 +362,137 @@ pub fn run<C: Connector>(
         missed_schedule,
         verify,
         violation_sample,
+        final_check,
     })
+}
+
+/// The final pass: every acknowledged key through every host, on one executor thread.
+fn run_final_check<C: Connector>(
+    connector: C,
+    config: &RunConfig,
+    consistency: Consistency,
+    shared: &Arc<Shared>,
+) -> Result<FinalCheckReport, EngineError> {
+    let keys = Arc::new(
+        shared
+            .with_verifier(|v| v.acknowledged_keys())
+            .unwrap_or_default(),
+    );
+    let options = ConnectOptions {
+        consistency: Some(consistency),
+        token: config.options.token.clone(),
+    };
+    let hosts = config.hosts.clone();
+    let shared = Arc::clone(shared);
+    let thread = std::thread::Builder::new()
+        .name("loadgen-final".into())
+        .spawn(move || {
+            let local = LocalExecutorBuilder::new(Placement::Unbound)
+                .name("loadgen-final")
+                .io_memory(256 << 10)
+                .make()
+                .map_err(|e| EngineError::Setup(format!("final check executor: {e}")))?;
+            Ok(local.run(async move {
+                let report = Rc::new(RefCell::new(FinalCheckReport {
+                    consistency: Some(consistency),
+                    hosts: hosts.len(),
+                    keys: keys.len() as u64,
+                    ..FinalCheckReport::default()
+                }));
+                let mut tasks = Vec::new();
+                for host in &hosts {
+                    let next = Rc::new(Cell::new(0usize));
+                    for _ in 0..FINAL_SLOTS_PER_HOST {
+                        let (connector, options, host) =
+                            (connector.clone(), options.clone(), host.clone());
+                        let (keys, shared, report, next) = (
+                            Arc::clone(&keys),
+                            Arc::clone(&shared),
+                            Rc::clone(&report),
+                            Rc::clone(&next),
+                        );
+                        tasks.push(glommio::spawn_local(async move {
+                            final_check_slot(connector, options, host, keys, shared, report, next)
+                                .await
+                        }));
+                    }
+                }
+                for task in tasks {
+                    task.await;
+                }
+                let report = report.borrow().clone();
+                report
+            }))
+        })
+        .map_err(|e| EngineError::Setup(e.to_string()))?;
+    thread
+        .join()
+        .map_err(|_| EngineError::Setup("the final check thread panicked".into()))?
+}
+
+/// One slot of the final pass: takes the next key of `host`'s share until none is
+/// left; each read is retried up to [`FINAL_READ_ATTEMPTS`] times.
+async fn final_check_slot<C: Connector>(
+    connector: C,
+    options: ConnectOptions,
+    host: String,
+    keys: Arc<Vec<Vec<u8>>>,
+    shared: Arc<Shared>,
+    report: Rc<RefCell<FinalCheckReport>>,
+    next: Rc<Cell<usize>>,
+) {
+    let mut conn: Option<C::Conn> = None;
+    loop {
+        let index = next.get();
+        let Some(key) = keys.get(index) else { return };
+        next.set(index + 1);
+        let mut backoff = FINAL_READ_BACKOFF_FIRST;
+        let mut judged = false;
+        for attempt in 0..FINAL_READ_ATTEMPTS {
+            if attempt > 0 {
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            if conn.is_none() {
+                conn = connector.connect(&host, &options).await.ok();
+            }
+            let Some(c) = conn.as_ref() else { continue };
+            let Some(ticket) = shared.with_verifier(|v| v.read_started(key)) else {
+                return;
+            };
+            match c.get(key).await {
+                Ok(outcome) => {
+                    let got: Vec<Option<u64>> = match &outcome {
+                        GetOutcome::NotFound => Vec::new(),
+                        GetOutcome::Found(v) => vec![write_id_of(v)],
+                        GetOutcome::Siblings(vs) => vs.iter().map(|v| write_id_of(v)).collect(),
+                    };
+                    let verdict = shared.with_verifier(|v| v.read_completed(ticket, &got));
+                    let mut r = report.borrow_mut();
+                    r.reads += 1;
+                    if let Some(Err(violation)) = verdict {
+                        if violation.got.is_empty() {
+                            r.missing += 1;
+                        } else {
+                            r.stale += 1;
+                        }
+                        shared.report_violation(violation);
+                    }
+                    judged = true;
+                    break;
+                }
+                Err(e) => {
+                    shared.with_verifier(|v| v.read_failed(ticket));
+                    if e.kind() == ErrorKind::Disconnected {
+                        conn = None;
+                    }
+                }
+            }
+        }
+        if !judged {
+            report.borrow_mut().unreadable += 1;
+        }
+    }
 }
 
 fn run_executor<C: Connector>(
@@ -817,4 +1003,77 @@ fn mul_duration(d: Duration, n: u64) -> Duration {
 
 fn micros(d: Duration) -> u64 {
     d.as_micros().min(u128::from(u64::MAX)) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::{FakeConfig, FakeTarget};
+    use crate::workload::Distribution;
+
+    fn config() -> RunConfig {
+        RunConfig {
+            hosts: vec!["fake".into(), "fake".into()],
+            options: ConnectOptions::default(),
+            threads: 1,
+            connections: 2,
+            pipeline: 2,
+            bound: Bound::Ops(2000),
+            warmup: Duration::ZERO,
+            load: 0,
+            keys: 50,
+            value_size_bytes: 32,
+            rate_ops_per_s: None,
+            workload: WorkloadSpec::custom(0.5, Distribution::Uniform).unwrap(),
+            verify: true,
+            seed: 11,
+        }
+    }
+
+    #[test]
+    fn the_final_pass_reads_every_acknowledged_key_through_every_host() {
+        let outcome = run_with_final_check(
+            FakeTarget::new(FakeConfig::default()),
+            &config(),
+            Some(Consistency::All),
+            &mut |_| {},
+        )
+        .unwrap();
+        let f = outcome.final_check.unwrap();
+        assert!(f.keys > 0 && f.keys <= 50, "{f:?}");
+        assert_eq!(
+            (f.hosts, f.reads, f.missing, f.stale, f.unreadable),
+            (2, f.keys * 2, 0, 0, 0)
+        );
+        assert_eq!(outcome.verify.unwrap().violations, 0);
+    }
+
+    #[test]
+    fn the_final_pass_counts_stale_values_as_violations() {
+        let stale = FakeConfig {
+            stale: true,
+            ..FakeConfig::default()
+        };
+        let outcome = run_with_final_check(
+            FakeTarget::new(stale),
+            &config(),
+            Some(Consistency::All),
+            &mut |_| {},
+        )
+        .unwrap();
+        let f = outcome.final_check.unwrap();
+        assert!(f.stale > 0, "{f:?}");
+        assert!(outcome.verify.unwrap().violations >= f.stale + f.missing);
+    }
+
+    #[test]
+    fn without_the_flag_there_is_no_final_pass() {
+        let outcome = run(
+            FakeTarget::new(FakeConfig::default()),
+            &config(),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert!(outcome.final_check.is_none());
+    }
 }

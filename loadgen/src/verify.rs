@@ -253,6 +253,21 @@ impl Verifier {
             .is_some_and(|s| s.writes.contains_key(&id))
     }
 
+    /// Keys with at least one acknowledged write, sorted: what a final pass after the
+    /// run must find (see `engine::run_with_final_check`). A final read is judged like
+    /// any other: `read_started` when nothing is in flight any more sets its floor to
+    /// the latest acknowledged write, so an older value or "not found" is a violation.
+    pub fn acknowledged_keys(&self) -> Vec<Vec<u8>> {
+        let mut keys: Vec<Vec<u8>> = self
+            .keys
+            .iter()
+            .filter(|(_, state)| state.floor.is_some())
+            .map(|(key, _)| key.clone())
+            .collect();
+        keys.sort_unstable();
+        keys
+    }
+
     pub fn reads_checked(&self) -> u64 {
         self.reads_checked
     }
@@ -336,6 +351,35 @@ mod tests {
         assert!(v.read_completed(r, &[]).is_err());
         let r = v.read_started(K);
         assert!(v.read_completed(r, &[None]).is_err());
+    }
+
+    #[test]
+    fn a_final_pass_finds_every_acknowledged_key_and_judges_it_against_the_last_ack() {
+        let mut v = Verifier::new();
+        v.write_started(b"a", 1);
+        v.write_acked(b"a", 1);
+        v.write_started(b"a", 2);
+        v.write_acked(b"a", 2);
+        v.write_started(b"b", 3); // failed: outcome unknown, never acknowledged
+        v.write_failed(b"b", 3);
+        v.write_started(b"c", 4);
+        v.write_acked(b"c", 4);
+        v.write_started(b"c", 5); // failed after an acknowledged one
+        v.write_failed(b"c", 5);
+        assert_eq!(v.acknowledged_keys(), vec![b"a".to_vec(), b"c".to_vec()]);
+        let r = v.read_started(b"a");
+        assert!(v.read_completed(r, &[Some(2)]).is_ok());
+        let r = v.read_started(b"a");
+        let stale = v.read_completed(r, &[Some(1)]).unwrap_err();
+        assert_eq!(stale.expected, Some(2));
+        let r = v.read_started(b"a");
+        assert!(v.read_completed(r, &[]).unwrap_err().got.is_empty());
+        // The failed write may have landed: either value of c is acceptable.
+        for got in [Some(4), Some(5)] {
+            let r = v.read_started(b"c");
+            assert!(v.read_completed(r, &[got]).is_ok());
+        }
+        assert_eq!(v.violations(), 2);
     }
 
     #[test]

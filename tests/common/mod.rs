@@ -486,3 +486,283 @@ pub fn status_rows(host: &str) -> Option<std::collections::BTreeMap<String, (boo
     }
     Some(rows)
 }
+
+// ---------------------------------------------------------------------------------------
+// Hinted-handoff and fault helpers (shared by tests/hinted_handoff.rs and
+// tests/netns_partition.rs).
+
+/// Start `count` nodes of `shards` shards each; node i gets `extra(i)` as its flags and
+/// every node after the first seeds node 0. For per-node flags (metrics ports, fault
+/// rules files) that [`Cluster::start`] cannot give.
+pub fn start_cluster_with(
+    count: usize,
+    shards: u32,
+    extra: impl Fn(usize) -> Vec<String>,
+) -> Cluster {
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..count {
+        let mut args = extra(i);
+        if let Some(first) = nodes.first() {
+            args.push("--seeds".into());
+            args.push(first.addr());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        nodes.push(Node::start(shards, &args));
+    }
+    Cluster { nodes }
+}
+
+/// `ringkv-loadgen` next to the `ringkv` binary (same target directory and profile), if
+/// it was built: an integration test of this crate cannot ask Cargo for another
+/// package's binary, so `.ci/run` builds the workspace before testing.
+pub fn loadgen_bin() -> Option<PathBuf> {
+    let path = Path::new(BIN).with_file_name("ringkv-loadgen");
+    path.is_file().then_some(path)
+}
+
+/// A child process (not a node) killed by PID and reaped when dropped.
+pub struct ChildGuard(pub Option<Child>);
+
+impl ChildGuard {
+    /// Wait (polling, with a deadline) for the exit; the child is killed on timeout.
+    pub fn wait_with_deadline(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.0.as_mut().expect("child still owned");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.0 = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.0 = None;
+                panic!("child process did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Replace a fault rules file (`fault_rules_file`) whole: written then renamed, so a
+/// shard never reads half of it.
+pub fn write_fault_rules(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The `Topology` reply of `host` (it lists itself first); None if it cannot answer.
+pub fn topology(host: &str) -> Option<ringkv::protocol::types::Topology> {
+    use ringkv::protocol::types::{Op, Reply};
+    let addr: SocketAddr = host.parse().ok()?;
+    let mut conn =
+        ringkv::client::blocking::Connection::connect(addr, Duration::from_secs(5)).ok()?;
+    match conn.call(Op::Topology).ok()? {
+        Reply::Topology(t) => Some(t),
+        _ => None,
+    }
+}
+
+/// The node id of the node listening at `host`.
+pub fn node_id_of(host: &str) -> u64 {
+    topology(host)
+        .and_then(|t| t.nodes.first().map(|n| n.node_id))
+        .unwrap_or_else(|| panic!("no topology from {host}"))
+}
+
+/// The hints `holder` keeps for the node whose client address is `target` (all of the
+/// holder's shards), as its `Topology` reports them; None if it cannot answer or does
+/// not list the target.
+pub fn hints_held(holder: &str, target: &str) -> Option<ringkv::protocol::types::HintSummary> {
+    topology(holder)?
+        .nodes
+        .into_iter()
+        .find(|n| n.address == target)
+        .map(|n| n.hints)
+}
+
+/// The last column of `ringkv status --host HOST` ("hints held for it") in the row of
+/// the node whose address is `target`.
+pub fn status_hint_cell(host: &str, target: &str) -> Option<String> {
+    let (code, out, _) = cli(&["status", "--host", host]);
+    if code != 0 {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // node, address, state, status, load (two words: "1.2 KiB"?) ... the cell
+        // follows the shard-ports column (`N-M`), which is the last fixed field.
+        if fields.get(1) != Some(&target) {
+            return None;
+        }
+        let ports = fields
+            .iter()
+            .position(|f| f.contains('-') && f.split('-').all(|p| p.parse::<u16>().is_ok()))?;
+        Some(fields[ports + 1..].join(" "))
+    })
+}
+
+/// Sum of the samples of series `name` whose labels contain `label` (e.g.
+/// `target="00ab..."`).
+pub fn sum_series_with(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Reads a node's own copies (`ReplicaRead`, no coordination, no read repair) over
+/// peer connections to its shard ports, authenticated with the cluster secret (cluster
+/// name `ringkv`, LWW mode). Connections are opened on first use and kept.
+pub struct OwnCopyReader {
+    ip: String,
+    shard_port_base: u16,
+    shards: u32,
+    secret: String,
+    conns: std::collections::HashMap<u16, ringkv::client::blocking::Connection>,
+}
+
+impl OwnCopyReader {
+    pub fn new(ip: &str, shard_port_base: u16, shards: u32, cluster_secret: &str) -> Self {
+        OwnCopyReader {
+            ip: ip.to_string(),
+            shard_port_base,
+            shards,
+            secret: cluster_secret.to_string(),
+            conns: std::collections::HashMap::new(),
+        }
+    }
+
+    /// For a harness node (default shard ports: client port + 1 + shard).
+    pub fn of(node: &Node, cluster_secret: &str) -> Self {
+        Self::new("127.0.0.1", node.port + 1, node.shards, cluster_secret)
+    }
+
+    fn handshake(&self, port: u16) -> Option<ringkv::client::blocking::Connection> {
+        use ringkv::auth::{self, ClusterName, ClusterSecret, Effect, Handshake, Initiator};
+        use ringkv::client::blocking::Connection;
+        use ringkv::protocol::types::{Op, Reply};
+        let addr: SocketAddr = format!("{}:{port}", self.ip).parse().ok()?;
+        let mut conn = Connection::connect(addr, Duration::from_secs(5)).ok()?;
+        let (mut initiator, mut effects) = Initiator::new(
+            ClusterName::new("ringkv").unwrap(),
+            ClusterSecret::new(self.secret.as_bytes()).unwrap(),
+            0x7e57_0000_0000_0001,
+            auth::fresh_nonce().unwrap(),
+        );
+        loop {
+            let mut send = None;
+            let mut done = false;
+            for effect in effects.drain(..) {
+                match effect {
+                    Effect::Send(message) => send = Some(message),
+                    Effect::Authenticated { .. } => done = true,
+                    Effect::Close { failure } => panic!("handshake with {addr} failed: {failure}"),
+                }
+            }
+            if done {
+                return Some(conn);
+            }
+            let message = send.expect("initiator has something to send");
+            match conn
+                .call(Op::PeerHandshake {
+                    message: message.encode(),
+                })
+                .ok()?
+            {
+                Reply::PeerHandshake { message } => effects = initiator.on_bytes(&message),
+                other => panic!("unexpected handshake reply {other:?}"),
+            }
+        }
+    }
+
+    /// The node's copy of `key`: `Some(None)` none (or a tombstone), `Some(Some(v))` its
+    /// LWW value; None if the node could not be asked (the connection is dropped and
+    /// the next call redials).
+    pub fn read(&mut self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        use ringkv::conflict::KeyState;
+        use ringkv::protocol::token::{shard_of, token_of};
+        use ringkv::protocol::types::{Op, Reply};
+        let port = self.shard_port_base + shard_of(token_of(key), self.shards) as u16;
+        if !self.conns.contains_key(&port) {
+            let conn = self.handshake(port)?;
+            self.conns.insert(port, conn);
+        }
+        let conn = self.conns.get_mut(&port)?;
+        let reply = match conn.call(Op::ReplicaRead { key: key.to_vec() }) {
+            Ok(reply) => reply,
+            Err(_) => {
+                self.conns.remove(&port);
+                return None;
+            }
+        };
+        match reply {
+            Reply::ReplicaState { state: None } => Some(None),
+            Reply::ReplicaState { state: Some(bytes) } => match KeyState::decode(&bytes).unwrap() {
+                KeyState::Lww(cell) => Some(cell.value),
+                other => panic!("expected an LWW cell, got {other:?}"),
+            },
+            other => panic!("unexpected ReplicaRead reply {other:?}"),
+        }
+    }
+}
+
+/// A harness node's own copy of `key` (one-off [`OwnCopyReader`]).
+pub fn own_copy(node: &Node, cluster_secret: &str, key: &[u8]) -> Option<Option<Vec<u8>>> {
+    OwnCopyReader::of(node, cluster_secret).read(key)
+}
+
+/// The ring as one node reports it (its Normal nodes), to compute replica sets.
+pub struct RingView {
+    pub ring: ringkv::cluster::Ring,
+    pub replication_factor: usize,
+}
+
+impl RingView {
+    pub fn of(host: &str) -> RingView {
+        use ringkv::protocol::types::NodeStatus;
+        let t = topology(host).unwrap_or_else(|| panic!("no topology from {host}"));
+        let members: Vec<_> = t
+            .nodes
+            .iter()
+            .filter(|n| n.status == NodeStatus::Normal && !n.tokens.is_empty())
+            .collect();
+        let ring =
+            ringkv::cluster::Ring::new(members.iter().map(|n| (n.node_id, n.tokens.as_slice())))
+                .unwrap();
+        RingView {
+            ring,
+            replication_factor: (t.replication_factor as usize).min(members.len()),
+        }
+    }
+
+    /// The replica node ids of `key`, primary first.
+    pub fn replicas(&self, key: &[u8]) -> Vec<u64> {
+        self.ring.replicas(
+            ringkv::protocol::token::token_of(key),
+            self.replication_factor,
+        )
+    }
+}
+
+/// The replica node ids of `key` (primary first) on the ring `host` reports.
+pub fn replicas_of(host: &str, key: &[u8]) -> Vec<u64> {
+    RingView::of(host).replicas(key)
+}
