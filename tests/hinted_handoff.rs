@@ -455,6 +455,20 @@ fn strict_quorum_refuses_with_two_homes_cut_off_and_sloppy_quorum_uses_the_fallb
         || all_see(std::slice::from_ref(&coordinator), &cut_view),
     );
     let mut client = pinned(&coordinator);
+    // The per-request override: strict for this one write, on a sloppy coordinator.
+    client.set_sloppy_quorum(Some(false));
+    match client.put(
+        key.as_bytes(),
+        b"strict-override",
+        Some(Consistency::Quorum),
+        None,
+    ) {
+        Err(ClientError::Server(ErrorReply::Unavailable { required, alive })) => {
+            assert_eq!((required, alive), (2, 1));
+        }
+        other => panic!("a strict write with one home up must be Unavailable: {other:?}"),
+    }
+    client.set_sloppy_quorum(None);
     client
         .put(
             key.as_bytes(),
