@@ -197,6 +197,18 @@ impl PeerPool {
         }
     }
 
+    /// The peer with client address `client` is up again (gossip heard from it): forget
+    /// the backoff of failed dials to it, so the next call dials at once instead of
+    /// failing fast for up to [`BACKOFF_MAX_MS`] after its return.
+    pub fn forget_backoff(&self, client: &str) {
+        for target in self.targets.borrow_mut().values_mut() {
+            if target.client == client {
+                target.failures = 0;
+                target.retry_at = None;
+            }
+        }
+    }
+
     /// Close every connection (the shard is stopping).
     pub fn close_all(&self) {
         for target in self.targets.borrow_mut().values_mut() {

@@ -189,6 +189,16 @@ pub fn install_topology(shard: &Shard, seq: u64, nodes: Vec<NodeInfo>) {
     let mut current = shard.topology.borrow_mut();
     if current.as_ref().is_none_or(|(have, _)| *have < seq) {
         super::hints::on_topology(shard, &nodes);
+        // A node seen down before and up now: dial it at once (its dial backoff is from
+        // while it was gone).
+        for node in nodes.iter().filter(|n| n.up) {
+            let was_down = current
+                .as_ref()
+                .is_some_and(|(_, old)| old.iter().any(|o| o.node_id == node.node_id && !o.up));
+            if was_down {
+                shard.peers.forget_backoff(&node.address);
+            }
+        }
         *current = Some((seq, Rc::new(nodes)));
     }
 }
