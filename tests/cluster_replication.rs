@@ -7,10 +7,8 @@
 
 mod common;
 
-use common::{cli, status_view, wait_until, Cluster};
-use ringkv::auth::{self, ClusterName, ClusterSecret, Effect, Handshake, Initiator};
+use common::{cli, own_copy, status_view, wait_until, Cluster};
 use ringkv::client::blocking::Connection;
-use ringkv::conflict::KeyState;
 use ringkv::protocol::types::{ErrorReply, Op, Reply};
 use std::time::Duration;
 
@@ -55,51 +53,6 @@ fn get(host: &str, key: &str, consistency: &str) -> (i32, String, String) {
     (code, String::from_utf8(out).unwrap(), err)
 }
 
-/// The node's own copy of `key`, read with `ReplicaRead` on its shard 0 port over a
-/// peer connection authenticated with the cluster secret (nodes here have one shard).
-fn own_copy(node_port: u16, key: &[u8]) -> Option<Option<Vec<u8>>> {
-    let addr = format!("127.0.0.1:{}", node_port + 1).parse().unwrap();
-    let mut conn = Connection::connect(addr, Duration::from_secs(5)).ok()?;
-    let (mut initiator, mut effects) = Initiator::new(
-        ClusterName::new("ringkv").unwrap(),
-        ClusterSecret::new(SECRET.as_bytes()).unwrap(),
-        0x7e57,
-        auth::fresh_nonce().unwrap(),
-    );
-    loop {
-        let mut send = None;
-        let mut done = false;
-        for effect in effects.drain(..) {
-            match effect {
-                Effect::Send(message) => send = Some(message),
-                Effect::Authenticated { .. } => done = true,
-                Effect::Close { failure } => panic!("handshake failed: {failure}"),
-            }
-        }
-        if done {
-            break;
-        }
-        let message = send.expect("initiator has something to send");
-        match conn
-            .call(Op::PeerHandshake {
-                message: message.encode(),
-            })
-            .ok()?
-        {
-            Reply::PeerHandshake { message } => effects = initiator.on_bytes(&message),
-            other => panic!("unexpected handshake reply {other:?}"),
-        }
-    }
-    match conn.call(Op::ReplicaRead { key: key.to_vec() }).ok()? {
-        Reply::ReplicaState { state: None } => Some(None),
-        Reply::ReplicaState { state: Some(bytes) } => match KeyState::decode(&bytes).unwrap() {
-            KeyState::Lww(cell) => Some(cell.value),
-            other => panic!("expected an LWW cell, got {other:?}"),
-        },
-        other => panic!("unexpected ReplicaRead reply {other:?}"),
-    }
-}
-
 #[test]
 fn quorum_replication_survives_a_down_node_and_read_repair_heals_it() {
     let mut cluster = Cluster::start(&[1, 1, 1], &FLAGS);
@@ -134,9 +87,8 @@ fn quorum_replication_survives_a_down_node_and_read_repair_heals_it() {
     // Every replica holds it (RF=3 on 3 nodes); at least W=2 did when the put returned,
     // the third follows.
     for node in &cluster.nodes {
-        let port = node.port;
         wait_until("every replica to hold k1", DEADLINE, || {
-            own_copy(port, b"k1") == Some(Some(b"v1".to_vec()))
+            own_copy(node, SECRET, b"k1") == Some(Some(b"v1".to_vec()))
         });
     }
 
@@ -182,16 +134,16 @@ fn quorum_replication_survives_a_down_node_and_read_repair_heals_it() {
     wait_until("C to be up everywhere", DEADLINE, || {
         all_see(&addrs, &all_up)
     });
-    let c_port = cluster.nodes[2].port;
+    let c = &cluster.nodes[2];
     assert_eq!(
-        own_copy(c_port, b"k2"),
+        own_copy(c, SECRET, b"k2"),
         Some(None),
         "C missed the write while it was down"
     );
     let (code, out, err) = get(&addrs[0], "k2", "quorum");
     assert_eq!((code, out.as_str()), (0, "while-down"), "{err}");
     wait_until("the read to repair C's copy of k2", DEADLINE, || {
-        own_copy(c_port, b"k2") == Some(Some(b"while-down".to_vec()))
+        own_copy(c, SECRET, b"k2") == Some(Some(b"while-down".to_vec()))
     });
     // And C serves it as a coordinator too, with everything agreeing.
     let (code, out, err) = get(&addrs[2], "k2", "all");

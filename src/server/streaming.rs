@@ -226,26 +226,7 @@ async fn fetch_page(
         limit_bytes: PAGE_BYTES,
     };
     let reply = match source {
-        Source::Local(s) if s == shard.id => match op {
-            Op::StreamRange {
-                start_exclusive,
-                end_inclusive,
-                after_key,
-                limit_keys,
-                limit_bytes,
-            } => {
-                on_stream_range(
-                    shard,
-                    start_exclusive,
-                    end_inclusive,
-                    after_key,
-                    limit_keys,
-                    limit_bytes,
-                )
-                .await
-            }
-            _ => return Err("not a stream op".into()),
-        },
+        Source::Local(s) if s == shard.id => super::handler::execute_local(shard, op).await,
         Source::Local(s) => match shard.mesh.call(shard.id, s, ShardOp::Client(op)).await? {
             ShardReply::Client(reply) => reply,
             _ => return Err("mesh reply mismatch".into()),
