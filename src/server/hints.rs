@@ -18,7 +18,7 @@ use crate::cluster::hints::{
 };
 use crate::cluster::NodeId;
 use crate::config::Config;
-use crate::protocol::types::{ErrorReply, NodeInfo, Op, Reply};
+use crate::protocol::types::{ErrorReply, NodeInfo, NodeStatus, Op, Reply};
 use crate::storage::commitlog::RecoveryPolicy;
 use crate::storage::glommio_disk::GlommioDisk;
 use crate::storage::hintlog::HintLog;
@@ -48,6 +48,10 @@ pub struct Hints {
     log: HintLog<GlommioDisk>,
     book: RefCell<HintBook>,
     payloads: RefCell<BTreeMap<u64, Rc<Payload>>>,
+    /// Hints of nodes that left the cluster, to be marked delivered by the replay loop
+    /// (their writes reached the ranges' new owners through the other replicas and
+    /// the decommission stream; Cassandra drops them the same way).
+    forgotten: RefCell<Vec<u64>>,
     wake_tx: LocalSender<()>,
     wake_rx: LocalReceiver<()>,
 }
@@ -105,6 +109,7 @@ impl Hints {
             log,
             book: RefCell::new(book),
             payloads: RefCell::new(payloads),
+            forgotten: RefCell::new(Vec::new()),
             wake_tx,
             wake_rx,
         })
@@ -185,6 +190,13 @@ pub fn on_topology(shard: &Shard, nodes: &[NodeInfo]) {
     let now = now_ms();
     let mut book = shard.hints.book.borrow_mut();
     for node in nodes.iter().filter(|n| n.node_id != shard.node_id) {
+        if node.status == NodeStatus::Left {
+            if let Some(HintEffect::Delete { ids }) = book.forget_target(node.node_id) {
+                tracing::info!(target_node = %format!("{:016x}", node.node_id), hints = ids.len(), "dropping hints for a node that left");
+                shard.hints.forgotten.borrow_mut().extend(ids);
+            }
+            continue;
+        }
         book.set_target_up(node.node_id, node.up, now);
     }
     drop(book);
@@ -197,6 +209,10 @@ pub async fn run_replay(shard: Rc<Shard>) {
     let hints = &shard.hints;
     while !shard.stopping.is_set() {
         let now = now_ms();
+        let forgotten = std::mem::take(&mut *hints.forgotten.borrow_mut());
+        if !forgotten.is_empty() {
+            perform(&shard, vec![HintEffect::Delete { ids: forgotten }]).await;
+        }
         let effects = hints.book.borrow_mut().poll(now);
         perform(&shard, effects).await;
         let sleep_ms = hints
