@@ -36,8 +36,9 @@ pub struct Placement {
     /// the nodes that will replicate this key once the change is done and do not yet.
     /// Writes go to them too, their acks never count toward W; reads never ask them.
     pub pending: Vec<NodeInfo>,
-    /// Node id → (address info, up) for every node of the snapshot.
-    nodes: AHashMap<NodeId, NodeInfo>,
+    /// Node id → (address info, up) for every other node in the ring, shared by every
+    /// placement of one snapshot.
+    nodes: Rc<AHashMap<NodeId, NodeInfo>>,
 }
 
 impl Placement {
@@ -58,6 +59,8 @@ struct CachedRings {
     seq: u64,
     ring: Rc<Ring>,
     future: Option<Rc<Ring>>,
+    /// The other ring members with tokens (empty: this node serves alone).
+    others: Rc<AHashMap<NodeId, NodeInfo>>,
 }
 
 /// Owns tokens in the read/write ring: Normal, and Leaving until its streaming is done.
@@ -109,47 +112,56 @@ fn build_rings(shard: &Shard, seq: u64, snapshot: &[NodeInfo]) -> Option<CachedR
     } else {
         None
     };
+    let others = snapshot
+        .iter()
+        .filter(|n| n.node_id != shard.node_id && in_ring(n.status) && !n.tokens.is_empty())
+        .map(|n| (n.node_id, n.clone()))
+        .collect();
     Some(CachedRings {
         seq,
         ring: Rc::new(ring),
         future,
+        others: Rc::new(others),
     })
 }
 
 /// Where to place `key`; None when this node is alone (no peer in the ring): then it
 /// serves the key exactly as a single node does.
 pub fn placement(shard: &Shard, key: &[u8]) -> Option<Placement> {
-    let (seq, snapshot) = shard.topology.borrow().as_ref().cloned()?;
-    let others: Vec<&NodeInfo> = snapshot
-        .iter()
-        .filter(|n| n.node_id != shard.node_id && in_ring(n.status))
-        .filter(|n| !n.tokens.is_empty())
-        .collect();
-    if others.is_empty() {
-        return None;
-    }
-    let (ring, future) = {
+    // Built once per membership snapshot: the rings and the peers' addresses; a request
+    // only walks the ring (no per-request copies of the snapshot).
+    let (ring, future, nodes, snapshot) = {
+        let topology = shard.topology.borrow();
+        let (seq, snapshot) = topology.as_ref()?;
         let mut cached = shard.ring.cached.borrow_mut();
-        if cached.as_ref().is_none_or(|c| c.seq != seq) {
-            *cached = Some(build_rings(shard, seq, &snapshot)?);
+        if cached.as_ref().is_none_or(|c| c.seq != *seq) {
+            *cached = Some(build_rings(shard, *seq, snapshot)?);
         }
         let rings = cached.as_ref()?;
-        (rings.ring.clone(), rings.future.clone())
+        if rings.others.is_empty() {
+            return None;
+        }
+        let snapshot = rings.future.as_ref().map(|_| snapshot.clone());
+        (
+            rings.ring.clone(),
+            rings.future.clone(),
+            rings.others.clone(),
+            snapshot,
+        )
     };
     let rf = shard.config.replication_factor.max(1) as usize;
     let token = token_of(key);
-    let mut replicas = ring.replicas(token, others.len() + 1);
+    let mut replicas = ring.replicas(token, nodes.len() + 1);
     let fallbacks = replicas.split_off(rf.min(replicas.len()));
-    let pending = match future {
-        None => Vec::new(),
-        Some(future) => future
+    let pending = match (future, snapshot) {
+        (Some(future), Some(snapshot)) => future
             .replicas(token, rf)
             .into_iter()
             .filter(|n| !replicas.contains(n))
             .filter_map(|n| snapshot.iter().find(|info| info.node_id == n).cloned())
             .collect(),
+        _ => Vec::new(),
     };
-    let nodes = others.into_iter().map(|n| (n.node_id, n.clone())).collect();
     Some(Placement {
         replicas,
         fallbacks,
