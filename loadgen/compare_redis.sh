@@ -99,6 +99,23 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
+# A port whose successor is free too: ringkv's shard 0 listens on client port + 1, and a
+# kernel-chosen port's neighbour may be taken (the likely cause of one run that found
+# nothing listening; not confirmed).
+free_port_pair() {
+  python3 - <<'PY'
+import socket
+for _ in range(100):
+    a = socket.socket(); a.bind(("127.0.0.1", 0)); port = a.getsockname()[1]
+    b = socket.socket()
+    try:
+        b.bind(("127.0.0.1", port + 1))
+    except OSError:
+        a.close(); b.close(); continue
+    a.close(); b.close(); print(port); break
+PY
+}
+
 # Wait until something accepts TCP connections on 127.0.0.1:$1 (deadline 20 s).
 wait_port() {
   local port=$1 deadline=$((SECONDS + 20))
@@ -150,14 +167,14 @@ EOF
 # --- ringkv ---------------------------------------------------------------------------
 RINGKV_OPS=n/a; RINGKV_P50=n/a; RINGKV_P99=n/a; RINGKV_NOTE=""
 if [ "$REDIS_ONLY" -eq 0 ]; then
-  RINGKV_PORT=$(free_port)
+  RINGKV_PORT=$(free_port_pair)
   mkdir -p "$WORK/ringkv"
   ulimit -l unlimited 2>/dev/null || true # glommio registers locked I/O memory
   "${SERVER_PIN[@]}" "$RINGKV_BIN" serve --data-dir "$WORK/ringkv/data" \
     --listen "127.0.0.1:$RINGKV_PORT" --shards 1 "${RINGKV_SYNC[@]}" \
     >"$WORK/ringkv/serve.log" 2>&1 &
   PIDS+=($!)
-  wait_port "$RINGKV_PORT"
+  wait_port "$RINGKV_PORT" || { tail -5 "$WORK/ringkv/serve.log" >&2; exit 1; }
 
   LOAD_ARGS=()
   [ "$MODE" = get ] && LOAD_ARGS=(--load "$KEYS")
