@@ -290,26 +290,37 @@ impl Cluster {
     }
 }
 
-/// `ringkv status --host HOST` as (address → up) for every listed node; None if the
-/// command failed.
-pub fn status_view(host: &str) -> Option<std::collections::BTreeMap<String, bool>> {
+/// The node rows of `ringkv status --host HOST`, split on whitespace (node id, address,
+/// up|down, status, load, ...); the header lines are left out. None if the command failed.
+pub fn status_lines(host: &str) -> Option<Vec<Vec<String>>> {
     let (code, out, _) = cli(&["status", "--host", host]);
     if code != 0 {
         return None;
     }
     let text = String::from_utf8_lossy(&out).into_owned();
-    let mut view = std::collections::BTreeMap::new();
-    // Rows: node id, address, state (up|down), ...; the two header lines don't parse.
-    for line in text.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() >= 3
-            && fields[0].len() == 16
-            && fields[0].chars().all(|c| c.is_ascii_hexdigit())
-        {
-            view.insert(fields[1].to_string(), fields[2] == "up");
-        }
-    }
-    Some(view)
+    Some(
+        text.lines()
+            .map(|line| {
+                line.split_whitespace()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|f| {
+                f.len() >= 4 && f[0].len() == 16 && f[0].chars().all(|c| c.is_ascii_hexdigit())
+            })
+            .collect(),
+    )
+}
+
+/// `ringkv status --host HOST` as (address → up) for every listed node; None if the
+/// command failed.
+pub fn status_view(host: &str) -> Option<std::collections::BTreeMap<String, bool>> {
+    Some(
+        status_lines(host)?
+            .into_iter()
+            .map(|f| (f[1].clone(), f[2] == "up"))
+            .collect(),
+    )
 }
 
 /// The whole `GET /metrics` response (status line, headers, body) of a `metrics_listen`.
@@ -469,25 +480,12 @@ pub fn lww_value(state: &Option<ringkv::conflict::KeyState>) -> Option<Option<Ve
 /// status as printed (`joining`, `normal`, `leaving`, `left`); None if the command
 /// failed.
 pub fn status_rows(host: &str) -> Option<std::collections::BTreeMap<String, (bool, String)>> {
-    let (code, out, _) = cli(&["status", "--host", host]);
-    if code != 0 {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let mut rows = std::collections::BTreeMap::new();
-    for line in text.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() >= 4
-            && fields[0].len() == 16
-            && fields[0].chars().all(|c| c.is_ascii_hexdigit())
-        {
-            rows.insert(
-                fields[1].to_string(),
-                (fields[2] == "up", fields[3].to_string()),
-            );
-        }
-    }
-    Some(rows)
+    Some(
+        status_lines(host)?
+            .into_iter()
+            .map(|f| (f[1].clone(), (f[2] == "up", f[3].clone())))
+            .collect(),
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -603,16 +601,9 @@ pub fn hints_held(holder: &str, target: &str) -> Option<ringkv::protocol::types:
 /// The last column of `ringkv status --host HOST` ("hints held for it") in the row of
 /// the node whose address is `target`.
 pub fn status_hint_cell(host: &str, target: &str) -> Option<String> {
-    let (code, out, _) = cli(&["status", "--host", host]);
-    if code != 0 {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&out).into_owned();
-    text.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        // node, address, state, status, load (two words: "1.2 KiB"?) ... the cell
-        // follows the shard-ports column (`N-M`), which is the last fixed field.
-        if fields.get(1) != Some(&target) {
+    status_lines(host)?.into_iter().find_map(|fields| {
+        // The cell follows the shard-ports column (`N-M`), the last fixed field.
+        if fields[1] != target {
             return None;
         }
         let ports = fields
