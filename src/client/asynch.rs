@@ -4,7 +4,7 @@
 //! `delete` and `get` keep the connection's session timestamp (see the module doc of
 //! `client`); [`AsyncConnection::call`] sends ops as given.
 
-use super::{context_timestamp, write_ack, write_context, ClientError, GetResult};
+use super::{get_reply, write_ack, write_context, ClientError, GetResult};
 use crate::protocol::codec::{decode_response, Encoder};
 use crate::protocol::frame::next_frame;
 use crate::protocol::read_buffer::ReadBuffer;
@@ -199,18 +199,11 @@ impl AsyncConnection {
             key: key.to_vec(),
             consistency,
         };
-        match self.call(op).await? {
-            Reply::Value { values, context } => {
-                if let Some(timestamp) = context_timestamp(context.as_deref()) {
-                    self.observe_timestamp(timestamp);
-                }
-                Ok(GetResult { values, context })
-            }
-            Reply::Error(e) => Err(ClientError::Server(e)),
-            other => Err(ClientError::Protocol(format!(
-                "unexpected reply to Get: {other:?}"
-            ))),
+        let (result, timestamp) = get_reply(self.call(op).await?)?;
+        if let Some(timestamp) = timestamp {
+            self.observe_timestamp(timestamp);
         }
+        Ok(result)
     }
 
     /// Store `value` under `key`; without a `context`, the write carries the session

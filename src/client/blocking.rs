@@ -2,9 +2,7 @@
 //! pipelined frame stream; [`Client`] routes each keyed request to its shard's port and
 //! keeps the session timestamp (see the module doc of `client`).
 
-use super::{
-    context_timestamp, shard_address, write_ack, write_context, ClientError, GetResult, Router,
-};
+use super::{get_reply, shard_address, write_ack, write_context, ClientError, GetResult, Router};
 use crate::protocol::codec::{decode_response, Encoder};
 use crate::protocol::frame::next_frame;
 use crate::protocol::read_buffer::ReadBuffer;
@@ -279,24 +277,18 @@ impl Client {
         key: &[u8],
         consistency: Option<Consistency>,
     ) -> Result<GetResult, ClientError> {
-        match self.call_keyed(
+        let reply = self.call_keyed(
             key,
             Op::Get {
                 key: key.to_vec(),
                 consistency,
             },
-        )? {
-            Reply::Value { values, context } => {
-                if let Some(timestamp) = context_timestamp(context.as_deref()) {
-                    self.observe_timestamp(timestamp);
-                }
-                Ok(GetResult { values, context })
-            }
-            Reply::Error(e) => Err(ClientError::Server(e)),
-            other => Err(ClientError::Protocol(format!(
-                "unexpected reply to Get: {other:?}"
-            ))),
+        )?;
+        let (result, timestamp) = get_reply(reply)?;
+        if let Some(timestamp) = timestamp {
+            self.observe_timestamp(timestamp);
         }
+        Ok(result)
     }
 
     /// Store `value` under `key`. Without a `context`, the write carries the session

@@ -177,6 +177,20 @@ pub(crate) fn write_ack(reply: Reply) -> Result<Option<u64>, ClientError> {
     }
 }
 
+/// The outcome of a get, and the session timestamp its context carries (LWW).
+pub(crate) fn get_reply(reply: Reply) -> Result<(GetResult, Option<u64>), ClientError> {
+    match reply {
+        Reply::Value { values, context } => {
+            let timestamp = context_timestamp(context.as_deref());
+            Ok((GetResult { values, context }, timestamp))
+        }
+        Reply::Error(e) => Err(ClientError::Server(e)),
+        other => Err(ClientError::Protocol(format!(
+            "unexpected reply to Get: {other:?}"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
