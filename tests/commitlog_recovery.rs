@@ -2,11 +2,11 @@
 //! group commit, the glommio disk, and format fixtures (DESIGN.md §5).
 #![allow(clippy::unwrap_used)]
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::Poll;
+mod common;
 
-use futures_lite::future::{block_on, poll_fn};
+use common::join_all;
+
+use futures_lite::future::block_on;
 use proptest::prelude::*;
 use ringkv::storage::commitlog::{
     segment_file_name, CommitLog, CommitLogConfig, CommitLogError, Recovery, RecoveryPolicy,
@@ -14,30 +14,6 @@ use ringkv::storage::commitlog::{
 };
 use ringkv::storage::disk::ALIGN;
 use ringkv::storage::mem_disk::{Fault, MemDisk, OpKind};
-
-/// Poll every future in index order until all are done (a minimal `join_all`).
-async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    poll_fn(|cx| {
-        let mut pending = false;
-        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if out.is_none() {
-                match f.as_mut().poll(cx) {
-                    Poll::Ready(v) => *out = Some(v),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().map(|o| o.unwrap()).collect()
-}
 
 const BATCH_HEADER_BYTES: usize = 24;
 const RECORD_HEADER_BYTES: usize = 8;

@@ -4,12 +4,12 @@
 //! record codec on arbitrary bytes; and the glommio disk.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
-use std::pin::Pin;
-use std::task::Poll;
+mod common;
 
-use futures_lite::future::{block_on, poll_fn};
+use common::join_all;
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures_lite::future::block_on;
 use proptest::prelude::*;
 use ringkv::storage::commitlog::{
     parse_segment_file_name, segment_file_name, CommitLog, CommitLogConfig, CommitLogError,
@@ -27,29 +27,6 @@ const BATCH_HEADER_BYTES: u64 = 24;
 const RECORD_HEADER_BYTES: u64 = 8;
 /// Offset of the hint key inside an encoded hint record.
 const HINT_KEY_OFFSET: u64 = 32;
-
-async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    poll_fn(|cx| {
-        let mut pending = false;
-        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if out.is_none() {
-                match f.as_mut().poll(cx) {
-                    Poll::Ready(v) => *out = Some(v),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().map(|o| o.unwrap()).collect()
-}
 
 fn try_open(
     disk: &MemDisk,
