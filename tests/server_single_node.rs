@@ -130,6 +130,24 @@ fn ten_thousand_pipelined_requests_on_one_connection() {
     }
 }
 
+#[test]
+fn forty_thousand_sequential_requests_on_one_connection() {
+    // Each request is its own read on the server's side of the connection, and each
+    // read raced a fresh stop-wait: before the fix every one left a waker clone behind,
+    // and glommio's 16-bit task reference count overflowed after 32,767 of them (the
+    // shard panicked and stopped answering).
+    let node = Node::start(1, &[]);
+    let mut client = Client::connect(&node.addr()).unwrap();
+    client.put(b"k", b"v", None, None).unwrap();
+    for i in 0..40_000u32 {
+        let reply = client.get(b"k", None);
+        assert!(
+            matches!(&reply, Ok(v) if v.values == vec![b"v".to_vec()]),
+            "request {i}: {reply:?}"
+        );
+    }
+}
+
 fn put_keys(client: &mut Client, range: std::ops::Range<u32>) {
     for i in range {
         let (key, value) = (format!("key-{i}"), format!("value-{i}"));
