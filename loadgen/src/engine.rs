@@ -13,6 +13,16 @@
 //! completion − intended start, so time spent behind a stalled server counts (wrk2's
 //! correction of coordinated omission). The raw latency is completion − actual send.
 //!
+//! Clock readings: a request's send time and its completion time are one reading of
+//! [`ExecutorRun::now`], which on the load generator's own sockets is the stamp the
+//! transport took when it read the replies of its latest round
+//! ([`crate::transport::reply_stamp`]): every reply read in one round completes at that
+//! moment, and a request issued by a task those replies woke is written by the next
+//! round's flush, so the stamp is (at most one round) before its actual send. One clock
+//! reading per round instead of two per request; without a stamp (no reply read since
+//! the last round, another target) the clock is read. Decisions to sleep until an
+//! intended start always read the clock itself.
+//!
 //! Errors are counted by kind and never stop the run; a `Disconnected` error makes the
 //! connection reconnect (with backoff) while its other slots wait.
 //!
@@ -38,7 +48,9 @@ use crate::stats::{
 };
 use crate::target::{ConnectOptions, Connection, Connector, ErrorKind, GetOutcome, OpError};
 use crate::verify::{Verifier, Violation};
-use crate::workload::{key_for, write_id_of, Generator, OpKind, Rng, ValueSource, WorkloadSpec};
+use crate::workload::{
+    write_id_of, write_key, Generator, OpKind, Rng, ValueSource, WorkloadSpec, KEY_BYTES,
+};
 use ringkv::protocol::types::Consistency;
 
 /// What ends the measured phase.
@@ -733,7 +745,7 @@ impl<C: Connector> ExecutorRun<C> {
     /// The connection to use now, or `None` if it is dead or the run is over.
     async fn connection(&self, conn: &ConnSlot<C>) -> Option<(Rc<C::Conn>, u64)> {
         loop {
-            if conn.dead.get() || self.past_end(Instant::now()) {
+            if conn.dead.get() || self.past_end_now() {
                 return None;
             }
             if !conn.reconnecting.get() {
@@ -747,6 +759,16 @@ impl<C: Connector> ExecutorRun<C> {
 
     fn past_end(&self, now: Instant) -> bool {
         self.run_end.get().is_some_and(|end| now >= end)
+    }
+
+    /// [`Self::past_end`] now; reads no clock when the run has no end time.
+    fn past_end_now(&self) -> bool {
+        self.run_end.get().is_some_and(|end| self.now() >= end)
+    }
+
+    /// The time for a send or a completion (module doc, "Clock readings").
+    fn now(&self) -> Instant {
+        crate::transport::reply_stamp().unwrap_or_else(Instant::now)
     }
 
     /// The connection of `generation` broke: reopen it (once, whichever slot sees it
@@ -796,8 +818,9 @@ impl<C: Connector> ExecutorRun<C> {
             let Some((c, generation)) = self.connection(conn).await else {
                 return;
             };
-            let key = key_for(id);
-            match self.put(&c, &key).await {
+            let mut key_buf = [0; KEY_BYTES];
+            let key = write_key(id, &mut key_buf);
+            match self.put(&c, key).await {
                 Ok(()) => self.load_written.set(self.load_written.get() + 1),
                 Err(e) => {
                     let mut errors = self.load_errors.get();
@@ -815,9 +838,13 @@ impl<C: Connector> ExecutorRun<C> {
     /// A put of a fresh value, tracked by the verifier in verify mode.
     async fn put(&self, c: &C::Conn, key: &[u8]) -> Result<(), OpError> {
         let write_id = self.config.verify.then(|| self.next_write_id());
-        let value = self
-            .values
-            .value(self.generator.borrow_mut().rng(), write_id);
+        let value = {
+            let generator = &mut *self.generator.borrow_mut();
+            match write_id {
+                Some(id) => std::borrow::Cow::Owned(self.values.value(generator.rng(), Some(id))),
+                None => std::borrow::Cow::Borrowed(self.values.shared_value(generator.rng())),
+            }
+        };
         if let Some(id) = write_id {
             self.shared.with_verifier(|v| v.write_started(key, id));
         }
@@ -886,7 +913,9 @@ impl<C: Connector> ExecutorRun<C> {
             let Some((c, generation)) = self.connection(conn).await else {
                 return;
             };
-            let sent = Instant::now();
+            // The stamp may predate an intended start that fell within this round; the
+            // request leaves after both.
+            let sent = intended.map_or_else(|| self.now(), |t| self.now().max(t));
             if self.past_end(sent) {
                 return;
             }
@@ -901,16 +930,17 @@ impl<C: Connector> ExecutorRun<C> {
             }
             conn.sent.set(conn.sent.get() + 1);
             let op = self.generator.borrow_mut().next_op();
-            let key = key_for(op.key_id);
+            let mut key_buf = [0; KEY_BYTES];
+            let key = write_key(op.key_id, &mut key_buf);
             let result = match op.kind {
-                OpKind::Read => self.get(&c, &key).await,
-                OpKind::Update | OpKind::Insert => self.put(&c, &key).await.map(|()| true),
-                OpKind::ReadModifyWrite => match self.get(&c, &key).await {
-                    Ok(found) => self.put(&c, &key).await.map(|()| found),
+                OpKind::Read => self.get(&c, key).await,
+                OpKind::Update | OpKind::Insert => self.put(&c, key).await.map(|()| true),
+                OpKind::ReadModifyWrite => match self.get(&c, key).await {
+                    Ok(found) => self.put(&c, key).await.map(|()| found),
                     Err(e) => Err(e),
                 },
             };
-            let done = Instant::now();
+            let done = self.now();
             self.on_completion(op.kind, intended, sent, done, measuring, &result);
             if let Err(e) = &result {
                 if e.kind() == ErrorKind::Disconnected {

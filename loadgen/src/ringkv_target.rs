@@ -154,16 +154,25 @@ impl Connector for RingkvConnector {
 
 impl RingkvConnection {
     /// The socket for `key`: the owning shard of its first replica that is up and
-    /// connected, else of the seed host.
+    /// connected, else of the seed host. With a single connected node the ring has
+    /// nothing to choose (whatever replica it names, only that node is usable), and
+    /// with a single socket neither has the shard hash: both are skipped, as they cost a
+    /// hash and a replica list per request.
     fn shard_for(&self, key: &[u8]) -> &Conn {
-        let usable = |n: &NodeInfo| n.up && self.nodes.iter().any(|c| c.node_id == n.node_id);
-        let node = self
-            .router
-            .replica_for(&self.topology, key, usable)
-            .and_then(|n| self.nodes.iter().find(|c| c.node_id == n.node_id))
-            .unwrap_or(&self.nodes[self.seed]);
+        let node = if self.nodes.len() == 1 {
+            &self.nodes[0]
+        } else {
+            let usable = |n: &NodeInfo| n.up && self.nodes.iter().any(|c| c.node_id == n.node_id);
+            self.router
+                .replica_for(&self.topology, key, usable)
+                .and_then(|n| self.nodes.iter().find(|c| c.node_id == n.node_id))
+                .unwrap_or(&self.nodes[self.seed])
+        };
         let count = node.shards.len();
         assert!(count > 0, "a connected node has at least one socket");
+        if count == 1 {
+            return &node.shards[0];
+        }
         let s = shard_of(token_of(key), count as u32) as usize;
         &node.shards[s]
     }
@@ -176,11 +185,12 @@ impl RingkvConnection {
 
 impl Connection for RingkvConnection {
     async fn get(&self, key: &[u8]) -> Result<GetOutcome, OpError> {
+        let conn = self.shard_for(key);
         let op = Op::Get {
-            key: key.to_vec(),
+            key: conn.bytes(key),
             consistency: self.consistency,
         };
-        match self.shard_for(key).call(op).await.map_err(op_error)? {
+        match conn.call(op).await.map_err(op_error)? {
             Reply::Value { mut values, .. } => Ok(match values.len() {
                 0 => GetOutcome::NotFound,
                 1 => GetOutcome::Found(values.pop().unwrap_or_default()),
@@ -191,14 +201,15 @@ impl Connection for RingkvConnection {
     }
 
     async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), OpError> {
+        let conn = self.shard_for(key);
         let op = Op::Put {
-            key: key.to_vec(),
-            value: value.to_vec(),
+            key: conn.bytes(key),
+            value: conn.bytes(value),
             consistency: self.consistency,
             context: None,
             sloppy_quorum: None,
         };
-        match self.shard_for(key).call(op).await.map_err(op_error)? {
+        match conn.call(op).await.map_err(op_error)? {
             Reply::Done => Ok(()),
             other => Err(reply_error(other)),
         }

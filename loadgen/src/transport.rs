@@ -16,18 +16,24 @@
 //! reactor, on readiness of the epoll descriptor — so an idle load generator sleeps and
 //! costs nothing, and one wake-up covers all sockets.
 //!
-//! This module owns sockets, framing and request matching; it must never measure time
-//! or decide what an error means to the run (that is the engine's and the target's).
+//! Per request, the hot path allocates nothing of its own: calls in flight wait in a
+//! slab indexed by their request id (see [`Waiters`]), and the byte buffers of sent
+//! requests are kept for the next ones ([`Conn::bytes`]).
+//!
+//! This module owns sockets, framing and request matching; it must never decide what a
+//! latency or an error means to the run (that is the engine's and the target's). Its one
+//! use of the clock is [`reply_stamp`]: a single reading per round, taken when the
+//! round completes its first reply and shared by every reply that round read, so the
+//! engine need not read the clock once per request.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::future::Future;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::AsyncReadExt;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
@@ -45,25 +51,125 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 const EVENTS_PER_ROUND: usize = 256;
 /// How long a connect may take before it counts as failed.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Request byte buffers kept per thread for reuse ([`Conn::bytes`]), and the largest
+/// capacity kept (a rare huge value is not worth holding on to).
+const SPARE_BUFFERS_MAX: usize = 4096;
+const SPARE_BUFFER_BYTES_MAX: usize = 64 * 1024;
 
 thread_local! {
     /// This thread's poller, with the id of the executor whose task drives it.
     static POLLER: RefCell<Option<(usize, Rc<Poller>)>> = const { RefCell::new(None) };
+    /// See [`reply_stamp`].
+    static ROUND_STAMP: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
-/// Where a call's reply is delivered.
-#[derive(Default)]
-struct Pending {
-    result: RefCell<Option<Result<Reply, ClientError>>>,
-    waker: RefCell<Option<Waker>>,
+/// When this thread's poller read the replies of its latest round, from the moment
+/// that round completed its first reply until the next round starts or the poller
+/// parks; `None` otherwise (and always on a thread without a poller).
+///
+/// The tasks those replies woke run in between, so for them this is the moment their
+/// reply was read, and a request they issue now is written by the next round's flush,
+/// not earlier: it is a valid (one-round-early) send time too. One clock reading then
+/// serves every reply and request of a round.
+pub fn reply_stamp() -> Option<Instant> {
+    ROUND_STAMP.with(Cell::get)
 }
 
-impl Pending {
-    fn complete(&self, result: Result<Reply, ClientError>) {
-        *self.result.borrow_mut() = Some(result);
-        if let Some(w) = self.waker.borrow_mut().take() {
-            w.wake();
+/// The stamp of this round, read from the clock by the first reply that needs it.
+fn stamp_round() {
+    ROUND_STAMP.with(|stamp| {
+        if stamp.get().is_none() {
+            stamp.set(Some(Instant::now()));
         }
+    });
+}
+
+fn clear_round_stamp() {
+    ROUND_STAMP.with(|stamp| stamp.set(None));
+}
+
+/// One entry of [`Waiters`].
+#[derive(Default)]
+struct Waiter {
+    /// Request id of the call holding this entry; 0 (never a request id) when free.
+    request_id: u64,
+    result: Option<Result<Reply, ClientError>>,
+    waker: Option<Waker>,
+}
+
+/// The calls in flight on one socket, without a map: a call's request id is
+/// `(sequence << 32) | index`, `index` being its entry here and `sequence` a per-socket
+/// counter (wrapping, never 0, so no id is 0). A reply finds its entry by the id's low
+/// half and is taken only if the entry still holds exactly that id, so a reply to a
+/// call that was given up (its entry since reused) is ignored, as an unknown id was
+/// with a map. Entries are never removed, only freed: the slab is as large as the most
+/// calls ever in flight at once.
+#[derive(Default)]
+struct Waiters {
+    entries: Vec<Waiter>,
+    free: Vec<u32>,
+    sequence: u32,
+}
+
+impl Waiters {
+    /// Take a free entry for a new call: its request id and index.
+    fn insert(&mut self) -> (u64, usize) {
+        let index = match self.free.pop() {
+            Some(i) => i as usize,
+            None => {
+                self.entries.push(Waiter::default());
+                self.entries.len() - 1
+            }
+        };
+        let index32 = u32::try_from(index).unwrap_or_else(|_| panic!("{index} calls in flight"));
+        self.sequence = self.sequence.wrapping_add(1).max(1);
+        let request_id = (u64::from(self.sequence) << 32) | u64::from(index32);
+        let entry = &mut self.entries[index];
+        assert_eq!(entry.request_id, 0, "a free entry is empty");
+        entry.request_id = request_id;
+        (request_id, index)
+    }
+
+    /// Deliver `result` to the call waiting for `request_id`; returns its waker.
+    /// `None` when no call waits for that id (unknown, given up, or answered already).
+    fn complete(
+        &mut self,
+        request_id: u64,
+        result: Result<Reply, ClientError>,
+    ) -> Option<Option<Waker>> {
+        let index = (request_id & u64::from(u32::MAX)) as usize;
+        let entry = self.entries.get_mut(index)?;
+        if request_id == 0 || entry.request_id != request_id || entry.result.is_some() {
+            return None;
+        }
+        entry.result = Some(result);
+        Some(entry.waker.take())
+    }
+
+    /// Free the entry of `request_id` (its call returned or was dropped).
+    fn remove(&mut self, index: usize, request_id: u64) {
+        if let Some(entry) = self.entries.get_mut(index) {
+            if entry.request_id == request_id {
+                *entry = Waiter::default();
+                self.free.push(index as u32);
+            }
+        }
+    }
+}
+
+/// Frees a call's entry when its future completes or is dropped before the reply.
+struct WaiterGuard<'a> {
+    socket: &'a Socket,
+    index: usize,
+    request_id: u64,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.socket
+            .waiters
+            .borrow_mut()
+            .remove(self.index, self.request_id);
     }
 }
 
@@ -83,11 +189,10 @@ struct Socket {
     connect_waker: RefCell<Option<Waker>>,
     connect_ready: Cell<bool>,
     buf: RefCell<ReadBuffer>,
-    waiters: RefCell<HashMap<u64, Rc<Pending>>>,
+    waiters: RefCell<Waiters>,
     /// Set once the connection failed; every later call fails at once.
     broken: RefCell<Option<String>>,
     encoder: RefCell<Encoder>,
-    next_id: Cell<u64>,
 }
 
 impl Socket {
@@ -108,6 +213,8 @@ pub struct Poller {
     dirty: RefCell<Vec<Rc<Socket>>>,
     /// The task is parked on the epoll descriptor: callers write directly.
     parked: Cell<bool>,
+    /// Byte buffers of requests already encoded, for [`Conn::bytes`].
+    spare_buffers: RefCell<Vec<Vec<u8>>>,
 }
 
 impl Poller {
@@ -126,6 +233,7 @@ impl Poller {
                 free_slots: RefCell::new(Vec::new()),
                 dirty: RefCell::new(Vec::new()),
                 parked: Cell::new(false),
+                spare_buffers: RefCell::new(Vec::new()),
             });
             glommio::spawn_local(drive(Rc::downgrade(&poller))).detach();
             *cell.borrow_mut() = Some((executor, Rc::clone(&poller)));
@@ -153,16 +261,16 @@ impl Poller {
             return;
         }
         *socket.broken.borrow_mut() = Some(why.to_string());
-        let waiters: Vec<Rc<Pending>> = socket
-            .waiters
-            .borrow_mut()
-            .drain()
-            .map(|(_, p)| p)
-            .collect();
-        for p in waiters {
-            p.complete(Err(
-                socket.io_error(std::io::ErrorKind::ConnectionAborted, why)
-            ));
+        let mut wakers = Vec::new();
+        for entry in socket.waiters.borrow_mut().entries.iter_mut() {
+            if entry.request_id != 0 && entry.result.is_none() {
+                let error = socket.io_error(std::io::ErrorKind::ConnectionAborted, why);
+                entry.result = Some(Err(error));
+                wakers.extend(entry.waker.take());
+            }
+        }
+        for w in wakers {
+            w.wake();
         }
         let _ = self.epoll.delete(socket.stream.as_fd());
         self.release(socket.slot);
@@ -269,9 +377,15 @@ impl Poller {
                 buf.consume(bounds.total_len);
                 decoded.map_err(|e| format!("undecodable response: {e}"))?
             };
-            let waiter = socket.waiters.borrow_mut().remove(&response.request_id);
-            if let Some(p) = waiter {
-                p.complete(Ok(response.body));
+            let completed = socket
+                .waiters
+                .borrow_mut()
+                .complete(response.request_id, Ok(response.body));
+            if let Some(waker) = completed {
+                stamp_round();
+                if let Some(w) = waker {
+                    w.wake();
+                }
             }
         }
     }
@@ -279,6 +393,7 @@ impl Poller {
     /// One round: flush queued writes, take ready sockets, serve them. Returns whether
     /// anything happened (if not, the caller parks).
     fn round(&self, events: &mut [EpollEvent]) -> bool {
+        clear_round_stamp();
         let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
         let mut busy = false;
         for socket in &dirty {
@@ -326,6 +441,7 @@ async fn drive(poller: Weak<Poller>) {
             continue;
         }
         let park = park_on(&p.epoll);
+        clear_round_stamp();
         p.parked.set(true);
         drop(p);
         park.await;
@@ -399,10 +515,9 @@ impl Conn {
             connect_waker: RefCell::new(None),
             connect_ready: Cell::new(!pending),
             buf: RefCell::new(ReadBuffer::with_capacity(READ_CHUNK_BYTES)),
-            waiters: RefCell::new(HashMap::new()),
+            waiters: RefCell::new(Waiters::default()),
             broken: RefCell::new(None),
             encoder: RefCell::new(Encoder::new()),
-            next_id: Cell::new(1),
         });
         let flags = if pending {
             EpollFlags::EPOLLOUT
@@ -475,23 +590,57 @@ impl Conn {
         self.socket.broken.borrow().is_some()
     }
 
+    /// A buffer holding a copy of `content`, for a byte field of an [`Op`] given to
+    /// [`Conn::call`]: taken from the buffers of requests already sent when there is
+    /// one, so the hot path does not allocate.
+    pub fn bytes(&self, content: &[u8]) -> Vec<u8> {
+        let mut buffer = self
+            .poller
+            .spare_buffers
+            .borrow_mut()
+            .pop()
+            .unwrap_or_default();
+        buffer.clear();
+        buffer.extend_from_slice(content);
+        buffer
+    }
+
+    /// Keep the byte buffers of an encoded op for [`Conn::bytes`].
+    fn recycle(&self, op: Op) {
+        let mut spare = self.poller.spare_buffers.borrow_mut();
+        let mut keep = |buffer: Vec<u8>| {
+            if spare.len() < SPARE_BUFFERS_MAX && buffer.capacity() <= SPARE_BUFFER_BYTES_MAX {
+                spare.push(buffer);
+            }
+        };
+        match op {
+            Op::Get { key, .. } => keep(key),
+            Op::Put { key, value, .. } => {
+                keep(key);
+                keep(value);
+            }
+            _ => {}
+        }
+    }
+
     /// Send `op` and wait for its reply.
     pub async fn call(&self, op: Op) -> Result<Reply, ClientError> {
         let socket = &self.socket;
         if let Some(why) = socket.broken.borrow().as_ref() {
             return Err(socket.io_error(std::io::ErrorKind::NotConnected, why));
         }
-        let request_id = socket.next_id.get();
-        socket.next_id.set(request_id + 1);
-        let pending = Rc::new(Pending::default());
-        socket
-            .waiters
-            .borrow_mut()
-            .insert(request_id, Rc::clone(&pending));
+        let (request_id, index) = socket.waiters.borrow_mut().insert();
+        let _guard = WaiterGuard {
+            socket,
+            index,
+            request_id,
+        };
+        let request = Request { request_id, op };
         socket
             .encoder
             .borrow_mut()
-            .encode_request(&Request { request_id, op }, &mut socket.out.borrow_mut());
+            .encode_request(&request, &mut socket.out.borrow_mut());
+        self.recycle(request.op);
         if self.poller.parked.get() {
             // Nobody runs a round until a socket is ready: write now.
             self.poller.flush(socket);
@@ -499,10 +648,18 @@ impl Conn {
             self.poller.dirty.borrow_mut().push(Rc::clone(socket));
         }
         std::future::poll_fn(|cx| {
-            if let Some(result) = pending.result.borrow_mut().take() {
+            let mut waiters = socket.waiters.borrow_mut();
+            let entry = &mut waiters.entries[index];
+            if let Some(result) = entry.result.take() {
                 return Poll::Ready(result);
             }
-            *pending.waker.borrow_mut() = Some(cx.waker().clone());
+            if !entry
+                .waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                entry.waker = Some(cx.waker().clone());
+            }
             Poll::Pending
         })
         .await
@@ -517,5 +674,72 @@ impl Drop for Conn {
             self.poller.release(self.socket.slot);
             *self.socket.broken.borrow_mut() = Some("connection dropped".into());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done() -> Result<Reply, ClientError> {
+        Ok(Reply::Done)
+    }
+
+    #[test]
+    fn request_ids_are_unique_nonzero_and_name_their_entry() {
+        let mut waiters = Waiters::default();
+        let mut ids = std::collections::HashSet::new();
+        for round in 0..3 {
+            let calls: Vec<(u64, usize)> = (0..50).map(|_| waiters.insert()).collect();
+            for &(id, index) in &calls {
+                assert_ne!(id, 0);
+                assert_eq!((id & u64::from(u32::MAX)) as usize, index);
+                assert!(ids.insert(id), "id {id} reused (round {round})");
+            }
+            for (id, index) in calls {
+                waiters.remove(index, id);
+            }
+        }
+        // Freed entries are reused: the slab is as large as the most calls in flight.
+        assert_eq!(waiters.entries.len(), 50);
+    }
+
+    #[test]
+    fn a_reply_reaches_only_the_call_that_waits_for_its_id() {
+        let mut waiters = Waiters::default();
+        let (given_up, index) = waiters.insert();
+        waiters.remove(index, given_up);
+        let (current, reused) = waiters.insert();
+        assert_eq!(reused, index, "the freed entry is taken again");
+        // The late reply to the call that was given up is ignored, as is an unknown id.
+        assert!(waiters.complete(given_up, done()).is_none());
+        assert!(waiters.complete(current + 7, done()).is_none());
+        assert!(waiters.complete(0, done()).is_none());
+        assert!(waiters.entries[reused].result.is_none());
+        // The right id completes the call once; a duplicate reply is ignored.
+        assert!(waiters.complete(current, done()).is_some());
+        assert!(waiters.complete(current, done()).is_none());
+        assert!(matches!(
+            waiters.entries[reused].result.take(),
+            Some(Ok(Reply::Done))
+        ));
+        // A stale remove (wrong id) frees nothing.
+        waiters.remove(reused, given_up);
+        assert_eq!(waiters.entries[reused].request_id, current);
+        waiters.remove(reused, current);
+        assert_eq!(waiters.entries[reused].request_id, 0);
+    }
+
+    #[test]
+    fn there_is_no_reply_stamp_without_a_round() {
+        clear_round_stamp();
+        assert_eq!(reply_stamp(), None);
+        stamp_round();
+        let first = reply_stamp();
+        assert!(first.is_some());
+        stamp_round();
+        assert_eq!(reply_stamp(), first, "one reading per round");
+        clear_round_stamp();
+        assert_eq!(reply_stamp(), None);
     }
 }

@@ -22,8 +22,22 @@ pub const KEY_ID_MAX: u64 = 999_999_999_999;
 
 /// The fixed-width key for a key number: `user000000001234`.
 pub fn key_for(id: u64) -> Vec<u8> {
+    write_key(id, &mut [0; KEY_BYTES]).to_vec()
+}
+
+/// [`key_for`] without allocating: writes the key into `buf` and returns it. On the
+/// hot path of every request, so the digits are written by hand rather than through
+/// `format!` (same bytes: the prefix, then `id` in decimal, zero-padded to
+/// [`KEY_DIGITS`]).
+pub fn write_key(id: u64, buf: &mut [u8; KEY_BYTES]) -> &[u8] {
     assert!(id <= KEY_ID_MAX, "key id {id} exceeds the fixed key width");
-    format!("{KEY_PREFIX}{id:0width$}", width = KEY_DIGITS).into_bytes()
+    buf[..KEY_PREFIX.len()].copy_from_slice(KEY_PREFIX.as_bytes());
+    let mut rest = id;
+    for digit in buf[KEY_PREFIX.len()..].iter_mut().rev() {
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    &buf[..]
 }
 
 /// SplitMix64: tiny, fast, good enough for load generation, and stable forever (a
@@ -431,14 +445,20 @@ impl ValueSource {
     }
 
     pub fn value(&self, rng: &mut Rng, write_id: Option<u64>) -> Vec<u8> {
-        let offset = rng.below(self.size_bytes as u64 + 1) as usize;
-        let mut v = self.pool[offset..offset + self.size_bytes].to_vec();
+        let mut v = self.shared_value(rng).to_vec();
         if let Some(id) = write_id {
             assert!(id != 0, "write id 0 is reserved");
             assert!(self.size_bytes >= WRITE_ID_BYTES);
             v[..WRITE_ID_BYTES].copy_from_slice(&id.to_le_bytes());
         }
         v
+    }
+
+    /// A value without a write id, borrowed from the pool (no allocation): the same
+    /// bytes, and the same draw from `rng`, as `value(rng, None)`.
+    pub fn shared_value(&self, rng: &mut Rng) -> &[u8] {
+        let offset = rng.below(self.size_bytes as u64 + 1) as usize;
+        &self.pool[offset..offset + self.size_bytes]
     }
 }
 
@@ -457,6 +477,21 @@ mod tests {
         assert_eq!(key_for(1234), b"user000000001234".to_vec());
         assert_eq!(key_for(0).len(), KEY_BYTES);
         assert_eq!(key_for(KEY_ID_MAX).len(), KEY_BYTES);
+        assert_eq!(key_for(KEY_ID_MAX), b"user999999999999".to_vec());
+        assert_eq!(key_for(0), b"user000000000000".to_vec());
+    }
+
+    #[test]
+    fn hand_written_keys_match_the_formatted_ones() {
+        let mut rng = Rng::new(3);
+        let mut ids: Vec<u64> = (0..2000).collect();
+        ids.extend((0..2000).map(|_| rng.below(KEY_ID_MAX + 1)));
+        ids.extend((0..12).map(|p| 10u64.pow(p) - 1));
+        let mut buf = [b'x'; KEY_BYTES];
+        for id in ids {
+            let formatted = format!("{KEY_PREFIX}{id:0width$}", width = KEY_DIGITS);
+            assert_eq!(write_key(id, &mut buf), formatted.as_bytes(), "id {id}");
+        }
     }
 
     #[test]
