@@ -59,6 +59,10 @@ run_one() { # bin_dir shape mode
     pipeline="${shape#*x}"
     data="$work/run"
     rm -rf "$data"
+    if "$bin/ringkv" status --host "$(addr 0)" > /dev/null 2>&1; then
+        echo "something already answers on $(addr 0); stop it or set PORT_BASE" >&2
+        exit 1
+    fi
     local flags=(--gossip-interval-ms 200 --replication-factor 3 --cluster-secret bench-secret
         --shards 1 --commitlog-sync "$mode")
     for i in 0 1 2; do
