@@ -30,16 +30,8 @@ if [ "${BUILD:-1}" = 1 ]; then
     cargo build --release --workspace --quiet
 fi
 work="$(mktemp -d "${TMPDIR:-/tmp}/ringkv-bench-quorum.XXXXXX")"
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    pids=()
-}
+# shellcheck source=cluster/lib.sh
+source "$PWD/cluster/lib.sh"
 trap 'cleanup; rm -rf "$work"' EXIT
 
 addr() { echo "127.0.0.1:$((port_base + $1 * 10))"; }
