@@ -23,15 +23,13 @@ shards="${SHARDS:-1}"
 replay_rate="${HINT_REPLAY_RATE:-1000}"
 port_base="${PORT_BASE:-17400}"
 
-if [ "${BUILD:-1}" = 1 ]; then
-    cargo build --release --workspace --quiet
-fi
 bin="$PWD/target/release/ringkv"
 loadgen="$PWD/target/release/ringkv-loadgen"
 work="$(mktemp -d "${TMPDIR:-/tmp}/ringkv-hint-drain.XXXXXX")"
 # shellcheck source=cluster/lib.sh
 source "$PWD/cluster/lib.sh"
 trap 'cleanup; rm -rf "$work"' EXIT
+build_unless_told_not_to
 
 addr() { echo "127.0.0.1:$((port_base + $1 * 10))"; }
 metrics_addr() { echo "127.0.0.1:$((port_base + $1 * 10 + 9))"; }

@@ -26,13 +26,11 @@ bins="${BINS:-target/release}"
 port_base="${PORT_BASE:-17500}"
 duration_s="${DURATION_S:-10}"
 
-if [ "${BUILD:-1}" = 1 ]; then
-    cargo build --release --workspace --quiet
-fi
 work="$(mktemp -d "${TMPDIR:-/tmp}/ringkv-bench-quorum.XXXXXX")"
 # shellcheck source=cluster/lib.sh
 source "$PWD/cluster/lib.sh"
 trap 'cleanup; rm -rf "$work"' EXIT
+build_unless_told_not_to
 
 addr() { echo "127.0.0.1:$((port_base + $1 * 10))"; }
 # utime + stime (clock ticks) of the given PIDs together.

@@ -12,3 +12,10 @@ cleanup() {
     done
     pids=()
 }
+
+# Build the release binaries first unless BUILD=0 (to run binaries built elsewhere).
+build_unless_told_not_to() {
+    if [ "${BUILD:-1}" = 1 ]; then
+        cargo build --release --workspace --quiet
+    fi
+}
