@@ -650,41 +650,8 @@ impl OwnCopyReader {
     }
 
     fn handshake(&self, port: u16) -> Option<ringkv::client::blocking::Connection> {
-        use ringkv::auth::{self, ClusterName, ClusterSecret, Effect, Handshake, Initiator};
-        use ringkv::client::blocking::Connection;
-        use ringkv::protocol::types::{Op, Reply};
         let addr: SocketAddr = format!("{}:{port}", self.ip).parse().ok()?;
-        let mut conn = Connection::connect(addr, Duration::from_secs(5)).ok()?;
-        let (mut initiator, mut effects) = Initiator::new(
-            ClusterName::new("ringkv").unwrap(),
-            ClusterSecret::new(self.secret.as_bytes()).unwrap(),
-            0x7e57_0000_0000_0001,
-            auth::fresh_nonce().unwrap(),
-        );
-        loop {
-            let mut send = None;
-            let mut done = false;
-            for effect in effects.drain(..) {
-                match effect {
-                    Effect::Send(message) => send = Some(message),
-                    Effect::Authenticated { .. } => done = true,
-                    Effect::Close { failure } => panic!("handshake with {addr} failed: {failure}"),
-                }
-            }
-            if done {
-                return Some(conn);
-            }
-            let message = send.expect("initiator has something to send");
-            match conn
-                .call(Op::PeerHandshake {
-                    message: message.encode(),
-                })
-                .ok()?
-            {
-                Reply::PeerHandshake { message } => effects = initiator.on_bytes(&message),
-                other => panic!("unexpected handshake reply {other:?}"),
-            }
-        }
+        peer_connection(addr, &self.secret)
     }
 
     /// The node's copy of `key`: `Some(None)` none (or a tombstone), `Some(Some(v))` its
