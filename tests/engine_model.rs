@@ -190,11 +190,12 @@ fn flushes_release_segments_and_survive_power_loss() {
     }
 }
 
-/// A failed fdatasync fails the write it covered, and the engine then refuses every
-/// write until it is reopened (never retry-and-trust an fsync); reads keep working,
-/// and after a restart nothing unacknowledged is visible as acknowledged.
+/// A failed commit log write (the durable write-through write, where an fdatasync used
+/// to be) fails the write it covered, and the engine then refuses every write until it
+/// is reopened (never retry-and-trust); reads keep working, and after a restart nothing
+/// unacknowledged is visible as acknowledged.
 #[test]
-fn failed_fdatasync_stops_writes_until_restart() {
+fn failed_commit_log_write_stops_writes_until_restart() {
     use ringkv::storage::mem_disk::{Fault, OpKind};
     let disk = MemDisk::new();
     let opts = options(864_000);
@@ -209,13 +210,14 @@ fn failed_fdatasync_stops_writes_until_restart() {
         ))
     };
     put(&engine, 1, 1).unwrap();
-    disk.fail_nth_of(OpKind::Sync, 1, Fault::Eio);
-    let err = put(&engine, 2, 2).expect_err("the write covered by the failed sync must fail");
+    disk.fail_nth_of(OpKind::Write, 1, Fault::Eio);
+    let err = put(&engine, 2, 2).expect_err("the write covered by the failed log write must fail");
     assert!(
         err.to_string().contains("I/O") || err.to_string().contains("error"),
         "{err}"
     );
-    let err = put(&engine, 3, 3).expect_err("the engine must refuse writes after a failed sync");
+    let err =
+        put(&engine, 3, 3).expect_err("the engine must refuse writes after a failed log write");
     assert!(err.to_string().contains("restart"), "{err}");
     assert!(
         block_on(engine.read(&key(1))).unwrap().is_some(),

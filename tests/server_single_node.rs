@@ -263,6 +263,12 @@ fn metrics_endpoint_reports_every_shard() {
     assert!(text.starts_with("HTTP/1.0 200"), "{text}");
     let writes = common::sum_series(&text, "ringkv_engine_writes_total");
     assert_eq!(writes, 100.0, "engine writes over both shards:\n{text}");
+    // One client, one request at a time: every write is its own group commit.
+    let appends = common::sum_series(&text, "ringkv_commitlog_appends_total");
+    let commits = common::sum_series(&text, "ringkv_commitlog_group_commits_total");
+    let bytes = common::sum_series(&text, "ringkv_commitlog_written_bytes_total");
+    assert_eq!((appends, commits), (100.0, 100.0), "{text}");
+    assert_eq!(bytes, 100.0 * 4096.0, "one block per group commit:\n{text}");
     assert!(
         text.contains("ringkv_requests_total{shard=\"1\"}"),
         "{text}"

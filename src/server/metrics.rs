@@ -17,7 +17,7 @@ const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
 /// Render the exposition text for these shards.
 pub fn render(stats: &[ShardStats]) -> String {
     type Field = fn(&ShardStats) -> f64;
-    let series: [(&str, &str, &str, Field); 17] = [
+    let series: [(&str, &str, &str, Field); 20] = [
         (
             "ringkv_requests_total",
             "counter",
@@ -110,6 +110,24 @@ pub fn render(stats: &[ShardStats]) -> String {
             "gauge",
             "Memtables waiting to be flushed.",
             |s| s.engine.frozen_memtables as f64,
+        ),
+        (
+            "ringkv_commitlog_appends_total",
+            "counter",
+            "Records appended to the commit log.",
+            |s| s.engine.commitlog_appends as f64,
+        ),
+        (
+            "ringkv_commitlog_group_commits_total",
+            "counter",
+            "Commit log flushes that wrote records (each one durable write per batch).",
+            |s| s.engine.commitlog_group_commits as f64,
+        ),
+        (
+            "ringkv_commitlog_written_bytes_total",
+            "counter",
+            "Bytes the commit log wrote to its segments (whole blocks).",
+            |s| s.engine.commitlog_bytes_written as f64,
         ),
         (
             "ringkv_engine_data_bytes",

@@ -8,8 +8,9 @@
 //! Contract, enforced by both implementations so tests catch violations:
 //! - `write_at` offsets and lengths are multiples of [`ALIGN`] (direct I/O);
 //! - `read_at` offsets are multiples of [`ALIGN`]; it may return fewer bytes at EOF;
-//! - data written is durable only after `sync` returns Ok; a created, renamed or
-//!   removed name is durable only after `sync_dir` returns Ok;
+//! - data written is durable only after `sync` returns Ok, except through a handle from
+//!   [`Disk::open_write_through`], where each `write_at` that returns Ok is durable; a
+//!   created, renamed or removed name is durable only after `sync_dir` returns Ok;
 //! - an error from `sync` means the covered writes may or may not be on disk: callers
 //!   must fail them and must not retry-and-trust (the "fsyncgate" lesson).
 //!
@@ -36,6 +37,19 @@ pub trait Disk {
     async fn create(&self, name: &str) -> io::Result<Self::File>;
     /// Open an existing file for reading and writing.
     async fn open(&self, name: &str) -> io::Result<Self::File>;
+    /// Open an existing file so that every `write_at` through this handle that returns Ok
+    /// is durable when it returns (`O_DSYNC`): no `sync` is needed for it. Writes made
+    /// through other handles still need their own `sync`. Disks that cannot do this
+    /// return `Unsupported`.
+    async fn open_write_through(&self, name: &str) -> io::Result<Self::File> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "write-through open of {} is not supported",
+                self.path_of(name)
+            ),
+        ))
+    }
     /// Remove a file (durable after `sync_dir`).
     async fn remove(&self, name: &str) -> io::Result<()>;
     /// Atomically replace `to` with `from` (durable after `sync_dir`).
@@ -77,6 +91,9 @@ impl<T: Disk> Disk for std::rc::Rc<T> {
     }
     async fn open(&self, name: &str) -> io::Result<Self::File> {
         (**self).open(name).await
+    }
+    async fn open_write_through(&self, name: &str) -> io::Result<Self::File> {
+        (**self).open_write_through(name).await
     }
     async fn remove(&self, name: &str) -> io::Result<()> {
         (**self).remove(name).await

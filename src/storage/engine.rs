@@ -2,7 +2,7 @@
 //! block cache and compaction into `write` / `read` (DESIGN.md §5).
 //!
 //! Write path: encode a record → commit log append (in `batch` mode this returns after
-//! the group commit's fdatasync) → merge into the active memtable → when it is full,
+//! the group commit's durable write) → merge into the active memtable → when it is full,
 //! freeze it and wake the maintenance task. Read path: active memtable, frozen
 //! memtables and every SSTable that may hold the key; the states found are combined
 //! with [`conflict::merge`] (a join, so order does not matter and nothing is lost when
@@ -154,6 +154,10 @@ pub struct EngineStats {
     pub compactions: u64,
     pub writes: u64,
     pub reads: u64,
+    /// Commit log appends, group commits and bytes written (from its stats).
+    pub commitlog_appends: u64,
+    pub commitlog_group_commits: u64,
+    pub commitlog_bytes_written: u64,
 }
 
 /// One page of [`Engine::scan_page`]: merged states in key order, and whether keys
@@ -597,6 +601,10 @@ impl<D: Disk + Clone> Engine<D> {
         let frozen_bytes: u64 = st.frozen.iter().map(|f| f.table.size_bytes() as u64).sum();
         let table_bytes: u64 = st.manifest.tables().iter().map(|t| t.size_bytes).sum();
         stats.data_bytes = table_bytes + stats.memtable_bytes + frozen_bytes;
+        let log = self.inner.log.stats();
+        stats.commitlog_appends = log.appends;
+        stats.commitlog_group_commits = log.group_commits;
+        stats.commitlog_bytes_written = log.bytes_written;
         stats
     }
 

@@ -9,9 +9,9 @@
 //! decode as a [`HintRecord`] is corruption, refused with file and offset unless it is at
 //! the very tail and the policy is [`RecoveryPolicy::TolerateCorruptTail`].
 //!
-//! A hint is *appended* (durable, fdatasync'ed, when `append` returns) and later marked
-//! *delivered* by a [`HintRecord::Delivered`] marker (durable when `mark_delivered`
-//! returns). Recovery replays both in log order, so an acknowledged marker always wins
+//! A hint is *appended* (durable, written through to the device, when `append`
+//! returns) and later marked *delivered* by a [`HintRecord::Delivered`] marker (durable
+//! when `mark_delivered` returns). Recovery replays both in log order, so an acknowledged marker always wins
 //! over its hint and a delivered hint is never resurrected. A segment is released (its
 //! file deleted) once it and every older segment hold no undelivered hint; segments are
 //! released one at a time, oldest first, each removal made durable before the next, so a
@@ -656,7 +656,7 @@ impl<D: Disk + Clone> HintLog<D> {
 }
 
 impl<D: Disk> HintLog<D> {
-    /// Store a hint durably (fdatasync'ed, group commit) and return its id. Ids strictly
+    /// Store a hint durably (a write-through write, group commit) and return its id. Ids strictly
     /// increase, also across restarts.
     pub async fn append(
         &self,
@@ -740,7 +740,7 @@ impl<D: Disk> HintLog<D> {
         }
     }
 
-    /// True once a write or fdatasync failed: every later call fails until restart.
+    /// True once a commit log write failed: every later call fails until restart.
     pub fn is_failed(&self) -> bool {
         self.log.is_failed()
     }

@@ -10,6 +10,11 @@
 //!
 //! Fault injection: [`MemDisk::power_loss`], [`MemDisk::power_loss_tearing`],
 //! [`MemDisk::fail_nth`], [`MemDisk::fail_nth_of`] and [`MemDisk::halt_after`].
+//! A handle from [`Disk::open_write_through`] makes each completed write durable at
+//! once; a write through it that *fails* (injected fault or halt) is treated as cut by
+//! the power loss that follows: its bytes reach the current contents and it becomes
+//! the last unsynced write, so [`MemDisk::power_loss_tearing`] keeps a prefix of it and
+//! [`MemDisk::power_loss`] none.
 //! A *process crash* needs no API: with O_DIRECT a completed write is on the device, not
 //! in a page cache owned by the process, so it survives the process; a test simulates a
 //! process crash by dropping the log and reopening the same `MemDisk`. Everything here is
@@ -374,6 +379,7 @@ impl MemDisk {
             epoch: fs.epoch,
             name: name.to_string(),
             yield_on_io: fs.yield_on_io,
+            write_through: false,
         }
     }
 }
@@ -416,6 +422,12 @@ impl Disk for MemDisk {
             )
         })?;
         Ok(self.handle(&fs, name, ino))
+    }
+
+    async fn open_write_through(&self, name: &str) -> io::Result<MemFile> {
+        let mut file = self.open(name).await?;
+        file.write_through = true;
+        Ok(file)
     }
 
     async fn remove(&self, name: &str) -> io::Result<()> {
@@ -473,6 +485,8 @@ pub struct MemFile {
     epoch: u64,
     name: String,
     yield_on_io: bool,
+    /// From [`Disk::open_write_through`]: a write that returns Ok is durable.
+    write_through: bool,
 }
 
 impl MemFile {
@@ -481,16 +495,9 @@ impl MemFile {
             futures_lite::future::yield_now().await;
         }
     }
-}
 
-impl DiskFile for MemFile {
-    async fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        self.maybe_yield().await;
-        let mut fs = self.fs.borrow_mut();
-        fs.begin(OpKind::Write)?;
-        if !offset.is_multiple_of(ALIGN as u64) || !buf.len().is_multiple_of(ALIGN) {
-            return Err(einval("write_at"));
-        }
+    /// Put `buf` into the file's current bytes.
+    fn apply(&self, fs: &mut MemFs, offset: u64, buf: &[u8]) -> io::Result<()> {
         let start = usize::try_from(offset).map_err(|_| einval("offset"))?;
         let end = start + buf.len();
         let inode = fs.inode_mut(self)?;
@@ -498,13 +505,53 @@ impl DiskFile for MemFile {
             inode.current.resize(end, 0);
         }
         inode.current[start..end].copy_from_slice(buf);
-        fs.counters.written_bytes += buf.len() as u64;
-        fs.last_write = Some(LastWrite {
+        Ok(())
+    }
+
+    fn last_write(&self, offset: u64, len: usize) -> LastWrite {
+        LastWrite {
             inode: self.inode,
             file: self.name.clone(),
             offset,
-            len: buf.len(),
-        });
+            len,
+        }
+    }
+}
+
+impl DiskFile for MemFile {
+    async fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.maybe_yield().await;
+        let mut fs = self.fs.borrow_mut();
+        let already_halted = fs.halted;
+        let outcome = fs.begin(OpKind::Write);
+        if !offset.is_multiple_of(ALIGN as u64) || !buf.len().is_multiple_of(ALIGN) {
+            return outcome.and(Err(einval("write_at")));
+        }
+        if let Err(e) = outcome {
+            if self.write_through && !already_halted {
+                // A write-through write that fails was in flight: like one cut by power
+                // loss, any prefix of it may have reached the device. It becomes the
+                // last unsynced write, which `power_loss_tearing` can keep a prefix of.
+                // (Writes issued after a halt never reach the device.)
+                if self.apply(&mut fs, offset, buf).is_ok() {
+                    fs.last_write = Some(self.last_write(offset, buf.len()));
+                }
+            }
+            return Err(e);
+        }
+        self.apply(&mut fs, offset, buf)?;
+        fs.counters.written_bytes += buf.len() as u64;
+        if self.write_through {
+            let inode = fs.inode_mut(self)?;
+            let start = usize::try_from(offset).map_err(|_| einval("offset"))?;
+            let end = start + buf.len();
+            if inode.durable.len() < end {
+                inode.durable.resize(end, 0);
+            }
+            inode.durable[start..end].copy_from_slice(buf);
+        } else {
+            fs.last_write = Some(self.last_write(offset, buf.len()));
+        }
         Ok(())
     }
 
@@ -611,6 +658,51 @@ mod tests {
             disk.sync_dir().await.unwrap();
             disk.power_loss();
             assert!(disk.list().await.unwrap().is_empty());
+        });
+    }
+
+    #[test]
+    fn write_through_writes_are_durable_and_a_failed_one_is_tearable() {
+        block_on(async {
+            let disk = MemDisk::new();
+            let f = disk.create("log").await.unwrap();
+            f.write_at(0, &block(1)).await.unwrap();
+            f.sync().await.unwrap();
+            disk.sync_dir().await.unwrap();
+            let w = disk.open_write_through("log").await.unwrap();
+            let syncs = disk.counters().syncs;
+            w.write_at(ALIGN as u64, &block(2)).await.unwrap();
+            assert_eq!(
+                disk.last_unsynced_write(),
+                None,
+                "a completed write is durable"
+            );
+            disk.power_loss();
+            let mut both = block(1);
+            both.extend(block(2));
+            assert_eq!(disk.durable_file_bytes("log").unwrap(), both);
+            assert_eq!(disk.counters().syncs, syncs, "no fdatasync was needed");
+
+            // A failed write-through write was in flight: a prefix of it may survive.
+            let w = disk.open_write_through("log").await.unwrap();
+            disk.fail_nth_of(OpKind::Write, 1, Fault::Eio);
+            assert!(w.write_at(ALIGN as u64, &block(3)).await.is_err());
+            let cut = disk.last_unsynced_write().unwrap();
+            assert_eq!((cut.offset, cut.len), (ALIGN as u64, ALIGN));
+            disk.power_loss_tearing(10);
+            let got = disk.durable_file_bytes("log").unwrap();
+            assert_eq!(got[ALIGN..ALIGN + 10], [3; 10]);
+            assert_eq!(got[ALIGN + 10..], block(2)[10..]);
+
+            // Writes issued after a halt never reach the device.
+            let w = disk.open_write_through("log").await.unwrap();
+            disk.halt_after(0);
+            assert!(w.write_at(0, &block(4)).await.is_err(), "the cut write");
+            assert!(w.write_at(ALIGN as u64, &block(5)).await.is_err());
+            let cut = disk.last_unsynced_write().unwrap();
+            assert_eq!(cut.offset, 0, "the write at the halt is the one in flight");
+            disk.power_loss();
+            assert_eq!(disk.durable_file_bytes("log").unwrap()[..ALIGN], block(1));
         });
     }
 

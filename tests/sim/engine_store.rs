@@ -110,10 +110,10 @@ impl NodeStore for EngineStore {
 
     fn crash(&mut self, rng: &mut SplitMix64) {
         // The commit log buffers unsynced records in memory; to crash in the middle of
-        // a group commit, let the sync's write reach the device and halt it before the
-        // fdatasync, then tear that write.
+        // a group commit, cut the sync's write-through write in flight (halt at it),
+        // then tear it.
         if self.last_seq > self.durable_seq && rng.chance(1, 2) {
-            self.disk.halt_after(1);
+            self.disk.halt_after(0);
             let _ = block_on(self.engine.sync());
         }
         match self.disk.last_unsynced_write() {

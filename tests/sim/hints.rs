@@ -7,12 +7,12 @@
 //! **Durability is modelled, not assumed.** A hint admitted by the book is first queued
 //! as an *append in progress*; the node's hint group commit ([`NodeHints::begin_commit`]
 //! / [`NodeHints::complete_commit`]) takes simulated time (the same sync latency as the
-//! store), and only when it completes are the hints appended to the log (write +
-//! fdatasync on the `MemDisk`), inserted into the book, and their stand-in acks sent.
+//! store), and only when it completes are the hints appended to the log (a write-through
+//! write on the `MemDisk`), inserted into the book, and their stand-in acks sent.
 //! Delivered markers are queued the same way. A crash loses every queued append and
-//! marker; half the time it lands in the middle of the commit (`halt_after(1)`: the
-//! first queued record's write reaches the device, its fdatasync does not) and the torn
-//! write is cut at a random length, as `EngineStore` does for the commit log. The log is
+//! marker; half the time it lands in the middle of the commit (`halt_after(0)`: the
+//! first queued record's write is in flight when power fails) and the torn write is cut
+//! at a random length, as `EngineStore` does for the commit log. The log is
 //! then recovered (`RecoveryPolicy::TolerateCorruptTail`) and the book rebuilt from what
 //! it recovered, exactly as a restarting server does. So: a stand-in never acks a hint
 //! that a crash can lose, a hint whose marker was lost is replayed again (at least once),
@@ -278,9 +278,9 @@ impl NodeHints {
         self.counters.appends_cut += self.appends.len() as u64;
         let queued = !self.appends.is_empty() || !self.markers.is_empty();
         if queued && rng.chance(1, 2) {
-            // Power fails inside the group commit: the first queued record is written,
-            // its fdatasync never happens.
-            self.disk.halt_after(1);
+            // Power fails inside the group commit: the write of the first queued record
+            // is cut (the segment is write-through, so that write is the commit).
+            self.disk.halt_after(0);
             if let Some(append) = self.appends.first() {
                 let _ = block_on(self.log.append(
                     append.target,

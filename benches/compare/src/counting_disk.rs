@@ -1,5 +1,5 @@
 //! A [`Disk`] wrapper that counts what the engine asks of the file system: fdatasyncs,
-//! directory syncs, writes and bytes written. It lets the harness say how many syncs an
+//! directory syncs, write-through (`O_DSYNC`) writes, writes and bytes written. It lets the harness say how many syncs an
 //! operation really cost instead of guessing (io_uring fsyncs are invisible to strace).
 //!
 //! It forwards every call unchanged and never alters, delays or fails one.
@@ -15,6 +15,9 @@ use ringkv::storage::disk::{Disk, DiskFile};
 pub struct Counters {
     pub file_syncs: Cell<u64>,
     pub dir_syncs: Cell<u64>,
+    /// Writes through a write-through handle: each is durable when it completes, a
+    /// sync of its own.
+    pub durable_writes: Cell<u64>,
     pub writes: Cell<u64>,
     pub bytes_written: Cell<u64>,
     pub reads: Cell<u64>,
@@ -25,9 +28,9 @@ impl Counters {
         cell.set(cell.get() + by);
     }
 
-    /// File fdatasyncs plus directory fsyncs.
+    /// File fdatasyncs, directory fsyncs and write-through writes.
     pub fn syncs(&self) -> u64 {
-        self.file_syncs.get() + self.dir_syncs.get()
+        self.file_syncs.get() + self.dir_syncs.get() + self.durable_writes.get()
     }
 }
 
@@ -46,6 +49,7 @@ impl<D> CountingDisk<D> {
 pub struct CountingFile<F> {
     inner: F,
     counters: Rc<Counters>,
+    write_through: bool,
 }
 
 impl<D: Disk> Disk for CountingDisk<D> {
@@ -56,6 +60,7 @@ impl<D: Disk> Disk for CountingDisk<D> {
         Ok(CountingFile {
             inner,
             counters: self.counters.clone(),
+            write_through: false,
         })
     }
 
@@ -64,6 +69,16 @@ impl<D: Disk> Disk for CountingDisk<D> {
         Ok(CountingFile {
             inner,
             counters: self.counters.clone(),
+            write_through: false,
+        })
+    }
+
+    async fn open_write_through(&self, name: &str) -> io::Result<Self::File> {
+        let inner = self.inner.open_write_through(name).await?;
+        Ok(CountingFile {
+            inner,
+            counters: self.counters.clone(),
+            write_through: true,
         })
     }
 
@@ -93,6 +108,9 @@ impl<F: DiskFile> DiskFile for CountingFile<F> {
     async fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
         Counters::bump(&self.counters.writes, 1);
         Counters::bump(&self.counters.bytes_written, buf.len() as u64);
+        if self.write_through {
+            Counters::bump(&self.counters.durable_writes, 1);
+        }
         self.inner.write_at(offset, buf).await
     }
 
