@@ -5,7 +5,10 @@
 # QUORUM/QUORUM, token-aware across the three nodes. Each run starts a fresh cluster,
 # prints one row: the load shape, the commit-log mode, throughput, p50/p99/p99.9 of all
 # operations, and the CPU the servers and the load generator spent per operation
-# (utime + stime from /proc over a 6 s window of the measured phase). Several binaries
+# (utime + stime from /proc over a 6 s window of the measured phase), and the whole
+# machine's busy CPU per operation over the same window (/proc/stat: everything but
+# idle and iowait, so it includes the kernel's workqueues, e.g. the disk's completion
+# and cache-flush work, which no process is charged for). Several binaries
 # can be compared in one session: rows alternate between them, round by round.
 #
 #   cluster/bench_quorum.sh                     # 2 rounds of 1x32 in periodic and batch
@@ -33,6 +36,12 @@ trap 'cleanup; rm -rf "$work"' EXIT
 build_unless_told_not_to
 
 addr() { echo "127.0.0.1:$((port_base + $1 * 10))"; }
+# Busy clock ticks of the whole machine (all CPUs): user, nice, system, irq, softirq.
+machine_ticks() {
+    local fields
+    read -r -a fields < /proc/stat
+    echo $((fields[1] + fields[2] + fields[3] + fields[6] + fields[7]))
+}
 # utime + stime (clock ticks) of the given PIDs together.
 cpu_ticks() {
     local total=0 pid fields
@@ -78,27 +87,30 @@ run_one() { # bin_dir shape mode
     local lg=$!
     # The measured phase starts after the load (about 1 s) and the 2 s warmup.
     sleep 5
-    local s0 l0 t0 s1 l1 t1
+    local s0 l0 t0 s1 l1 t1 m0 m1
+    m0="$(machine_ticks)"
     s0="$(cpu_ticks "${pids[@]}")"; l0="$(cpu_ticks "$lg")"; t0="$(date +%s%N)"
     sleep 6
     s1="$(cpu_ticks "${pids[@]}")"; l1="$(cpu_ticks "$lg")"; t1="$(date +%s%N)"
+    m1="$(machine_ticks)"
     wait "$lg"
     local line
     line="$(grep -E '^all ' "$work/loadgen.out")"
     cleanup
     awk -v bin="$bin" -v shape="$shape" -v mode="$mode" -v line="$line" \
-        -v ds="$((s1 - s0))" -v dl="$((l1 - l0))" -v dt="$((t1 - t0))" \
+        -v ds="$((s1 - s0))" -v dl="$((l1 - l0))" -v dt="$((t1 - t0))" -v dm="$((m1 - m0))" \
         -v hz="$(getconf CLK_TCK)" 'BEGIN {
         split(line, f, " ")
         ops = f[3]; secs = dt / 1e9
-        printf "| %s | %s | %s | %.0f | %s / %s / %s | %.1f | %.1f |\n", bin, shape, mode, ops,
-            f[4], f[6], f[7], (ds / hz / secs) * 1e6 / ops, (dl / hz / secs) * 1e6 / ops
+        printf "| %s | %s | %s | %.0f | %s / %s / %s | %.1f | %.1f | %.1f |\n", bin, shape, mode,
+            ops, f[4], f[6], f[7], (ds / hz / secs) * 1e6 / ops, (dl / hz / secs) * 1e6 / ops,
+            (dm / hz / secs) * 1e6 / ops
     }'
 }
 
 echo "nodes on CPUs ${node_cpus[*]}, load generator on CPU $loadgen_cpu; $(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "| build | C x P | commit log | ops/s | p50 / p99 / p99.9 ms | server CPU us/op | loadgen CPU us/op |"
-echo "| --- | --- | --- | ---: | --- | ---: | ---: |"
+echo "| build | C x P | commit log | ops/s | p50 / p99 / p99.9 ms | server CPU us/op | loadgen CPU us/op | machine CPU us/op |"
+echo "| --- | --- | --- | ---: | --- | ---: | ---: | ---: |"
 for round in $(seq 1 "$rounds"); do
     for shape in $shapes; do
         for mode in $modes; do
