@@ -269,6 +269,8 @@ fn metrics_endpoint_reports_every_shard() {
     let bytes = common::sum_series(&text, "ringkv_commitlog_written_bytes_total");
     assert_eq!((appends, commits), (100.0, 100.0), "{text}");
     assert_eq!(bytes, 100.0 * 4096.0, "one block per group commit:\n{text}");
+    let seconds = common::sum_series(&text, "ringkv_commitlog_group_commit_seconds_total");
+    assert!(seconds > 0.0, "100 durable writes took some time:\n{text}");
     assert!(
         text.contains("ringkv_requests_total{shard=\"1\"}"),
         "{text}"

@@ -17,7 +17,7 @@ const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
 /// Render the exposition text for these shards.
 pub fn render(stats: &[ShardStats]) -> String {
     type Field = fn(&ShardStats) -> f64;
-    let series: [(&str, &str, &str, Field); 20] = [
+    let series: [(&str, &str, &str, Field); 21] = [
         (
             "ringkv_requests_total",
             "counter",
@@ -122,6 +122,12 @@ pub fn render(stats: &[ShardStats]) -> String {
             "counter",
             "Commit log flushes that wrote records (each one durable write per batch).",
             |s| s.engine.commitlog_group_commits as f64,
+        ),
+        (
+            "ringkv_commitlog_group_commit_seconds_total",
+            "counter",
+            "Time group commits spent in their durable writes (÷ group commits = latency).",
+            |s| s.engine.commitlog_group_commit_micros as f64 / 1e6,
         ),
         (
             "ringkv_commitlog_written_bytes_total",

@@ -157,6 +157,7 @@ pub struct EngineStats {
     /// Commit log appends, group commits and bytes written (from its stats).
     pub commitlog_appends: u64,
     pub commitlog_group_commits: u64,
+    pub commitlog_group_commit_micros: u64,
     pub commitlog_bytes_written: u64,
 }
 
@@ -604,6 +605,7 @@ impl<D: Disk + Clone> Engine<D> {
         let log = self.inner.log.stats();
         stats.commitlog_appends = log.appends;
         stats.commitlog_group_commits = log.group_commits;
+        stats.commitlog_group_commit_micros = log.group_commit_micros;
         stats.commitlog_bytes_written = log.bytes_written;
         stats
     }

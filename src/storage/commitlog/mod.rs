@@ -229,6 +229,10 @@ pub struct CommitLogStats {
     /// durable when it completes (segments are open write-through, `O_DSYNC`), so there
     /// is no separate fdatasync of segment data.
     pub group_commits: u64,
+    /// Time the group commits spent writing their batches (from the first write's
+    /// submission to the last one's completion), in microseconds: divided by
+    /// `group_commits`, the disk's durable-write latency as the log sees it.
+    pub group_commit_micros: u64,
     pub segments_created: u64,
     /// Of `segments_created`, those that were a prepared spare renamed into place.
     pub spares_used: u64,
@@ -1059,6 +1063,7 @@ impl<D: Disk> CommitLog<D> {
         roll_to: Option<SegmentId>,
     ) -> Result<(), CommitLogError> {
         let segment_size = self.inner.cfg.segment_size_bytes;
+        let started = std::time::Instant::now();
         for batch in batches {
             self.switch_to(batch.segment).await?;
             let (file, name, pos) = {
@@ -1092,7 +1097,10 @@ impl<D: Disk> CommitLog<D> {
         // Every write above was durable when it completed: the active segment is open
         // write-through.
         if !batches.is_empty() {
-            self.inner.state.borrow_mut().stats.group_commits += 1;
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let mut st = self.inner.state.borrow_mut();
+            st.stats.group_commits += 1;
+            st.stats.group_commit_micros = st.stats.group_commit_micros.saturating_add(micros);
         }
         if let Some(target) = roll_to {
             self.switch_to(target).await?;
