@@ -44,6 +44,14 @@ impl<D> CountingDisk<D> {
     pub fn new(inner: D, counters: Rc<Counters>) -> Self {
         CountingDisk { inner, counters }
     }
+
+    fn wrap<F>(&self, inner: F, write_through: bool) -> CountingFile<F> {
+        CountingFile {
+            inner,
+            counters: self.counters.clone(),
+            write_through,
+        }
+    }
 }
 
 pub struct CountingFile<F> {
@@ -56,30 +64,15 @@ impl<D: Disk> Disk for CountingDisk<D> {
     type File = CountingFile<D::File>;
 
     async fn create(&self, name: &str) -> io::Result<Self::File> {
-        let inner = self.inner.create(name).await?;
-        Ok(CountingFile {
-            inner,
-            counters: self.counters.clone(),
-            write_through: false,
-        })
+        Ok(self.wrap(self.inner.create(name).await?, false))
     }
 
     async fn open(&self, name: &str) -> io::Result<Self::File> {
-        let inner = self.inner.open(name).await?;
-        Ok(CountingFile {
-            inner,
-            counters: self.counters.clone(),
-            write_through: false,
-        })
+        Ok(self.wrap(self.inner.open(name).await?, false))
     }
 
     async fn open_write_through(&self, name: &str) -> io::Result<Self::File> {
-        let inner = self.inner.open_write_through(name).await?;
-        Ok(CountingFile {
-            inner,
-            counters: self.counters.clone(),
-            write_through: true,
-        })
+        Ok(self.wrap(self.inner.open_write_through(name).await?, true))
     }
 
     async fn remove(&self, name: &str) -> io::Result<()> {
