@@ -254,7 +254,7 @@ fn run(args: &Args) -> Result<bool, String> {
 }
 
 fn print_table(rows: &[Row]) {
-    println!("| workload | C | ringkv ops/s | fjall ops/s | ratio | ringkv p50 / p99 µs | fjall p50 / p99 µs | ringkv fdatasync/op | fjall fdatasync/op | device flushes/op ringkv / fjall | wrong reads |");
+    println!("| workload | C | ringkv ops/s | fjall ops/s | ratio | ringkv p50 / p99 µs | fjall p50 / p99 µs | ringkv syncs/op | fjall fdatasync/op | device flushes/op ringkv / fjall | wrong reads |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         let (Some(r), Some(f)) = (&row.ringkv, &row.fjall) else {
