@@ -135,7 +135,7 @@ pub fn run(cpu: usize, dir: &Path, ops: u64, device: &Device) -> Result<(), Stri
             .join()
             .map_err(|e| e.to_string())??;
         let label = match layout {
-            Layout::Growing => "O_DIRECT 4 KiB append, growing file (ringkv commit log today)",
+            Layout::Growing => "O_DIRECT 4 KiB append, growing file (ringkv commit log before preallocation)",
             Layout::SparsePresized => "O_DIRECT 4 KiB append, sparse file pre-sized with ftruncate",
             Layout::Prewritten => "O_DIRECT 4 KiB append, blocks written beforehand",
         };
