@@ -14,7 +14,9 @@
 //!    after its restart it reports the same pending count and replays them all;
 //! 5. window: `--max-hint-window 3s`; writes after the window are not hinted but
 //!    counted (`+N skipped, needs repair`, `ringkv_hints_skipped_window_total`); hinted
-//!    writes arrive by replay, skipped ones only through a QUORUM read's repair.
+//!    writes arrive by replay, skipped ones only through a QUORUM read's repair;
+//! 6. left: hints held for a node that is then decommissioned are dropped, never
+//!    delivered, and do not come back when their holder restarts.
 //!
 //! Every wait has a deadline; nodes and the load generator are killed by PID on drop.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -23,7 +25,7 @@ mod common;
 
 use common::{
     cli, free_port_block, hints_held, loadgen_bin, metrics_text, node_id_of, replicas_of,
-    start_cluster_with, status_hint_cell, status_view, sum_series_with, wait_until,
+    start_cluster_with, status_hint_cell, status_rows, status_view, sum_series_with, wait_until,
     write_fault_rules, ChildGuard, Cluster, OwnCopyReader,
 };
 use ringkv::client::blocking::Client;
@@ -182,6 +184,120 @@ fn hints_survive_a_sigkill_of_their_holder_and_are_replayed_after_its_restart() 
             "the target's own copy of dur-{i} after replay"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Left
+
+#[test]
+fn hints_for_a_node_that_left_are_dropped_and_stay_dropped_across_a_restart() {
+    const WRITES: u64 = 30;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("holder.rules");
+    let holder_metrics = format!("127.0.0.1:{}", free_port_block(1));
+    let mut cluster = {
+        let (rules, holder_metrics) = (rules.clone(), holder_metrics.clone());
+        start_cluster_with(3, 1, move |i| {
+            let mut flags = base_flags();
+            if i == 0 {
+                flags.extend(metrics_flag(&holder_metrics));
+                flags.push("--fault-rules-file".into());
+                flags.push(rules.display().to_string());
+            }
+            flags
+        })
+    };
+    wait_all_up(&cluster);
+    let addrs = cluster.addrs();
+    let (holder, target) = (addrs[0].clone(), addrs[2].clone());
+    let target_label = format!("target=\"{:016x}\"", node_id_of(&target));
+
+    // The holder's own calls to the target fail; the target stays up in its view (its
+    // heartbeats still arrive through gossip), so every write it coordinates keeps a hint
+    // for the target, and replaying them keeps failing.
+    write_fault_rules(&rules, &format!("cut {target}\n"));
+    // The rules are re-read within 100 ms; the holder's gossip to the target shows when.
+    wait_until("the cut to take effect", DEADLINE, || {
+        sum_series_with(
+            &metrics_text(&holder_metrics),
+            "ringkv_peer_faults_total",
+            "kind=\"cut\"",
+        ) > 0.0
+    });
+    let mut client = pinned(&holder);
+    for i in 0..WRITES {
+        client
+            .put(
+                format!("left-{i}").as_bytes(),
+                b"v",
+                Some(Consistency::Quorum),
+                None,
+            )
+            .unwrap();
+    }
+    wait_until("the holder to keep one hint per write", DEADLINE, || {
+        hint_counts(&holder, &target).0 == WRITES
+    });
+
+    // The target leaves the cluster (it pushes its ranges; its own calls are not cut).
+    let (code, out, err) = cli(&["decommission", "--host", &target, "--timeout-secs", "120"]);
+    assert_eq!(
+        code,
+        0,
+        "decommission failed: {err}\n{}",
+        String::from_utf8_lossy(&out)
+    );
+    wait_until("the holder to see the target left", DEADLINE, || {
+        status_rows(&holder)
+            .and_then(|rows| rows.get(&target).cloned())
+            .is_some_and(|(_, status)| status == "left")
+    });
+    wait_until(
+        "the holder to drop its hints for the target",
+        DEADLINE,
+        || hint_counts(&holder, &target).0 == 0 || hints_held(&holder, &target).is_none(),
+    );
+    assert!(
+        cluster.nodes[0]
+            .log_text()
+            .contains("dropping hints for a node that left"),
+        "{}",
+        cluster.nodes[0].log_text()
+    );
+    let text = metrics_text(&holder_metrics);
+    assert_eq!(
+        sum_series_with(&text, "ringkv_hints_delivered_total", &target_label),
+        0.0,
+        "none of them was delivered:\n{text}"
+    );
+    assert_eq!(
+        sum_series_with(&text, "ringkv_hints_pending", &target_label),
+        0.0,
+        "{text}"
+    );
+
+    // The drop is durable: after a SIGKILL and restart the hint log recovers nothing
+    // (a restart that recovers hints logs "hints recovered" with their count).
+    cluster.nodes[0].kill();
+    cluster.nodes[0].restart();
+    // Lines arrive in order, so once the second start's "ringkv ready" is read, so is
+    // everything it logged while recovering.
+    wait_until("the restart's log to be read", DEADLINE, || {
+        cluster.nodes[0].log_text().matches("ringkv ready").count() == 2
+    });
+    let log = cluster.nodes[0].log_text();
+    assert!(
+        !log.contains("hints recovered"),
+        "the restarted holder recovered hints:\n{log}"
+    );
+    wait_until("the restarted holder to answer status", DEADLINE, || {
+        status_rows(&holder).is_some()
+    });
+    assert!(
+        hints_held(&holder, &target).is_none_or(|h| h.pending == 0),
+        "{:?}",
+        hints_held(&holder, &target)
+    );
 }
 
 // ---------------------------------------------------------------------------------------
