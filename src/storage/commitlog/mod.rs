@@ -18,8 +18,9 @@
 //! **Write-through segments.** Appends go through a handle opened with
 //! [`Disk::open_write_through`] (`O_DSYNC`): a batch write is durable when it completes,
 //! so a flush is one write per batch (usually one), not a write and then an fdatasync.
-//! On the 3-node batch-mode benchmark that took 4-15 % less server CPU per operation
-//! than write + fdatasync (nine pairs of runs, builds alternating): the kernel completes
+//! On the 3-node batch-mode benchmark that took 4-17 % less server CPU per operation
+//! than write + fdatasync, and 3-14 % less CPU on the whole machine (pairs of runs,
+//! builds alternating; README "Three nodes, RF=3, QUORUM"): the kernel completes
 //! the sync inside the write (a FUA write, or a cache flush queued after it), where a
 //! separate fdatasync is one more io_uring operation, which io_uring hands to a worker
 //! thread. Preallocation and headers are still written through an ordinary handle and
