@@ -615,6 +615,15 @@ mod tests {
         vec![fill; ALIGN]
     }
 
+    /// A new file `name` holding one block of `fill`, its data and name durable.
+    async fn durable_file(disk: &MemDisk, name: &str, fill: u8) -> MemFile {
+        let f = disk.create(name).await.unwrap();
+        f.write_at(0, &block(fill)).await.unwrap();
+        f.sync().await.unwrap();
+        disk.sync_dir().await.unwrap();
+        f
+    }
+
     #[test]
     fn unsynced_data_and_names_vanish_on_power_loss() {
         block_on(async {
@@ -626,10 +635,7 @@ mod tests {
             disk.power_loss();
             assert!(disk.list().await.unwrap().is_empty());
 
-            let f = disk.create("a").await.unwrap();
-            f.write_at(0, &block(1)).await.unwrap();
-            f.sync().await.unwrap();
-            disk.sync_dir().await.unwrap();
+            let f = durable_file(&disk, "a", 1).await;
             f.write_at(ALIGN as u64, &block(2)).await.unwrap();
             f.write_at(0, &block(3)).await.unwrap();
             assert_eq!(disk.file_bytes("a").unwrap().len(), 2 * ALIGN);
@@ -646,10 +652,7 @@ mod tests {
     fn removes_and_renames_are_durable_only_after_sync_dir() {
         block_on(async {
             let disk = MemDisk::new();
-            let f = disk.create("a").await.unwrap();
-            f.write_at(0, &block(7)).await.unwrap();
-            f.sync().await.unwrap();
-            disk.sync_dir().await.unwrap();
+            durable_file(&disk, "a", 7).await;
             disk.rename("a", "b").await.unwrap();
             assert_eq!(disk.list().await.unwrap(), vec!["b".to_string()]);
             disk.power_loss();
@@ -665,10 +668,7 @@ mod tests {
     fn write_through_writes_are_durable_and_a_failed_one_is_tearable() {
         block_on(async {
             let disk = MemDisk::new();
-            let f = disk.create("log").await.unwrap();
-            f.write_at(0, &block(1)).await.unwrap();
-            f.sync().await.unwrap();
-            disk.sync_dir().await.unwrap();
+            durable_file(&disk, "log", 1).await;
             let w = disk.open_write_through("log").await.unwrap();
             let syncs = disk.counters().syncs;
             w.write_at(ALIGN as u64, &block(2)).await.unwrap();
@@ -711,10 +711,7 @@ mod tests {
         block_on(async {
             for keep in [0, 1, 100, ALIGN, ALIGN + 5, 2 * ALIGN, 10 * ALIGN] {
                 let disk = MemDisk::new();
-                let f = disk.create("log").await.unwrap();
-                f.write_at(0, &block(1)).await.unwrap();
-                f.sync().await.unwrap();
-                disk.sync_dir().await.unwrap();
+                let f = durable_file(&disk, "log", 1).await;
                 let mut two = block(2);
                 two.extend(block(3));
                 f.write_at(0, &two).await.unwrap();
