@@ -346,7 +346,8 @@ else
         lbs="$(read_first "$queue/logical_block_size" || echo '?')"
         wc_mode="$(read_first "$queue/write_cache" || echo '?')"
         iopoll="$(read_first "$queue/io_poll" || echo '?')"
-        report INFO block_queue "$devname: nr_requests=$nr write_cache='$wc_mode' io_poll=$iopoll" ""
+        fua="$(read_first "$queue/fua" || echo '?')"
+        report INFO block_queue "$devname: nr_requests=$nr write_cache='$wc_mode' fua=$fua io_poll=$iopoll" ""
         if [ "$lbs" -le 4096 ] 2>/dev/null; then
             report OK logical_block "$devname: $lbs bytes" "<= 4096 (ringkv aligns direct I/O to 4096)"
         else
