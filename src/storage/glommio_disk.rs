@@ -58,6 +58,18 @@ impl GlommioDisk {
         &self.dir
     }
 
+    /// Open an existing file for reading and writing, with extra `open(2)` flags.
+    async fn open_existing(&self, name: &str, flags: i32) -> io::Result<GlommioFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(flags)
+            .dma_open(self.path(name)?)
+            .await
+            .map_err(to_io)?;
+        Ok(GlommioFile { file })
+    }
+
     fn path(&self, name: &str) -> io::Result<PathBuf> {
         if name.is_empty() || name.contains('/') || name == PROBE_FILE_NAME {
             return Err(io::Error::new(
@@ -84,27 +96,14 @@ impl Disk for GlommioDisk {
     }
 
     async fn open(&self, name: &str) -> io::Result<GlommioFile> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .dma_open(self.path(name)?)
-            .await
-            .map_err(to_io)?;
-        Ok(GlommioFile { file })
+        self.open_existing(name, 0).await
     }
 
     async fn open_write_through(&self, name: &str) -> io::Result<GlommioFile> {
         // O_DSYNC with O_DIRECT: the kernel completes each write only once it is on
         // stable storage (a FUA write, or a cache flush after it, plus any metadata
         // needed to read it back), like a write followed by fdatasync of its range.
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_DSYNC)
-            .dma_open(self.path(name)?)
-            .await
-            .map_err(to_io)?;
-        Ok(GlommioFile { file })
+        self.open_existing(name, libc::O_DSYNC).await
     }
 
     async fn remove(&self, name: &str) -> io::Result<()> {
@@ -235,6 +234,17 @@ mod tests {
             .run(async move { f().await });
     }
 
+    /// The file's `open(2)` flags, as the kernel reports them.
+    fn open_flags(f: &GlommioFile) -> i32 {
+        let fdinfo =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", f.file.as_raw_fd())).unwrap();
+        fdinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .map(|v| i32::from_str_radix(v.trim(), 8).unwrap())
+            .unwrap()
+    }
+
     #[test]
     fn write_read_sync_list_rename_remove() {
         let tmp = tempfile::tempdir().unwrap();
@@ -266,17 +276,15 @@ mod tests {
             disk.sync_dir().await.unwrap();
             let g = disk.open("b").await.unwrap();
             assert_eq!(g.read_at(0, ALIGN).await.unwrap(), data[..ALIGN]);
+            assert_eq!(
+                open_flags(&g) & libc::O_DSYNC,
+                0,
+                "a plain open is not O_DSYNC"
+            );
             g.close().await.unwrap();
             // Write-through handles carry O_DSYNC (on top of glommio's O_DIRECT).
             let w = disk.open_write_through("b").await.unwrap();
-            let fdinfo =
-                std::fs::read_to_string(format!("/proc/self/fdinfo/{}", w.file.as_raw_fd()))
-                    .unwrap();
-            let flags = fdinfo
-                .lines()
-                .find_map(|l| l.strip_prefix("flags:"))
-                .map(|v| i32::from_str_radix(v.trim(), 8).unwrap())
-                .unwrap();
+            let flags = open_flags(&w);
             assert_eq!(flags & libc::O_DSYNC, libc::O_DSYNC, "flags {flags:#o}");
             assert_eq!(flags & libc::O_DIRECT, libc::O_DIRECT, "flags {flags:#o}");
             w.write_at(ALIGN as u64, &data[..ALIGN]).await.unwrap();
