@@ -130,6 +130,54 @@ fn ten_thousand_pipelined_requests_on_one_connection() {
     }
 }
 
+/// Pipelined reads that must wait for the disk: 3,000 keys written through 64 KiB
+/// memtables (so most of them land in SSTables), the node restarted (cold block cache),
+/// then every key read back in one pipelined burst. A read is first polled where the
+/// connection dispatches it and becomes a task only when it has to wait; these must
+/// wait, and each still gets its own value.
+#[test]
+fn pipelined_reads_that_wait_for_the_disk_after_a_restart() {
+    const KEYS: u32 = 3_000;
+    let value = |i: u32| format!("{i:06}-{}", "v".repeat(200)).into_bytes();
+    let mut node = Node::start(1, &["--memtable-size", "64KiB"]);
+    let mut client = Client::connect(&node.addr()).unwrap();
+    for i in 0..KEYS {
+        client
+            .put(format!("disk-{i}").as_bytes(), &value(i), None, None)
+            .unwrap();
+    }
+    drop(client);
+    node.kill();
+    node.restart();
+    let mut conn = Connection::connect(node.socket_addr(), Duration::from_secs(5)).unwrap();
+    let mut expected = HashMap::new();
+    for i in 0..KEYS {
+        let op = Op::Get {
+            key: format!("disk-{i}").into_bytes(),
+            consistency: None,
+        };
+        expected.insert(conn.queue(op), i);
+    }
+    conn.flush().unwrap();
+    for _ in 0..KEYS {
+        let response = conn.receive().unwrap();
+        let i = expected.remove(&response.request_id).unwrap();
+        match response.body {
+            Reply::Value { values, .. } => assert_eq!(values, vec![value(i)], "key {i}"),
+            other => panic!("key {i}: unexpected {other:?}"),
+        }
+    }
+    let sstables = node
+        .data_dir()
+        .read_dir()
+        .unwrap()
+        .flatten()
+        .flat_map(|shard| shard.path().read_dir().into_iter().flatten().flatten())
+        .filter(|f| f.file_name().to_string_lossy().ends_with(".sst"))
+        .count();
+    assert!(sstables > 0, "the keys were flushed to SSTables");
+}
+
 #[test]
 fn forty_thousand_sequential_requests_on_one_connection() {
     // Each request is its own read on the server's side of the connection, and each

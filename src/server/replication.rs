@@ -127,6 +127,17 @@ fn build_rings(shard: &Shard, seq: u64, snapshot: &[NodeInfo]) -> Option<CachedR
 
 /// Where to place `key`; None when this node is alone (no peer in the ring): then it
 /// serves the key exactly as a single node does.
+/// True unless the last ring built for [`placement`] has other members: a key's
+/// request is then served by this node alone. Before any ring is built it says true.
+pub fn serving_alone(shard: &Shard) -> bool {
+    shard
+        .ring
+        .cached
+        .borrow()
+        .as_ref()
+        .is_none_or(|c| c.others.is_empty())
+}
+
 pub fn placement(shard: &Shard, key: &[u8]) -> Option<Placement> {
     // Built once per membership snapshot: the rings and the peers' addresses; a request
     // only walks the ring (no per-request copies of the snapshot).
