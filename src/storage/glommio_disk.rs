@@ -58,11 +58,13 @@ impl GlommioDisk {
         &self.dir
     }
 
-    /// Open an existing file for reading and writing, with extra `open(2)` flags.
-    async fn open_existing(&self, name: &str, flags: i32) -> io::Result<GlommioFile> {
+    /// Open `name` for reading and writing, with extra `open(2)` flags; `create_new`:
+    /// create it, failing if it exists.
+    async fn open_with(&self, name: &str, create_new: bool, flags: i32) -> io::Result<GlommioFile> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
+            .create_new(create_new)
             .custom_flags(flags)
             .dma_open(self.path(name)?)
             .await
@@ -85,25 +87,18 @@ impl Disk for GlommioDisk {
     type File = GlommioFile;
 
     async fn create(&self, name: &str) -> io::Result<GlommioFile> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .dma_open(self.path(name)?)
-            .await
-            .map_err(to_io)?;
-        Ok(GlommioFile { file })
+        self.open_with(name, true, 0).await
     }
 
     async fn open(&self, name: &str) -> io::Result<GlommioFile> {
-        self.open_existing(name, 0).await
+        self.open_with(name, false, 0).await
     }
 
     async fn open_write_through(&self, name: &str) -> io::Result<GlommioFile> {
         // O_DSYNC with O_DIRECT: the kernel completes each write only once it is on
         // stable storage (a FUA write, or a cache flush after it, plus any metadata
         // needed to read it back), like a write followed by fdatasync of its range.
-        self.open_existing(name, libc::O_DSYNC).await
+        self.open_with(name, false, libc::O_DSYNC).await
     }
 
     async fn remove(&self, name: &str) -> io::Result<()> {
