@@ -25,13 +25,9 @@ port_base="${PORT_BASE:-17400}"
 
 bin="$PWD/target/release/ringkv"
 loadgen="$PWD/target/release/ringkv-loadgen"
-work="$(mktemp -d "${TMPDIR:-/tmp}/ringkv-hint-drain.XXXXXX")"
 # shellcheck source=cluster/lib.sh
 source "$PWD/cluster/lib.sh"
-trap 'cleanup; rm -rf "$work"' EXIT
-build_unless_told_not_to
-
-addr() { echo "127.0.0.1:$((port_base + $1 * 10))"; }
+bench_setup ringkv-hint-drain
 metrics_addr() { echo "127.0.0.1:$((port_base + $1 * 10 + 9))"; }
 
 # Sum of one metric over every node (all shards, all targets).

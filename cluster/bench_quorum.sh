@@ -29,13 +29,9 @@ bins="${BINS:-target/release}"
 port_base="${PORT_BASE:-17500}"
 duration_s="${DURATION_S:-10}"
 
-work="$(mktemp -d "${TMPDIR:-/tmp}/ringkv-bench-quorum.XXXXXX")"
 # shellcheck source=cluster/lib.sh
 source "$PWD/cluster/lib.sh"
-trap 'cleanup; rm -rf "$work"' EXIT
-build_unless_told_not_to
-
-addr() { echo "127.0.0.1:$((port_base + $1 * 10))"; }
+bench_setup ringkv-bench-quorum
 # Busy clock ticks of the whole machine (all CPUs): user, nice, system, irq, softirq.
 machine_ticks() {
     local fields

@@ -19,3 +19,14 @@ build_unless_told_not_to() {
         cargo build --release --workspace --quiet
     fi
 }
+
+# A script's common start: a fresh work directory in `work` (named after $1), an EXIT
+# trap that kills the started processes and removes it, then the build.
+bench_setup() {
+    work="$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")"
+    trap 'cleanup; rm -rf "$work"' EXIT
+    build_unless_told_not_to
+}
+
+# Client address of node $1 (0, 1, ...): nodes sit 10 ports apart from `port_base`.
+addr() { echo "127.0.0.1:$((port_base + $1 * 10))"; }
