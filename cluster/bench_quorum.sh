@@ -16,7 +16,9 @@
 #   BINS="target/release /tmp/base" BUILD=1 PORT_BASE=17500 cluster/bench_quorum.sh
 #
 # NODE_CPUS pins node i to the i-th CPU list (taskset -c), LOADGEN_CPU the load
-# generator. A directory in BINS must hold `ringkv` and `ringkv-loadgen`.
+# generator. A directory in BINS must hold `ringkv` and `ringkv-loadgen`. MIX replaces
+# the operation mix (default "--workload a"; the dbeel comparison in benches/dbeel uses
+# MIX="--workload custom --read-ratio 0.5 --distribution uniform", as its client does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +30,7 @@ loadgen_cpu="${LOADGEN_CPU:-1}"
 bins="${BINS:-target/release}"
 port_base="${PORT_BASE:-17500}"
 duration_s="${DURATION_S:-10}"
+read -r -a mix <<< "${MIX:---workload a}"
 
 # shellcheck source=cluster/lib.sh
 source "$PWD/cluster/lib.sh"
@@ -76,7 +79,7 @@ run_one() { # bin_dir shape mode
         fi
         sleep 0.2
     done
-    taskset -c "$loadgen_cpu" "$bin/ringkv-loadgen" --hosts "$(addr 0)" --workload a \
+    taskset -c "$loadgen_cpu" "$bin/ringkv-loadgen" --hosts "$(addr 0)" "${mix[@]}" \
         --keys 100000 --load 20000 --value-size 100 --consistency quorum \
         --connections "$conns" --pipeline "$pipeline" --duration "${duration_s}s" --warmup 2s \
         > "$work/loadgen.out" 2>&1 &
