@@ -267,7 +267,9 @@ async fn load(args: &Rc<Args>, ring: &Rc<Ring>, consistency: u16) -> Rc<RefCell<
             let mut rng = Rng(args.seed ^ (worker + 1).wrapping_mul(0xa076_1d64_78bd_642f));
             let mut value = vec![0u8; args.value_size];
             let mut id = worker;
-            while id < args.load {
+            // A failed set fails the run (see main), so stop at the first error instead
+            // of waiting out REQUEST_TIMEOUT for every remaining key of a stalled node.
+            while id < args.load && stats.borrow().error_count() == 0 {
                 fill_value(&mut rng, &mut value);
                 let key = key_for(id);
                 let request = protocol::set(&args.collection, &key, &value, consistency);
