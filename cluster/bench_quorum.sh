@@ -31,25 +31,15 @@ bins="${BINS:-target/release}"
 port_base="${PORT_BASE:-17500}"
 duration_s="${DURATION_S:-10}"
 read -r -a mix <<< "${MIX:---workload a}"
+if [ "$duration_s" -lt 10 ]; then
+    # The CPU window is seconds 5-11 of the load generator's life (load, warmup, run).
+    echo "DURATION_S must be at least 10 (the CPU sample ends 11 s after the start)" >&2
+    exit 2
+fi
 
 # shellcheck source=cluster/lib.sh
 source "$PWD/cluster/lib.sh"
 bench_setup ringkv-bench-quorum
-# Busy clock ticks of the whole machine (all CPUs): user, nice, system, irq, softirq.
-machine_ticks() {
-    local fields
-    read -r -a fields < /proc/stat
-    echo $((fields[1] + fields[2] + fields[3] + fields[6] + fields[7]))
-}
-# utime + stime (clock ticks) of the given PIDs together.
-cpu_ticks() {
-    local total=0 pid fields
-    for pid in "$@"; do
-        read -r -a fields < <(cut -d')' -f2 "/proc/$pid/stat")
-        total=$((total + fields[11] + fields[12]))
-    done
-    echo "$total"
-}
 
 run_one() { # bin_dir shape mode
     local bin="$1" shape="$2" mode="$3" conns pipeline i data

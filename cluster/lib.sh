@@ -1,4 +1,4 @@
-# Shared by the cluster benchmark scripts (sourced, not run): the PIDs of the processes
+# Shared by the cluster benchmark scripts and benches/dbeel/run.sh (sourced, not run): the PIDs of the processes
 # a script started, and `cleanup`, which kills them (SIGKILL) and reaps them. Scripts
 # add each PID to `pids` and call `cleanup` from their EXIT trap and between runs.
 pids=()
@@ -30,3 +30,20 @@ bench_setup() {
 
 # Client address of node $1 (0, 1, ...): nodes sit 10 ports apart from `port_base`.
 addr() { echo "127.0.0.1:$((port_base + $1 * 10))"; }
+
+# Busy clock ticks of the whole machine (all CPUs): user, nice, system, irq, softirq.
+machine_ticks() {
+    local fields
+    read -r -a fields < /proc/stat
+    echo $((fields[1] + fields[2] + fields[3] + fields[6] + fields[7]))
+}
+
+# utime + stime (clock ticks) of the given PIDs together, all their threads.
+cpu_ticks() {
+    local total=0 pid fields
+    for pid in "$@"; do
+        read -r -a fields < <(cut -d')' -f2 "/proc/$pid/stat")
+        total=$((total + fields[11] + fields[12]))
+    done
+    echo "$total"
+}

@@ -19,6 +19,9 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
+# machine_ticks and cpu_ticks (this script keeps its own cleanup, defined below).
+# shellcheck source=cluster/lib.sh
+source "$here/../../cluster/lib.sh"
 
 wal_sync="${WAL_SYNC:-0}"
 concurrency="${CONCURRENCY:-32}"
@@ -61,21 +64,6 @@ shard_port() { echo $((port_base + 100 + 10 * $1)); }
 gossip_port() { echo $((port_base + 200 + 10 * $1)); }
 answers() { (exec 3<> "/dev/tcp/127.0.0.1/$1") 2> /dev/null; }
 
-# Busy clock ticks of the whole machine (all CPUs): user, nice, system, irq, softirq.
-machine_ticks() {
-    local fields
-    read -r -a fields < /proc/stat
-    echo $((fields[1] + fields[2] + fields[3] + fields[6] + fields[7]))
-}
-# utime + stime (clock ticks) of the given PIDs together, all threads.
-cpu_ticks() {
-    local total=0 pid fields
-    for pid in "$@"; do
-        read -r -a fields < <(cut -d')' -f2 "/proc/$pid/stat")
-        total=$((total + fields[11] + fields[12]))
-    done
-    echo "$total"
-}
 show_logs() {
     local i
     for i in 0 1 2; do
