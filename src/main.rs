@@ -148,6 +148,17 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
     },
+    /// Full anti-entropy repair of the ranges the node at --host replicates: it pulls
+    /// every key from their other replicas, merges, and pushes its merged copy back, so
+    /// every replica of those ranges ends up with the newest state of every key. Needs
+    /// every replica up. Waits for the end and prints what moved
+    Repair {
+        #[command(flatten)]
+        host: HostArgs,
+        /// Give up waiting after this many seconds (the node goes on repairing)
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
 }
 
 /// A failure with its exit code and one-line reason.
@@ -318,6 +329,7 @@ fn run(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Decommission { host, timeout_secs } => decommission(&host, timeout_secs),
+        Command::Repair { host, timeout_secs } => repair(&host, timeout_secs),
         Command::Status { host } => {
             let mut client = host.connect()?;
             let topology = client.refresh_topology()?.clone();
@@ -327,10 +339,14 @@ fn run(command: Command) -> Result<(), Failure> {
     }
 }
 
-/// `ringkv decommission`: one `Decommission` request, answered when the streaming is
+/// One admin request (`Decommission`, `Repair`) to `host`, answered when the work is
 /// done. The connection's read timeout is ten times its connect timeout, so the connect
 /// timeout is a tenth of `timeout_secs`.
-fn decommission(host: &HostArgs, timeout_secs: u64) -> Result<(), Failure> {
+fn admin_call(
+    host: &HostArgs,
+    timeout_secs: u64,
+    op: ringkv::protocol::types::Op,
+) -> Result<ringkv::protocol::types::Reply, Failure> {
     use ringkv::protocol::types::{Op, Reply};
     use std::net::ToSocketAddrs;
     let usage = |message: String| Failure {
@@ -356,7 +372,16 @@ fn decommission(host: &HostArgs, timeout_secs: u64) -> Result<(), Failure> {
             }
         }
     }
-    match conn.call(Op::Decommission)? {
+    match conn.call(op)? {
+        Reply::Error(e) => Err(ClientError::Server(e).into()),
+        reply => Ok(reply),
+    }
+}
+
+/// `ringkv decommission`: see [`admin_call`].
+fn decommission(host: &HostArgs, timeout_secs: u64) -> Result<(), Failure> {
+    use ringkv::protocol::types::{Op, Reply};
+    match admin_call(host, timeout_secs, Op::Decommission)? {
         Reply::Decommissioned(moved) => {
             println!(
                 "decommissioned {}: streamed {} key copies ({}) to the new owners in {:.1} s; it has left the ring",
@@ -367,10 +392,31 @@ fn decommission(host: &HostArgs, timeout_secs: u64) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Reply::Error(e) => Err(ClientError::Server(e).into()),
         other => Err(
             ClientError::Protocol(format!("unexpected reply to Decommission: {other:?}")).into(),
         ),
+    }
+}
+
+/// `ringkv repair`: see [`admin_call`].
+fn repair(host: &HostArgs, timeout_secs: u64) -> Result<(), Failure> {
+    use ringkv::protocol::types::{Op, Reply};
+    match admin_call(host, timeout_secs, Op::Repair)? {
+        Reply::Repaired(stats) => {
+            println!(
+                "repaired {}: {} ranges; pulled {} key states from the other replicas, pushed {} key copies to them ({} in all) in {:.1} s",
+                host.host,
+                stats.ranges,
+                stats.keys_pulled,
+                stats.keys_pushed,
+                human_bytes(stats.bytes_streamed),
+                stats.duration_ms as f64 / 1000.0
+            );
+            Ok(())
+        }
+        other => {
+            Err(ClientError::Protocol(format!("unexpected reply to Repair: {other:?}")).into())
+        }
     }
 }
 

@@ -5,6 +5,11 @@
 //! of every key (coordinated round-robin by A, B and C) then brings every replica to the
 //! newest version, tombstones included.
 //!
+//! `ringkv repair` (full anti-entropy repair) brings two stale replicas up to date
+//! without any read: C misses writes while it is down, then A misses others; one
+//! repair of C pulls what C missed and pushes what A missed. With a replica down, a
+//! repair is refused.
+//!
 //! Each replica's copy is read through the replica-local path (`ReplicaRead` on an
 //! authenticated peer connection to the owning shard). A client `Get` at ONE is not
 //! that: the coordinator asks every replica it believes up and answers with the first
@@ -14,7 +19,7 @@
 mod common;
 
 use common::{
-    every_node_sees, lww_value, replica_states, view_with_down, wait_until, Cluster, Node,
+    cli, every_node_sees, lww_value, replica_states, view_with_down, wait_until, Cluster, Node,
 };
 use ringkv::client::blocking::Connection;
 use ringkv::protocol::types::{Consistency, Op, Reply};
@@ -245,4 +250,145 @@ fn a_stale_replica_converges_through_read_repair_alone() {
             }
         }
     }
+}
+
+/// Kill node `n`, wait until the others mark it down, run `writes`, restart it and wait
+/// until every node sees every node up again.
+fn while_down(cluster: &mut Cluster, n: usize, writes: impl FnOnce()) {
+    let addrs = cluster.addrs();
+    cluster.nodes[n].kill();
+    let others: Vec<String> = addrs.iter().filter(|a| **a != addrs[n]).cloned().collect();
+    let down = view_with_down(&addrs, &[&addrs[n]]);
+    wait_until("the others to mark the node down", DEADLINE, || {
+        every_node_sees(&others, &down)
+    });
+    writes();
+    cluster.nodes[n].restart();
+    let all_up = view_with_down(&addrs, &[]);
+    wait_until("every node to see every node up", DEADLINE, || {
+        every_node_sees(&addrs, &all_up)
+    });
+}
+
+#[test]
+fn repair_converges_stale_replicas_without_reads_and_is_refused_with_a_replica_down() {
+    let mut cluster = Cluster::start(&[1, 1, 1], &FLAGS);
+    let addrs = cluster.addrs();
+    let all_up = view_with_down(&addrs, &[]);
+    wait_until("every node to see 3 nodes up", DEADLINE, || {
+        every_node_sees(&addrs, &all_up)
+    });
+    let (a, b, c) = (addrs[0].clone(), addrs[1].clone(), addrs[2].clone());
+    let mut model: BTreeMap<usize, Option<String>> = BTreeMap::new();
+
+    // Keys 0..150 on every replica.
+    write_all(
+        &a,
+        (0..150)
+            .map(|i| put_op(i, "v1", Consistency::All))
+            .collect(),
+    );
+    model.extend((0..150).map(|i| (i, Some("v1".to_string()))));
+
+    // C misses overwrites of 0..50, deletes of 50..75 and new keys 150..200.
+    while_down(&mut cluster, 2, || {
+        write_all(
+            &a,
+            (0..50)
+                .map(|i| put_op(i, "c-missed", Consistency::Quorum))
+                .collect(),
+        );
+        write_all(&b, (50..75).map(delete_op).collect());
+        write_all(
+            &a,
+            (150..200)
+                .map(|i| put_op(i, "n1", Consistency::Quorum))
+                .collect(),
+        );
+    });
+    model.extend((0..50).map(|i| (i, Some("c-missed".to_string()))));
+    model.extend((50..75).map(|i| (i, None)));
+    model.extend((150..200).map(|i| (i, Some("n1".to_string()))));
+    // A misses overwrites of 75..100 and new keys 200..230 (written through B and C).
+    while_down(&mut cluster, 0, || {
+        write_all(
+            &b,
+            (75..100)
+                .map(|i| put_op(i, "a-missed", Consistency::Quorum))
+                .collect(),
+        );
+        write_all(
+            &c,
+            (200..230)
+                .map(|i| put_op(i, "n2", Consistency::Quorum))
+                .collect(),
+        );
+    });
+    model.extend((75..100).map(|i| (i, Some("a-missed".to_string()))));
+    model.extend((200..230).map(|i| (i, Some("n2".to_string()))));
+
+    let names: Vec<String> = (0..230).map(key).collect();
+    let keys: Vec<&[u8]> = names.iter().map(|k| k.as_bytes()).collect();
+    let expected: Vec<Option<Option<Vec<u8>>>> = model
+        .values()
+        .map(|v| Some(v.as_ref().map(|v| v.as_bytes().to_vec())))
+        .collect();
+    let missed_by_c = |i: usize| i < 75 || (150..200).contains(&i);
+    let missed_by_a = |i: usize| (75..100).contains(&i) || (200..230).contains(&i);
+
+    // Before: B is current; C and A are stale exactly on what each missed.
+    let before = copies(&cluster.nodes, &keys).unwrap();
+    for (i, want) in expected.iter().enumerate() {
+        assert_eq!(&lww_value(&before[1][i]), want, "B's copy of {}", names[i]);
+        assert_eq!(
+            missed_by_a(i),
+            before[0][i] != before[1][i],
+            "A's copy of {}",
+            names[i]
+        );
+        assert_eq!(
+            missed_by_c(i),
+            before[2][i] != before[1][i],
+            "C's copy of {}",
+            names[i]
+        );
+    }
+
+    // One repair of C, and no read at all: every replica holds the newest state.
+    let (code, out, err) = cli(&["repair", "--host", &c, "--timeout-secs", "120"]);
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(code, 0, "repair failed: {err}");
+    assert!(
+        out.contains("repaired") && out.contains("pulled"),
+        "repair output: {out}"
+    );
+    let after = copies(&cluster.nodes, &keys).unwrap();
+    for (i, want) in expected.iter().enumerate() {
+        for (n, name) in ["A", "B", "C"].iter().enumerate() {
+            assert_eq!(
+                &lww_value(&after[n][i]),
+                want,
+                "{name}'s copy of {}",
+                names[i]
+            );
+            assert_eq!(
+                after[n][i], after[1][i],
+                "{name} and B agree on {}",
+                names[i]
+            );
+        }
+    }
+
+    // With B down, a repair of A is refused (exit 2) and names the missing replica.
+    cluster.nodes[1].kill();
+    let b_down = view_with_down(&addrs, &[&b]);
+    wait_until("A to mark B down", DEADLINE, || {
+        every_node_sees(std::slice::from_ref(&a), &b_down)
+    });
+    let (code, _, err) = cli(&["repair", "--host", &a]);
+    assert_eq!(code, 2, "a repair with a replica down is refused: {err}");
+    assert!(
+        err.contains("a replica is down") && err.contains(&b),
+        "refusal: {err}"
+    );
 }

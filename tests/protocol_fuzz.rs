@@ -16,8 +16,8 @@ use ringkv::protocol::codec::{
 };
 use ringkv::protocol::frame::{next_frame, FrameError, LENGTH_PREFIX_BYTES};
 use ringkv::protocol::types::{
-    Consistency, ErrorReply, HintSummary, MovedStats, NodeInfo, NodeStatus, Op, Reply, Request,
-    Response, Topology,
+    Consistency, ErrorReply, HintSummary, MovedStats, NodeInfo, NodeStatus, Op, RepairStats, Reply,
+    Request, Response, Topology,
 };
 use ringkv::protocol::{decode_request, decode_response, DecodeError, Encoder, Limits};
 
@@ -100,6 +100,7 @@ fn op() -> impl Strategy<Value = Op> {
                 }
             ),
         Just(Op::Decommission),
+        Just(Op::Repair),
     ]
 }
 
@@ -278,6 +279,24 @@ fn reply() -> impl Strategy<Value = Reply> {
                 duration_ms,
             })
         ),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(
+                |(ranges, keys_pulled, keys_pushed, bytes_streamed, duration_ms)| {
+                    Reply::Repaired(RepairStats {
+                        ranges,
+                        keys_pulled,
+                        keys_pushed,
+                        bytes_streamed,
+                        duration_ms,
+                    })
+                }
+            ),
     ]
 }
 
@@ -968,8 +987,9 @@ fn peer_ops_are_classified() {
         Op::Ping,
         Op::Topology,
         Op::Auth { token: vec![1] },
-        // An admin op a client sends (subject to client authentication).
+        // Admin ops a client sends (subject to client authentication).
         Op::Decommission,
+        Op::Repair,
     ];
     let peer_ops = [
         Op::ReplicaWrite {

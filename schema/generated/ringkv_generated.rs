@@ -116,10 +116,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Consistency {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST_BODY: u8 = 13;
+pub const ENUM_MAX_REQUEST_BODY: u8 = 14;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 14] = [
+pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 15] = [
   RequestBody::NONE,
   RequestBody::Get,
   RequestBody::Put,
@@ -134,6 +134,7 @@ pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 14] = [
   RequestBody::HintReplay,
   RequestBody::StreamRange,
   RequestBody::Decommission,
+  RequestBody::Repair,
 ];
 
 /// APPEND-ONLY (rule 1). Member numbers are part of the protocol.
@@ -156,9 +157,10 @@ impl RequestBody {
   pub const HintReplay: Self = Self(11);
   pub const StreamRange: Self = Self(12);
   pub const Decommission: Self = Self(13);
+  pub const Repair: Self = Self(14);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 13;
+  pub const ENUM_MAX: u8 = 14;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Get,
@@ -174,6 +176,7 @@ impl RequestBody {
     Self::HintReplay,
     Self::StreamRange,
     Self::Decommission,
+    Self::Repair,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -192,6 +195,7 @@ impl RequestBody {
       Self::HintReplay => Some("HintReplay"),
       Self::StreamRange => Some("StreamRange"),
       Self::Decommission => Some("Decommission"),
+      Self::Repair => Some("Repair"),
       _ => None,
     }
   }
@@ -443,10 +447,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ErrorKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE_BODY: u8 = 10;
+pub const ENUM_MAX_RESPONSE_BODY: u8 = 11;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 11] = [
+pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 12] = [
   ResponseBody::NONE,
   ResponseBody::Value,
   ResponseBody::Done,
@@ -458,6 +462,7 @@ pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 11] = [
   ResponseBody::Gossip,
   ResponseBody::StreamBatch,
   ResponseBody::Decommissioned,
+  ResponseBody::Repaired,
 ];
 
 /// APPEND-ONLY (rule 1). Member numbers are part of the protocol.
@@ -477,9 +482,10 @@ impl ResponseBody {
   pub const Gossip: Self = Self(8);
   pub const StreamBatch: Self = Self(9);
   pub const Decommissioned: Self = Self(10);
+  pub const Repaired: Self = Self(11);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 10;
+  pub const ENUM_MAX: u8 = 11;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Value,
@@ -492,6 +498,7 @@ impl ResponseBody {
     Self::Gossip,
     Self::StreamBatch,
     Self::Decommissioned,
+    Self::Repaired,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -507,6 +514,7 @@ impl ResponseBody {
       Self::Gossip => Some("Gossip"),
       Self::StreamBatch => Some("StreamBatch"),
       Self::Decommissioned => Some("Decommissioned"),
+      Self::Repaired => Some("Repaired"),
       _ => None,
     }
   }
@@ -2094,6 +2102,89 @@ impl ::core::fmt::Debug for Decommission<'_> {
       ds.finish()
   }
 }
+pub enum RepairOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Client (admin) op: full anti-entropy repair of this node's ranges. For every range it
+/// replicates, pull every key from the other replicas (merging each into its own copy),
+/// then push its merged copy of every key to them. Refused unless the node is Normal,
+/// no node is joining or leaving, and every other replica of its ranges is up. Answered
+/// with Repaired when done, or an Error.
+pub struct Repair<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Repair<'a> {
+  type Inner = Repair<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Repair<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Repair { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args RepairArgs
+  ) -> ::flatbuffers::WIPOffset<Repair<'bldr>> {
+    let mut builder = RepairBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for Repair<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RepairArgs {
+}
+impl<'a> Default for RepairArgs {
+  #[inline]
+  fn default() -> Self {
+    RepairArgs {
+    }
+  }
+}
+
+pub struct RepairBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RepairBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RepairBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RepairBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Repair<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Repair<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Repair");
+      ds.finish()
+  }
+}
 pub enum BlobOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3358,6 +3449,172 @@ impl ::core::fmt::Debug for Decommissioned<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("Decommissioned");
       ds.field("keys_streamed", &self.keys_streamed());
+      ds.field("bytes_streamed", &self.bytes_streamed());
+      ds.field("duration_ms", &self.duration_ms());
+      ds.finish()
+  }
+}
+pub enum RepairedOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Repair result: ranges repaired, key states pulled from the other replicas, key copies
+/// pushed to them, the bytes of both, and how long it took.
+pub struct Repaired<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Repaired<'a> {
+  type Inner = Repaired<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Repaired<'a> {
+  pub const VT_RANGES: ::flatbuffers::VOffsetT = 4;
+  pub const VT_KEYS_PULLED: ::flatbuffers::VOffsetT = 6;
+  pub const VT_KEYS_PUSHED: ::flatbuffers::VOffsetT = 8;
+  pub const VT_BYTES_STREAMED: ::flatbuffers::VOffsetT = 10;
+  pub const VT_DURATION_MS: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Repaired { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RepairedArgs
+  ) -> ::flatbuffers::WIPOffset<Repaired<'bldr>> {
+    let mut builder = RepairedBuilder::new(_fbb);
+    builder.add_duration_ms(args.duration_ms);
+    builder.add_bytes_streamed(args.bytes_streamed);
+    builder.add_keys_pushed(args.keys_pushed);
+    builder.add_keys_pulled(args.keys_pulled);
+    builder.add_ranges(args.ranges);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn ranges(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Repaired::VT_RANGES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn keys_pulled(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Repaired::VT_KEYS_PULLED, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn keys_pushed(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Repaired::VT_KEYS_PUSHED, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn bytes_streamed(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Repaired::VT_BYTES_STREAMED, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn duration_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Repaired::VT_DURATION_MS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Repaired<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("ranges", Self::VT_RANGES, false)?
+     .visit_field::<u64>("keys_pulled", Self::VT_KEYS_PULLED, false)?
+     .visit_field::<u64>("keys_pushed", Self::VT_KEYS_PUSHED, false)?
+     .visit_field::<u64>("bytes_streamed", Self::VT_BYTES_STREAMED, false)?
+     .visit_field::<u64>("duration_ms", Self::VT_DURATION_MS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RepairedArgs {
+    pub ranges: u64,
+    pub keys_pulled: u64,
+    pub keys_pushed: u64,
+    pub bytes_streamed: u64,
+    pub duration_ms: u64,
+}
+impl<'a> Default for RepairedArgs {
+  #[inline]
+  fn default() -> Self {
+    RepairedArgs {
+      ranges: 0,
+      keys_pulled: 0,
+      keys_pushed: 0,
+      bytes_streamed: 0,
+      duration_ms: 0,
+    }
+  }
+}
+
+pub struct RepairedBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RepairedBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_ranges(&mut self, ranges: u64) {
+    self.fbb_.push_slot::<u64>(Repaired::VT_RANGES, ranges, 0);
+  }
+  #[inline]
+  pub fn add_keys_pulled(&mut self, keys_pulled: u64) {
+    self.fbb_.push_slot::<u64>(Repaired::VT_KEYS_PULLED, keys_pulled, 0);
+  }
+  #[inline]
+  pub fn add_keys_pushed(&mut self, keys_pushed: u64) {
+    self.fbb_.push_slot::<u64>(Repaired::VT_KEYS_PUSHED, keys_pushed, 0);
+  }
+  #[inline]
+  pub fn add_bytes_streamed(&mut self, bytes_streamed: u64) {
+    self.fbb_.push_slot::<u64>(Repaired::VT_BYTES_STREAMED, bytes_streamed, 0);
+  }
+  #[inline]
+  pub fn add_duration_ms(&mut self, duration_ms: u64) {
+    self.fbb_.push_slot::<u64>(Repaired::VT_DURATION_MS, duration_ms, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RepairedBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RepairedBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Repaired<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Repaired<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Repaired");
+      ds.field("ranges", &self.ranges());
+      ds.field("keys_pulled", &self.keys_pulled());
+      ds.field("keys_pushed", &self.keys_pushed());
       ds.field("bytes_streamed", &self.bytes_streamed());
       ds.field("duration_ms", &self.duration_ms());
       ds.finish()
@@ -4910,6 +5167,21 @@ impl<'a> Frame<'a> {
 
   #[inline]
   #[allow(non_snake_case)]
+  pub fn request_as_repair(&self) -> Option<Repair<'a>> {
+    if self.request_type() == RequestBody::Repair {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Repair::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
   pub fn response_as_value(&self) -> Option<Value<'a>> {
     if self.response_type() == ResponseBody::Value {
       self.response().map(|t| {
@@ -5058,6 +5330,21 @@ impl<'a> Frame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn response_as_repaired(&self) -> Option<Repaired<'a>> {
+    if self.response_type() == ResponseBody::Repaired {
+      self.response().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Repaired::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -5082,6 +5369,7 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           RequestBody::HintReplay => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<HintReplay>>("RequestBody::HintReplay", pos),
           RequestBody::StreamRange => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StreamRange>>("RequestBody::StreamRange", pos),
           RequestBody::Decommission => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Decommission>>("RequestBody::Decommission", pos),
+          RequestBody::Repair => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Repair>>("RequestBody::Repair", pos),
           _ => Ok(()),
         }
      })?
@@ -5097,6 +5385,7 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           ResponseBody::Gossip => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Gossip>>("ResponseBody::Gossip", pos),
           ResponseBody::StreamBatch => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StreamBatch>>("ResponseBody::StreamBatch", pos),
           ResponseBody::Decommissioned => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Decommissioned>>("ResponseBody::Decommissioned", pos),
+          ResponseBody::Repaired => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Repaired>>("ResponseBody::Repaired", pos),
           _ => Ok(()),
         }
      })?
@@ -5261,6 +5550,13 @@ impl ::core::fmt::Debug for Frame<'_> {
             ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
           }
         },
+        RequestBody::Repair => {
+          if let Some(x) = self.request_as_repair() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
         _ => {
           let x: Option<()> = None;
           ds.field("request", &x)
@@ -5333,6 +5629,13 @@ impl ::core::fmt::Debug for Frame<'_> {
         },
         ResponseBody::Decommissioned => {
           if let Some(x) = self.response_as_decommissioned() {
+            ds.field("response", &x)
+          } else {
+            ds.field("response", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::Repaired => {
+          if let Some(x) = self.response_as_repaired() {
             ds.field("response", &x)
           } else {
             ds.field("response", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -22,8 +22,8 @@ use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, WIPOffset};
 
 use super::frame::{FrameError, LENGTH_PREFIX_BYTES};
 use super::types::{
-    Consistency, ErrorReply, HintSummary, MovedStats, NodeInfo, NodeStatus, Op, Reply, Request,
-    Response, Topology,
+    Consistency, ErrorReply, HintSummary, MovedStats, NodeInfo, NodeStatus, Op, RepairStats, Reply,
+    Request, Response, Topology,
 };
 use super::wire;
 use crate::cluster::membership::{
@@ -319,6 +319,10 @@ impl Encoder {
                 let table = wire::Decommission::create(builder, &wire::DecommissionArgs {});
                 (wire::RequestBody::Decommission, table.as_union_value())
             }
+            Op::Repair => {
+                let table = wire::Repair::create(builder, &wire::RepairArgs {});
+                (wire::RequestBody::Repair, table.as_union_value())
+            }
         };
         let frame = wire::Frame::create(
             builder,
@@ -482,6 +486,19 @@ impl Encoder {
                     },
                 );
                 (wire::ResponseBody::Decommissioned, table.as_union_value())
+            }
+            Reply::Repaired(stats) => {
+                let table = wire::Repaired::create(
+                    builder,
+                    &wire::RepairedArgs {
+                        ranges: stats.ranges,
+                        keys_pulled: stats.keys_pulled,
+                        keys_pushed: stats.keys_pushed,
+                        bytes_streamed: stats.bytes_streamed,
+                        duration_ms: stats.duration_ms,
+                    },
+                );
+                (wire::ResponseBody::Repaired, table.as_union_value())
             }
         };
         let frame = wire::Frame::create(
@@ -715,7 +732,7 @@ fn request_size_hint(op: &Op) -> usize {
             ..
         } => key.len() + value.len() + context.as_ref().map_or(0, Vec::len),
         Op::Delete { key, context, .. } => key.len() + context.as_ref().map_or(0, Vec::len),
-        Op::Ping | Op::Topology | Op::Decommission => 0,
+        Op::Ping | Op::Topology | Op::Decommission | Op::Repair => 0,
         Op::StreamRange { after_key, .. } => after_key.as_ref().map_or(0, Vec::len),
         Op::ReplicaWrite { key, state } | Op::HintReplay { key, state, .. } => {
             key.len() + state.len()
@@ -752,7 +769,7 @@ fn response_size_hint(reply: &Reply) -> usize {
             .iter()
             .map(|(k, s)| k.len() + s.len() + 3 * OVERHEAD_BYTES_PER_OBJECT)
             .sum(),
-        Reply::Decommissioned(_) => 0,
+        Reply::Decommissioned(_) | Reply::Repaired(_) => 0,
     };
     payload_bytes + 8 * OVERHEAD_BYTES_PER_OBJECT
 }
@@ -1163,6 +1180,7 @@ pub fn decode_request(body: &[u8], limits: &Limits) -> Result<Request, DecodeErr
             }
         }
         wire::RequestBody::Decommission => Op::Decommission,
+        wire::RequestBody::Repair => Op::Repair,
         wire::RequestBody::NONE => return Err(invalid("frame carries no request".to_owned())),
         // A newer client's operation: answer BadRequest for it, keep the connection.
         wire::RequestBody(unknown) => {
@@ -1317,6 +1335,16 @@ pub fn decode_response(body: &[u8]) -> Result<Response, DecodeError> {
                 keys_streamed: moved.keys_streamed(),
                 bytes_streamed: moved.bytes_streamed(),
                 duration_ms: moved.duration_ms(),
+            })
+        }
+        wire::ResponseBody::Repaired => {
+            let stats = frame.response_as_repaired().ok_or_else(missing_table)?;
+            Reply::Repaired(RepairStats {
+                ranges: stats.ranges(),
+                keys_pulled: stats.keys_pulled(),
+                keys_pushed: stats.keys_pushed(),
+                bytes_streamed: stats.bytes_streamed(),
+                duration_ms: stats.duration_ms(),
             })
         }
         wire::ResponseBody::NONE => return Err(invalid("frame carries no response".to_owned())),

@@ -120,6 +120,10 @@ pub enum Op {
     /// Admin op: stream this node's data to the nodes that take over its ranges, then
     /// leave the ring. Answered with `Reply::Decommissioned` when done.
     Decommission,
+    /// Admin op: full anti-entropy repair of the ranges this node replicates (pull every
+    /// key from the other replicas, then push the merged copy back). Answered with
+    /// `Reply::Repaired` when done.
+    Repair,
 }
 
 impl Op {
@@ -134,6 +138,7 @@ impl Op {
             | Op::HintReplay { .. }
             | Op::StreamRange { .. } => true,
             Op::Decommission
+            | Op::Repair
             | Op::Get { .. }
             | Op::Put { .. }
             | Op::Delete { .. }
@@ -192,12 +197,26 @@ pub enum Reply {
     /// Decommission answer: key copies and bytes sent to the new owners, and how long
     /// the streaming took.
     Decommissioned(MovedStats),
+    /// Repair answer: what the repair pulled and pushed.
+    Repaired(RepairStats),
 }
 
 /// What one streaming (a join or a decommission) moved.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MovedStats {
     pub keys_streamed: u64,
+    pub bytes_streamed: u64,
+    pub duration_ms: u64,
+}
+
+/// What one repair moved: ranges repaired, key states pulled from the other replicas
+/// (each page of each replica counted), key copies pushed to them (a key pushed to two
+/// replicas counts twice), the bytes of both, and how long it took.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RepairStats {
+    pub ranges: u64,
+    pub keys_pulled: u64,
+    pub keys_pushed: u64,
     pub bytes_streamed: u64,
     pub duration_ms: u64,
 }

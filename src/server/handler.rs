@@ -133,6 +133,7 @@ pub async fn execute_local(shard: &Rc<Shard>, op: Op) -> Reply {
         }
         // The router sends it to shard 0, which owns membership.
         Op::Decommission => super::streaming::decommission(shard).await,
+        Op::Repair => super::streaming::repair(shard).await,
         Op::PeerHandshake { .. } | Op::Gossip(_) => Reply::Error(ErrorReply::Unauthorized),
         // Placeholder until client auth is wired: with no token configured, Auth succeeds
         // whatever it carries (as `auth::ClientAuthState::NotRequired` says); with one

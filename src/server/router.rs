@@ -155,14 +155,15 @@ fn key_of(op: &Op) -> Option<&[u8]> {
             Some(key)
         }
         // A StreamRange page is served by the shard it was sent to (the asker addresses
-        // each shard port whose slice meets the range); Decommission goes to shard 0.
+        // each shard port whose slice meets the range); Decommission and Repair go to shard 0.
         Op::Ping
         | Op::Topology
         | Op::Auth { .. }
         | Op::PeerHandshake { .. }
         | Op::Gossip(_)
         | Op::StreamRange { .. }
-        | Op::Decommission => None,
+        | Op::Decommission
+        | Op::Repair => None,
     }
 }
 
@@ -170,8 +171,8 @@ fn key_of(op: &Op) -> Option<&[u8]> {
 pub async fn execute(shard: &Rc<Shard>, op: Op) -> Reply {
     let owner = match key_of(&op) {
         Some(key) => shard_of(token_of(key), shard.shard_count),
-        // Shard 0 owns membership, so it runs a decommission.
-        None if matches!(op, Op::Decommission) => 0,
+        // Shard 0 owns membership, so it runs a decommission or a repair.
+        None if matches!(op, Op::Decommission | Op::Repair) => 0,
         None => shard.id,
     };
     if owner == shard.id {

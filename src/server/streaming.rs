@@ -35,7 +35,9 @@ use crate::cluster::ring::{Ring, Token};
 use crate::cluster::NodeId;
 use crate::conflict::KeyState;
 use crate::protocol::token::{shard_of, token_of};
-use crate::protocol::types::{ErrorReply, MovedStats, NodeInfo, NodeStatus, Op, Reply};
+use crate::protocol::types::{
+    ErrorReply, MovedStats, NodeInfo, NodeStatus, Op, RepairStats, Reply,
+};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::rc::Rc;
@@ -144,6 +146,21 @@ pub fn leave_plan(current: &Ring, after: &Ring, leaver: NodeId, rf: usize) -> Ve
                 .into_iter()
                 .filter(|n| !r.replicas.contains(n))
                 .collect(),
+        })
+        .filter(|t| !t.nodes.is_empty())
+        .collect()
+}
+
+/// The ranges `node` replicates in `ring`, each with its other replicas: what a repair
+/// of `node` exchanges, and with whom.
+pub fn repair_plan(ring: &Ring, node: NodeId, rf: usize) -> Vec<Transfer> {
+    ring.ranges(rf)
+        .into_iter()
+        .filter(|r| r.replicas.contains(&node))
+        .map(|r| Transfer {
+            start_exclusive: r.start_exclusive,
+            end_inclusive: r.end_inclusive,
+            nodes: r.replicas.into_iter().filter(|n| *n != node).collect(),
         })
         .filter(|t| !t.nodes.is_empty())
         .collect()
@@ -669,6 +686,129 @@ async fn leave(shard: &Rc<Shard>) -> Result<MovedStats, String> {
     Ok(moved)
 }
 
+/// The `Repair` op, on shard 0: a full anti-entropy repair of every range this node
+/// replicates (see [`repair_ranges`]). Refused unless this node is Normal, no node is
+/// joining or leaving (their pending writes would race the plan), and every other
+/// replica of its ranges is up: a repair that skipped a replica would report success
+/// while that copy stays stale. Answers when done.
+pub async fn repair(shard: &Rc<Shard>) -> Reply {
+    let refuse = |message: String| Reply::Error(ErrorReply::BadRequest { message });
+    let Some(status) = super::gossip::local_status(shard) else {
+        return internal("repair reached a shard other than 0");
+    };
+    if status != NodeStatus::Normal {
+        return refuse(format!(
+            "this node is {}, not normal: cannot repair",
+            format!("{status:?}").to_lowercase()
+        ));
+    }
+    let nodes = snapshot(shard);
+    if let Some(busy) = nodes
+        .iter()
+        .find(|n| matches!(n.status, NodeStatus::Joining | NodeStatus::Leaving))
+    {
+        return refuse(format!(
+            "node {} is {}; repair after joins and decommissions finish",
+            busy.address,
+            format!("{:?}", busy.status).to_lowercase()
+        ));
+    }
+    let task_shard = shard.clone();
+    let work = glommio::spawn_local_into(
+        async move { repair_ranges(&task_shard, &nodes).await },
+        shard.background_queue,
+    );
+    let result = match work {
+        Ok(task) => task.await,
+        Err(e) => Err(format!("cannot spawn the repair: {e}")),
+    };
+    match result {
+        Ok(stats) => Reply::Repaired(stats),
+        Err(e) if e.starts_with(REPLICA_DOWN) => refuse(e),
+        Err(e) => {
+            tracing::error!(error = %e, "repair failed");
+            internal(format!("repair failed: {e}"))
+        }
+    }
+}
+
+/// Prefix of the error that refuses a repair because a replica is down.
+const REPLICA_DOWN: &str = "a replica is down";
+
+/// For every range of [`repair_plan`]: pull every key from each other replica (every
+/// shard of it that meets the range) and merge it into this node's copy, then push this
+/// node's merged copy of every key of the range to each other replica. Merging is
+/// idempotent and keeps the newest state (LWW) or every concurrent sibling (causal), so
+/// afterwards every replica of the range holds, for every key that any of them held when
+/// it was read, a state at least as new as any copy's. Writes during the repair reach
+/// the replicas as usual; a key deleted long ago comes back only if a replica still holds
+/// its tombstone or value, as with read repair.
+async fn repair_ranges(shard: &Rc<Shard>, nodes: &[NodeInfo]) -> Result<RepairStats, String> {
+    let ring = owners_ring(nodes)?;
+    let rf = shard.config.replication_factor.max(1) as usize;
+    let plan = repair_plan(&ring, shard.node_id, rf);
+    let started = Instant::now();
+    let mut stats = RepairStats {
+        ranges: plan.len() as u64,
+        ..RepairStats::default()
+    };
+    tracing::info!(ranges = plan.len(), "repair starts");
+    for transfer in &plan {
+        let mut others = Vec::with_capacity(transfer.nodes.len());
+        for id in &transfer.nodes {
+            match nodes.iter().find(|n| n.node_id == *id) {
+                Some(node) if node.up => others.push(node.clone()),
+                Some(node) => return Err(format!("{REPLICA_DOWN}: {}", node.address)),
+                None => return Err(format!("replica {id:016x} is missing from the view")),
+            }
+        }
+        for other in &others {
+            for s in shards_meeting(
+                transfer.start_exclusive,
+                transfer.end_inclusive,
+                other.shard_count,
+            ) {
+                let mut pulled = MovedStats::default();
+                stream_range(
+                    shard,
+                    Source::Remote(other, s),
+                    transfer,
+                    &mut pulled,
+                    |entries| apply_locally(shard, entries),
+                )
+                .await
+                .map_err(|e| format!("pulling from {}: {e}", other.address))?;
+                stats.keys_pulled += pulled.keys_streamed;
+                stats.bytes_streamed += pulled.bytes_streamed;
+            }
+        }
+        for s in shards_meeting(
+            transfer.start_exclusive,
+            transfer.end_inclusive,
+            shard.shard_count,
+        ) {
+            let mut pushed = MovedStats::default();
+            stream_range(shard, Source::Local(s), transfer, &mut pushed, |entries| {
+                push_to(shard, &others, entries)
+            })
+            .await?;
+            let copies = others.len() as u64;
+            stats.keys_pushed += pushed.keys_streamed * copies;
+            stats.bytes_streamed += pushed.bytes_streamed * copies;
+        }
+    }
+    stats.duration_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(
+        ranges = stats.ranges,
+        keys_pulled = stats.keys_pulled,
+        keys_pushed = stats.keys_pushed,
+        bytes_streamed = stats.bytes_streamed,
+        duration_ms = stats.duration_ms,
+        "repair complete"
+    );
+    Ok(stats)
+}
+
 /// Send a write also to its pending replicas (a node joining, or the nodes taking over
 /// a leaving node's ranges). Fire and forget: the acks do not count toward W; a failed
 /// one is stored as a hint for that node, so the write still reaches it.
@@ -792,5 +932,42 @@ mod tests {
                 assert_eq!(covering[0].nodes, gainers);
             }
         }
+    }
+
+    /// A repair of node 2 covers every token it replicates exactly once, with exactly the
+    /// other replicas of that token, and no token it does not replicate.
+    #[test]
+    fn a_repair_plan_covers_the_nodes_ranges_with_their_other_replicas() {
+        let ring = Ring::new([
+            (1, &crate::cluster::ring::initial_tokens(8, 1)[..]),
+            (2, &crate::cluster::ring::initial_tokens(8, 2)[..]),
+            (3, &crate::cluster::ring::initial_tokens(8, 3)[..]),
+            (4, &crate::cluster::ring::initial_tokens(8, 4)[..]),
+        ])
+        .unwrap();
+        let rf = 2;
+        let plan = repair_plan(&ring, 2, rf);
+        let mut probe = crate::cluster::SplitMix64::new(11);
+        let mut covered = 0;
+        for _ in 0..2000 {
+            let t = crate::cluster::RngLike::next_u64(&mut probe);
+            let covering: Vec<&Transfer> = plan
+                .iter()
+                .filter(|x| token_in_range(t, x.start_exclusive, x.end_inclusive))
+                .collect();
+            let replicas = ring.replicas(t, rf);
+            if replicas.contains(&2) {
+                covered += 1;
+                assert_eq!(covering.len(), 1, "token {t} repaired once");
+                let others: Vec<NodeId> = replicas.into_iter().filter(|n| *n != 2).collect();
+                assert_eq!(covering[0].nodes, others);
+            } else {
+                assert!(covering.is_empty(), "token {t} is not node 2's");
+            }
+        }
+        assert!(covered > 0);
+        // Alone in the ring, a node has no one to repair with.
+        let alone = Ring::new([(7, &crate::cluster::ring::initial_tokens(8, 7)[..])]).unwrap();
+        assert!(repair_plan(&alone, 7, 3).is_empty());
     }
 }
