@@ -96,14 +96,21 @@ fn copies(nodes: &[Node], keys: &[&[u8]]) -> Option<Vec<Vec<Option<ringkv::confl
         .collect()
 }
 
-#[test]
-fn a_stale_replica_converges_through_read_repair_alone() {
-    let mut cluster = Cluster::start(&[1, 1, 1], &FLAGS);
+/// Three nodes (RF=3, no hints), once every node sees all three up; and their addresses.
+fn three_nodes_up() -> (Cluster, Vec<String>) {
+    let cluster = Cluster::start(&[1, 1, 1], &FLAGS);
     let addrs = cluster.addrs();
     let all_up = view_with_down(&addrs, &[]);
     wait_until("every node to see 3 nodes up", DEADLINE, || {
         every_node_sees(&addrs, &all_up)
     });
+    (cluster, addrs)
+}
+
+#[test]
+fn a_stale_replica_converges_through_read_repair_alone() {
+    let (mut cluster, addrs) = three_nodes_up();
+    let all_up = view_with_down(&addrs, &[]);
     let (a, b, c) = (addrs[0].clone(), addrs[1].clone(), addrs[2].clone());
     // The model: key index → newest value (None: deleted).
     let mut model: BTreeMap<usize, Option<String>> = BTreeMap::new();
@@ -272,12 +279,7 @@ fn while_down(cluster: &mut Cluster, n: usize, writes: impl FnOnce()) {
 
 #[test]
 fn repair_converges_stale_replicas_without_reads_and_is_refused_with_a_replica_down() {
-    let mut cluster = Cluster::start(&[1, 1, 1], &FLAGS);
-    let addrs = cluster.addrs();
-    let all_up = view_with_down(&addrs, &[]);
-    wait_until("every node to see 3 nodes up", DEADLINE, || {
-        every_node_sees(&addrs, &all_up)
-    });
+    let (mut cluster, addrs) = three_nodes_up();
     let (a, b, c) = (addrs[0].clone(), addrs[1].clone(), addrs[2].clone());
     let mut model: BTreeMap<usize, Option<String>> = BTreeMap::new();
 

@@ -579,28 +579,42 @@ async fn join_once(shard: &Rc<Shard>) -> Result<MovedStats, String> {
     Ok(moved)
 }
 
-/// The `Decommission` op, on shard 0 (see the module doc). Answers when done.
-pub async fn decommission(shard: &Rc<Shard>) -> Reply {
-    let refuse = |message: String| Reply::Error(ErrorReply::BadRequest { message });
+fn refuse(message: String) -> Reply {
+    Reply::Error(ErrorReply::BadRequest { message })
+}
+
+/// The common precondition of the admin ops (`action`: "decommission", "repair"): this
+/// is shard 0, this node is Normal and no other node is joining or leaving. The current
+/// view if so, else the refusal to answer.
+fn normal_and_settled(shard: &Rc<Shard>, action: &str) -> Result<Rc<Vec<NodeInfo>>, Reply> {
     let Some(status) = super::gossip::local_status(shard) else {
-        return internal("decommission reached a shard other than 0");
+        return Err(internal(format!("{action} reached a shard other than 0")));
     };
     if status != NodeStatus::Normal {
-        return refuse(format!(
-            "this node is {}, not normal: cannot decommission",
+        return Err(refuse(format!(
+            "this node is {}, not normal: cannot {action}",
             format!("{status:?}").to_lowercase()
-        ));
+        )));
     }
     let nodes = snapshot(shard);
     if let Some(busy) = nodes.iter().find(|n| {
         n.node_id != shard.node_id && matches!(n.status, NodeStatus::Joining | NodeStatus::Leaving)
     }) {
-        return refuse(format!(
-            "node {} is {}; decommission one node at a time, after joins finish",
+        return Err(refuse(format!(
+            "node {} is {}; {action} one node at a time, after joins and decommissions finish",
             busy.address,
             format!("{:?}", busy.status).to_lowercase()
-        ));
+        )));
     }
+    Ok(nodes)
+}
+
+/// The `Decommission` op, on shard 0 (see the module doc). Answers when done.
+pub async fn decommission(shard: &Rc<Shard>) -> Reply {
+    let nodes = match normal_and_settled(shard, "decommission") {
+        Ok(nodes) => nodes,
+        Err(reply) => return reply,
+    };
     let others = nodes
         .iter()
         .filter(|n| n.node_id != shard.node_id && n.status == NodeStatus::Normal)
@@ -692,27 +706,10 @@ async fn leave(shard: &Rc<Shard>) -> Result<MovedStats, String> {
 /// replica of its ranges is up: a repair that skipped a replica would report success
 /// while that copy stays stale. Answers when done.
 pub async fn repair(shard: &Rc<Shard>) -> Reply {
-    let refuse = |message: String| Reply::Error(ErrorReply::BadRequest { message });
-    let Some(status) = super::gossip::local_status(shard) else {
-        return internal("repair reached a shard other than 0");
+    let nodes = match normal_and_settled(shard, "repair") {
+        Ok(nodes) => nodes,
+        Err(reply) => return reply,
     };
-    if status != NodeStatus::Normal {
-        return refuse(format!(
-            "this node is {}, not normal: cannot repair",
-            format!("{status:?}").to_lowercase()
-        ));
-    }
-    let nodes = snapshot(shard);
-    if let Some(busy) = nodes
-        .iter()
-        .find(|n| matches!(n.status, NodeStatus::Joining | NodeStatus::Leaving))
-    {
-        return refuse(format!(
-            "node {} is {}; repair after joins and decommissions finish",
-            busy.address,
-            format!("{:?}", busy.status).to_lowercase()
-        ));
-    }
     let task_shard = shard.clone();
     let work = glommio::spawn_local_into(
         async move { repair_ranges(&task_shard, &nodes).await },
