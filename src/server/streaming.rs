@@ -749,16 +749,27 @@ async fn repair_ranges(shard: &Rc<Shard>, nodes: &[NodeInfo]) -> Result<RepairSt
         ranges: plan.len() as u64,
         ..RepairStats::default()
     };
+    // Every other replica must be up before anything moves, so a refusal leaves no
+    // range half repaired.
+    let replica = |id: &NodeId| -> Result<NodeInfo, String> {
+        match nodes.iter().find(|n| n.node_id == *id) {
+            Some(node) if node.up => Ok(node.clone()),
+            Some(node) => Err(format!("{REPLICA_DOWN}: {}", node.address)),
+            None => Err(format!("replica {id:016x} is missing from the view")),
+        }
+    };
+    for transfer in &plan {
+        for id in &transfer.nodes {
+            replica(id)?;
+        }
+    }
     tracing::info!(ranges = plan.len(), "repair starts");
     for transfer in &plan {
-        let mut others = Vec::with_capacity(transfer.nodes.len());
-        for id in &transfer.nodes {
-            match nodes.iter().find(|n| n.node_id == *id) {
-                Some(node) if node.up => others.push(node.clone()),
-                Some(node) => return Err(format!("{REPLICA_DOWN}: {}", node.address)),
-                None => return Err(format!("replica {id:016x} is missing from the view")),
-            }
-        }
+        let others = transfer
+            .nodes
+            .iter()
+            .map(replica)
+            .collect::<Result<Vec<NodeInfo>, String>>()?;
         for other in &others {
             for s in shards_meeting(
                 transfer.start_exclusive,
