@@ -24,6 +24,7 @@ use common::{
 use ringkv::client::blocking::Connection;
 use ringkv::protocol::types::{Consistency, Op, Reply};
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::time::Duration;
 
 /// Generous: phi conviction takes ~18 gossip intervals, and several builders share 2
@@ -88,6 +89,21 @@ fn delete_op(i: usize) -> Op {
     }
 }
 
+/// The model of the tests: key index → newest value (None: deleted).
+type Model = BTreeMap<usize, Option<String>>;
+
+/// Put `value` under every key of `keys` through `addr`, and record it in `model`.
+fn put_range(addr: &str, keys: Range<usize>, value: &str, c: Consistency, model: &mut Model) {
+    write_all(addr, keys.clone().map(|i| put_op(i, value, c)).collect());
+    model.extend(keys.map(|i| (i, Some(value.to_string()))));
+}
+
+/// Delete every key of `keys` at QUORUM through `addr`, and record it in `model`.
+fn delete_range(addr: &str, keys: Range<usize>, model: &mut Model) {
+    write_all(addr, keys.clone().map(delete_op).collect());
+    model.extend(keys.map(|i| (i, None)));
+}
+
 /// Every node's own copy of every key: (node, key index) → state.
 fn copies(nodes: &[Node], keys: &[&[u8]]) -> Option<Vec<Vec<Option<ringkv::conflict::KeyState>>>> {
     nodes
@@ -113,16 +129,10 @@ fn a_stale_replica_converges_through_read_repair_alone() {
     let all_up = view_with_down(&addrs, &[]);
     let (a, b, c) = (addrs[0].clone(), addrs[1].clone(), addrs[2].clone());
     // The model: key index → newest value (None: deleted).
-    let mut model: BTreeMap<usize, Option<String>> = BTreeMap::new();
+    let mut model = Model::new();
 
     // Version 1 of keys 0..200 at ALL: C holds every one of them when it is killed.
-    write_all(
-        &a,
-        (0..200)
-            .map(|i| put_op(i, "v1", Consistency::All))
-            .collect(),
-    );
-    model.extend((0..200).map(|i| (i, Some("v1".to_string()))));
+    put_range(&a, 0..200, "v1", Consistency::All, &mut model);
 
     cluster.nodes[2].kill();
     let c_down = view_with_down(&addrs, &[&c]);
@@ -133,31 +143,11 @@ fn a_stale_replica_converges_through_read_repair_alone() {
     // While C is down, at QUORUM (A and B both ack each write), through A and B:
     // 200 new keys, 100 overwrites and 50 deletes of old keys, 50 new keys deleted and
     // 50 new keys overwritten. Each phase completes before the next touches its keys.
-    write_all(
-        &a,
-        (200..400)
-            .map(|i| put_op(i, "n1", Consistency::Quorum))
-            .collect(),
-    );
-    model.extend((200..400).map(|i| (i, Some("n1".to_string()))));
-    write_all(
-        &b,
-        (0..100)
-            .map(|i| put_op(i, "v2", Consistency::Quorum))
-            .collect(),
-    );
-    model.extend((0..100).map(|i| (i, Some("v2".to_string()))));
-    write_all(&a, (100..150).map(delete_op).collect());
-    model.extend((100..150).map(|i| (i, None)));
-    write_all(&b, (200..250).map(delete_op).collect());
-    model.extend((200..250).map(|i| (i, None)));
-    write_all(
-        &a,
-        (250..300)
-            .map(|i| put_op(i, "n2", Consistency::Quorum))
-            .collect(),
-    );
-    model.extend((250..300).map(|i| (i, Some("n2".to_string()))));
+    put_range(&a, 200..400, "n1", Consistency::Quorum, &mut model);
+    put_range(&b, 0..100, "v2", Consistency::Quorum, &mut model);
+    delete_range(&a, 100..150, &mut model);
+    delete_range(&b, 200..250, &mut model);
+    put_range(&a, 250..300, "n2", Consistency::Quorum, &mut model);
     let touched_while_down = |i: usize| !(150..200).contains(&i);
 
     cluster.nodes[2].restart();
@@ -281,53 +271,22 @@ fn while_down(cluster: &mut Cluster, n: usize, writes: impl FnOnce()) {
 fn repair_converges_stale_replicas_without_reads_and_is_refused_with_a_replica_down() {
     let (mut cluster, addrs) = three_nodes_up();
     let (a, b, c) = (addrs[0].clone(), addrs[1].clone(), addrs[2].clone());
-    let mut model: BTreeMap<usize, Option<String>> = BTreeMap::new();
+    let mut model = Model::new();
 
     // Keys 0..150 on every replica.
-    write_all(
-        &a,
-        (0..150)
-            .map(|i| put_op(i, "v1", Consistency::All))
-            .collect(),
-    );
-    model.extend((0..150).map(|i| (i, Some("v1".to_string()))));
+    put_range(&a, 0..150, "v1", Consistency::All, &mut model);
 
     // C misses overwrites of 0..50, deletes of 50..75 and new keys 150..200.
     while_down(&mut cluster, 2, || {
-        write_all(
-            &a,
-            (0..50)
-                .map(|i| put_op(i, "c-missed", Consistency::Quorum))
-                .collect(),
-        );
-        write_all(&b, (50..75).map(delete_op).collect());
-        write_all(
-            &a,
-            (150..200)
-                .map(|i| put_op(i, "n1", Consistency::Quorum))
-                .collect(),
-        );
+        put_range(&a, 0..50, "c-missed", Consistency::Quorum, &mut model);
+        delete_range(&b, 50..75, &mut model);
+        put_range(&a, 150..200, "n1", Consistency::Quorum, &mut model);
     });
-    model.extend((0..50).map(|i| (i, Some("c-missed".to_string()))));
-    model.extend((50..75).map(|i| (i, None)));
-    model.extend((150..200).map(|i| (i, Some("n1".to_string()))));
     // A misses overwrites of 75..100 and new keys 200..230 (written through B and C).
     while_down(&mut cluster, 0, || {
-        write_all(
-            &b,
-            (75..100)
-                .map(|i| put_op(i, "a-missed", Consistency::Quorum))
-                .collect(),
-        );
-        write_all(
-            &c,
-            (200..230)
-                .map(|i| put_op(i, "n2", Consistency::Quorum))
-                .collect(),
-        );
+        put_range(&b, 75..100, "a-missed", Consistency::Quorum, &mut model);
+        put_range(&c, 200..230, "n2", Consistency::Quorum, &mut model);
     });
-    model.extend((75..100).map(|i| (i, Some("a-missed".to_string()))));
-    model.extend((200..230).map(|i| (i, Some("n2".to_string()))));
 
     let names: Vec<String> = (0..230).map(key).collect();
     let keys: Vec<&[u8]> = names.iter().map(|k| k.as_bytes()).collect();

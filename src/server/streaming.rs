@@ -579,6 +579,18 @@ async fn join_once(shard: &Rc<Shard>) -> Result<MovedStats, String> {
     Ok(moved)
 }
 
+/// Spawn an admin op's streaming (`what`) as a task in the background queue, so it
+/// cannot starve client requests. Not an `async fn`: the op awaits the task, so its own
+/// future never contains the streaming future (which can call back into `execute_local`).
+fn in_background<T: 'static>(
+    shard: &Shard,
+    what: &str,
+    work: impl std::future::Future<Output = Result<T, String>> + 'static,
+) -> Result<glommio::Task<Result<T, String>>, String> {
+    glommio::spawn_local_into(work, shard.background_queue)
+        .map_err(|e| format!("cannot spawn the {what}: {e}"))
+}
+
 fn refuse(message: String) -> Reply {
     Reply::Error(ErrorReply::BadRequest { message })
 }
@@ -625,16 +637,13 @@ pub async fn decommission(shard: &Rc<Shard>) -> Reply {
     // Leaving from here on (set before the first await, so a second call is refused).
     let leaving = super::gossip::set_local_status(shard, NodeStatus::Leaving);
     let task_shard = shard.clone();
-    let work = glommio::spawn_local_into(
-        async move {
-            leaving.await;
-            leave(&task_shard).await
-        },
-        shard.background_queue,
-    );
+    let work = in_background(shard, "decommission", async move {
+        leaving.await;
+        leave(&task_shard).await
+    });
     let result = match work {
         Ok(task) => task.await,
-        Err(e) => Err(format!("cannot spawn the decommission: {e}")),
+        Err(e) => Err(e),
     };
     match result {
         Ok(moved) => Reply::Decommissioned(moved),
@@ -711,13 +720,12 @@ pub async fn repair(shard: &Rc<Shard>) -> Reply {
         Err(reply) => return reply,
     };
     let task_shard = shard.clone();
-    let work = glommio::spawn_local_into(
-        async move { repair_ranges(&task_shard, &nodes).await },
-        shard.background_queue,
-    );
+    let work = in_background(shard, "repair", async move {
+        repair_ranges(&task_shard, &nodes).await
+    });
     let result = match work {
         Ok(task) => task.await,
-        Err(e) => Err(format!("cannot spawn the repair: {e}")),
+        Err(e) => Err(e),
     };
     match result {
         Ok(stats) => Reply::Repaired(stats),
