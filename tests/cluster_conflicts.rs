@@ -175,7 +175,9 @@ fn nodes_of_another_conflict_mode_are_refused_on_both_sides_and_never_listed() {
         "{acceptor_line}"
     );
 
-    // After all those rounds, every node still lists only itself, and serves alone.
+    // After all those rounds, every node still lists only itself. A (no seeds) serves
+    // alone; B and C were started with seeds but never heard of a node they accept, so
+    // they refuse keyed requests rather than serve as single nodes.
     for node in nodes {
         let view = status_view(&node.addr()).unwrap();
         assert_eq!(
@@ -185,7 +187,7 @@ fn nodes_of_another_conflict_mode_are_refused_on_both_sides_and_never_listed() {
             node.addr()
         );
     }
-    let mut client = Client::connect(&b_addr).unwrap();
+    let mut client = Client::connect(&lww_a.addr()).unwrap();
     client
         .put(b"k", b"alone", Some(Consistency::All), None)
         .unwrap();
@@ -193,6 +195,19 @@ fn nodes_of_another_conflict_mode_are_refused_on_both_sides_and_never_listed() {
         client.get(b"k", None).unwrap().values,
         vec![b"alone".to_vec()]
     );
+    for host in [&b_addr, &lww_c.addr()] {
+        let mut client = Client::connect(host).unwrap();
+        let refused = client.put(b"k", b"alone", Some(Consistency::One), None);
+        assert!(
+            matches!(
+                refused,
+                Err(ringkv::client::ClientError::Server(
+                    ringkv::protocol::types::ErrorReply::Unavailable { .. }
+                ))
+            ),
+            "{host}: {refused:?}"
+        );
+    }
 }
 
 /// Sequential LWW writes through all three coordinators in turn (A's clock right, B's

@@ -254,6 +254,31 @@ impl Membership {
         membership
     }
 
+    /// Seed the view with peers remembered from before a restart
+    /// ([`super::known_peers`]). They are known but not up: nothing counts them alive
+    /// until gossip hears from them, and `tick` opens exchanges with them (as with any
+    /// down peer) so that happens within a round, seeds or not. A state of the local
+    /// node, of a node already known, or beyond [`MAX_NODES`] is ignored.
+    pub fn restore(&mut self, peers: impl IntoIterator<Item = NodeState>) {
+        for state in peers {
+            if state.id == self.local_id
+                || self.states.contains_key(&state.id)
+                || self.states.len() >= MAX_NODES
+                || !state.is_acceptable()
+            {
+                continue;
+            }
+            self.states.insert(state.id, state);
+        }
+        self.invariants();
+    }
+
+    /// Whether the view holds any node besides this one (learned by gossip or
+    /// restored): the node then knows its cluster, rather than only its seeds' names.
+    pub fn knows_peers(&self) -> bool {
+        self.states.len() > 1
+    }
+
     // ---- queries -------------------------------------------------------------------
 
     pub fn local_id(&self) -> NodeId {
@@ -702,6 +727,51 @@ mod tests {
         assert!(effects.contains(&Effect::NodeUp(2)));
         assert_eq!(a.states(), b.states());
         assert_eq!(a.ring().unwrap().nodes(), &[1, 2]);
+    }
+
+    #[test]
+    fn restored_peers_are_down_until_heard_and_gossiped_to_without_seeds() {
+        let mut b = membership(2, &["n1"]);
+        let a_live = {
+            let mut a = membership(1, &[]);
+            let syn = sends(&b.tick(0, &mut SplitMix64::new(1))).remove(0).1;
+            let ack = sends(&a.on_message(1, syn)).remove(0).1;
+            let ack2 = sends(&b.on_message(2, ack)).remove(0).1;
+            a.on_message(3, ack2);
+            a
+        };
+        // `a` restarts remembering b (an older state of it, as the file keeps it), with
+        // no seeds: b is in the view and the ring at once, but not up.
+        let remembered = crate::cluster::known_peers::decode(&crate::cluster::known_peers::encode(
+            1,
+            a_live.states().values(),
+        ))
+        .unwrap();
+        let mut a = membership(1, &[]);
+        assert!(!a.knows_peers());
+        a.restore(remembered.clone());
+        a.restore(remembered); // idempotent
+        assert!(a.knows_peers());
+        assert!(!a.is_up(2));
+        assert_eq!(a.ring().unwrap().nodes(), &[1, 2]);
+        assert!(!a.node_infos().iter().find(|n| n.node_id == 2).unwrap().up);
+        // Its first round opens an exchange with the down peer (no seed to ask).
+        let out = sends(&a.tick(10, &mut SplitMix64::new(5)));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0.node, Some(2));
+        let ack = sends(&b.on_message(11, out[0].1.clone())).remove(0).1;
+        let effects = a.on_message(12, ack);
+        assert!(effects.contains(&Effect::NodeUp(2)), "{effects:?}");
+        assert_eq!(
+            a.state(2),
+            b.states().get(&2),
+            "the live state replaced the restored one"
+        );
+        // Restoring a stale copy of a known node changes nothing.
+        let mut stale = b.local_state().clone();
+        stale.version = 0;
+        a.restore([stale]);
+        assert_eq!(a.state(2), b.states().get(&2));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod failure_detector;
 pub mod hints;
+pub mod known_peers;
 pub mod membership;
 pub mod ring;
 

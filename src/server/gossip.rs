@@ -59,6 +59,37 @@ pub struct Gossiper {
     /// (two publications may overlap on the mesh).
     publish_seq: std::cell::Cell<u64>,
     interval_ms: u64,
+    /// The placement fields of the peers as `peers.toml` holds them now.
+    persisted: RefCell<Vec<PlacementFields>>,
+    /// A task is writing `peers.toml`; it writes again if the view changed meanwhile.
+    persisting: std::cell::Cell<bool>,
+}
+
+/// What of a peer's state places data, so a change of it rewrites `peers.toml`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PlacementFields {
+    id: u64,
+    address: String,
+    shard_count: u32,
+    shard_port_base: u16,
+    status: NodeStatus,
+    tokens: Vec<u64>,
+}
+
+fn placement_fields(membership: &Membership) -> Vec<PlacementFields> {
+    membership
+        .states()
+        .values()
+        .filter(|s| s.id != membership.local_id())
+        .map(|s| PlacementFields {
+            id: s.id,
+            address: s.address.clone(),
+            shard_count: s.shard_count,
+            shard_port_base: s.shard_port_base,
+            status: s.status,
+            tokens: s.tokens.clone(),
+        })
+        .collect()
 }
 
 impl Gossiper {
@@ -82,13 +113,15 @@ impl Gossiper {
         let mut failure_detector =
             FailureDetectorConfig::for_gossip_interval(config.gossip_interval_ms);
         failure_detector.phi_convict_threshold = config.phi_convict_threshold;
-        let membership = Membership::new(
+        let mut membership = Membership::new(
             local,
             MembershipConfig {
                 seeds: config.seeds.iter().map(|s| s.to_string()).collect(),
                 failure_detector,
             },
         );
+        membership.restore(identity.known_peers.iter().cloned());
+        let persisted = placement_fields(&membership);
         Gossiper {
             membership: RefCell::new(membership),
             rng: RefCell::new(SplitMix64::new(identity.node_id ^ identity.generation)),
@@ -96,6 +129,8 @@ impl Gossiper {
             published: RefCell::new(None),
             publish_seq: std::cell::Cell::new(0),
             interval_ms: config.gossip_interval_ms,
+            persisted: RefCell::new(persisted),
+            persisting: std::cell::Cell::new(false),
         }
     }
 
@@ -129,6 +164,9 @@ pub async fn run(shard: Rc<Shard>) {
     };
     let interval = Duration::from_millis(gossiper.interval_ms);
     publish(&shard).await;
+    // A round at once, not after the first interval: a restarted node learns which of
+    // its remembered peers are up one round-trip after it starts.
+    round(&shard, gossiper).await;
     if local_status(&shard) == Some(NodeStatus::Joining) {
         match glommio::spawn_local_into(
             super::streaming::run_join(shard.clone()),
@@ -155,21 +193,26 @@ pub async fn run(shard: Rc<Shard>) {
         if stopped {
             return;
         }
-        let load_bytes: u64 = super::router::all_stats(&shard)
-            .await
-            .iter()
-            .map(|s| s.engine.data_bytes)
-            .sum();
-        let effects = {
-            let mut membership = gossiper.membership.borrow_mut();
-            if membership.local_state().load_bytes != load_bytes {
-                membership.set_local_load_bytes(load_bytes);
-            }
-            let mut rng = gossiper.rng.borrow_mut();
-            membership.tick(now_ms(), &mut *rng)
-        };
-        apply_effects(&shard, effects).await;
+        round(&shard, gossiper).await;
     }
+}
+
+/// One gossip round: refresh the local load, tick the membership, carry out its effects.
+async fn round(shard: &Rc<Shard>, gossiper: &Gossiper) {
+    let load_bytes: u64 = super::router::all_stats(shard)
+        .await
+        .iter()
+        .map(|s| s.engine.data_bytes)
+        .sum();
+    let effects = {
+        let mut membership = gossiper.membership.borrow_mut();
+        if membership.local_state().load_bytes != load_bytes {
+            membership.set_local_load_bytes(load_bytes);
+        }
+        let mut rng = gossiper.rng.borrow_mut();
+        membership.tick(now_ms(), &mut *rng)
+    };
+    apply_effects(shard, effects).await;
 }
 
 /// This node's own gossiped status (shard 0 only; None elsewhere).
@@ -351,11 +394,48 @@ pub async fn route_gossip(shard: &Rc<Shard>, msg: GossipMessage) -> Reply {
     }
 }
 
+/// Rewrite `peers.toml` while the peers' placement fields differ from what it holds.
+/// One writer at a time (so renames land in order); the write runs on glommio's
+/// blocking thread, off the executor.
+async fn persist_peers(shard: &Rc<Shard>, gossiper: &Gossiper) {
+    if gossiper.persisting.replace(true) {
+        return; // the running writer sees this change when it compares again
+    }
+    loop {
+        let (fields, text) = {
+            let membership = gossiper.membership.borrow();
+            let fields = placement_fields(&membership);
+            if fields == *gossiper.persisted.borrow() {
+                break;
+            }
+            let text = crate::cluster::known_peers::encode(
+                membership.local_id(),
+                membership.states().values(),
+            );
+            (fields, text)
+        };
+        let dir = shard.config.data_dir.clone();
+        let written = glommio::executor()
+            .spawn_blocking(move || super::write_known_peers(&dir, &text))
+            .await;
+        match written {
+            Ok(()) => *gossiper.persisted.borrow_mut() = fields,
+            Err(e) => {
+                // The next change tries again; meanwhile a restart uses the older file.
+                tracing::error!(error = %format!("{e:#}"), "cannot persist the known peers");
+                break;
+            }
+        }
+    }
+    gossiper.persisting.set(false);
+}
+
 /// Publish shard 0's view to every shard if it changed since the last publication.
-async fn publish(shard: &Rc<Shard>) {
+pub(super) async fn publish(shard: &Rc<Shard>) {
     let Some(gossiper) = shard.gossip.as_ref() else {
         return;
     };
+    persist_peers(shard, gossiper).await;
     let nodes = gossiper.membership.borrow().node_infos();
     if gossiper.published.borrow().as_ref() == Some(&nodes) {
         return;

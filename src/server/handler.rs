@@ -70,13 +70,16 @@ pub fn value_reply(state: Option<KeyState>) -> Reply {
 pub async fn execute_local(shard: &Rc<Shard>, op: Op) -> Reply {
     match op {
         Op::Get { key, consistency } => match replication::placement(shard, &key) {
-            Some(placement) => {
+            Ok(Some(placement)) => {
                 replication::coordinate_read(shard, placement, &key, consistency).await
             }
-            None => match shard.engine.read(&key).await {
+            Ok(None) => match shard.engine.read(&key).await {
                 Ok(state) => value_reply(state),
                 Err(e) => internal(e),
             },
+            Err(not_ready) => {
+                not_ready.reply(shard, consistency.unwrap_or(shard.config.read_consistency))
+            }
         },
         Op::Put {
             key,
@@ -154,7 +157,13 @@ async fn write(
     context: Option<Vec<u8>>,
     opts: WriteOpts,
 ) -> Reply {
-    let placement = replication::placement(shard, key);
+    let placement = match replication::placement(shard, key) {
+        Ok(placement) => placement,
+        Err(not_ready) => {
+            let consistency = opts.consistency.unwrap_or(shard.config.write_consistency);
+            return not_ready.reply(shard, consistency);
+        }
+    };
     match shard.config.conflict_mode {
         ConflictMode::Lww => {
             // Any other context (a causal one) means nothing to LWW and is ignored.

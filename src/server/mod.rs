@@ -329,6 +329,38 @@ fn random_u64() -> anyhow::Result<u64> {
     Ok(u64::from_le_bytes(bytes))
 }
 
+/// The peers this node knew before it stopped (`data_dir/peers.toml`, see
+/// [`crate::cluster::known_peers`]); none on a first start. A file that cannot be read
+/// stops the start: serving without it could mean serving with a smaller ring than the
+/// cluster's.
+fn read_known_peers(dir: &Path) -> anyhow::Result<Vec<crate::cluster::NodeState>> {
+    use crate::cluster::known_peers;
+    let path = dir.join(known_peers::FILE_NAME);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let peers = known_peers::decode(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is corrupt: {e}; remove it to have this node learn its cluster again from --seeds \
+             (until gossip reaches a seed it then refuses client requests)",
+            path.display()
+        )
+    })?;
+    tracing::info!(peers = peers.len(), file = %path.display(), "restored the known peers");
+    Ok(peers)
+}
+
+/// Persist `text` as `data_dir/peers.toml` (blocking; run it off the executor).
+pub(crate) fn write_known_peers(dir: &Path, text: &str) -> anyhow::Result<()> {
+    write_durably(
+        dir,
+        &dir.join(crate::cluster::known_peers::FILE_NAME),
+        text.as_bytes(),
+    )
+}
+
 /// Write a small file atomically and durably: temp file, fsync, rename, directory fsync.
 fn write_durably(dir: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -436,6 +468,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     let auth = peer_auth(&config)?;
     let (_lock, meta) = prepare_data_dir(&config, &auth)?;
+    let known_peers = read_known_peers(&config.data_dir)?;
     probe_ports(&config)?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -467,6 +500,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             generation: boot_ms,
             tokens: meta.tokens.clone(),
             auth: auth.clone(),
+            known_peers: if s == 0 {
+                known_peers.clone()
+            } else {
+                Vec::new()
+            },
         };
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{s}"))

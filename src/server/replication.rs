@@ -125,8 +125,6 @@ fn build_rings(shard: &Shard, seq: u64, snapshot: &[NodeInfo]) -> Option<CachedR
     })
 }
 
-/// Where to place `key`; None when this node is alone (no peer in the ring): then it
-/// serves the key exactly as a single node does.
 /// True unless the last ring built for [`placement`] has other members: a key's
 /// request is then served by this node alone. Before any ring is built it says true.
 pub fn serving_alone(shard: &Shard) -> bool {
@@ -138,19 +136,57 @@ pub fn serving_alone(shard: &Shard) -> bool {
         .is_none_or(|c| c.others.is_empty())
 }
 
-pub fn placement(shard: &Shard, key: &[u8]) -> Option<Placement> {
+/// Why this node does not coordinate a request now: it does not know its cluster yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotReady;
+
+impl NotReady {
+    /// The client's answer: `Unavailable`, as if only this node were alive (it is the
+    /// only replica it can vouch for), so clients and users handle it as they handle any
+    /// shortage of replicas: retry elsewhere or later.
+    pub fn reply(self, shard: &Shard, consistency: Consistency) -> Reply {
+        let rf = shard.config.replication_factor.max(1) as usize;
+        let required = required_replicas(consistency, rf);
+        Reply::Error(ErrorReply::Unavailable {
+            required: u32::try_from(required).unwrap_or(u32::MAX),
+            alive: 1,
+        })
+    }
+}
+
+/// Whether this node may coordinate as the only node of its ring when its view holds no
+/// other node: only when it names no seed but itself. A node started with `--seeds`
+/// waits for gossip to bring it the cluster (or for its remembered peers,
+/// `peers.toml`), because until then "alone" only means "not told yet", and
+/// coordinating then would acknowledge writes with one copy.
+fn may_serve_alone(shard: &Shard) -> bool {
+    let listen = shard.config.listen;
+    shard.config.seeds.iter().all(|seed| *seed == listen)
+}
+
+/// Where to place `key`: `Ok(None)` when this node is alone in its ring (no peer with
+/// tokens), so it is the key's only replica; `Err(NotReady)` before the first membership
+/// snapshot, or while a node with seeds has not learned of any other node.
+pub fn placement(shard: &Shard, key: &[u8]) -> Result<Option<Placement>, NotReady> {
     // Built once per membership snapshot: the rings and the peers' addresses; a request
     // only walks the ring (no per-request copies of the snapshot).
     let (ring, future, nodes, snapshot) = {
         let topology = shard.topology.borrow();
-        let (seq, snapshot) = topology.as_ref()?;
+        let (seq, snapshot) = topology.as_ref().ok_or(NotReady)?;
         let mut cached = shard.ring.cached.borrow_mut();
         if cached.as_ref().is_none_or(|c| c.seq != *seq) {
-            *cached = Some(build_rings(shard, *seq, snapshot)?);
+            // A snapshot whose ring cannot be built (logged) leaves the node unable to
+            // place anything: refuse rather than guess.
+            *cached = Some(build_rings(shard, *seq, snapshot).ok_or(NotReady)?);
         }
-        let rings = cached.as_ref()?;
+        let rings = cached.as_ref().ok_or(NotReady)?;
         if rings.others.is_empty() {
-            return None;
+            let knows_cluster = snapshot.iter().any(|n| n.node_id != shard.node_id);
+            return if knows_cluster || may_serve_alone(shard) {
+                Ok(None)
+            } else {
+                Err(NotReady)
+            };
         }
         let snapshot = rings.future.as_ref().map(|_| snapshot.clone());
         (
@@ -173,12 +209,12 @@ pub fn placement(shard: &Shard, key: &[u8]) -> Option<Placement> {
             .collect(),
         _ => Vec::new(),
     };
-    Some(Placement {
+    Ok(Some(Placement {
         replicas,
         fallbacks,
         pending,
         nodes,
-    })
+    }))
 }
 
 /// One peer call to `node`'s shard that owns `key`, through the shard's pipelined

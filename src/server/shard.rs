@@ -47,6 +47,8 @@ pub struct Identity {
     /// Ring tokens persisted in `node.meta`, sorted.
     pub tokens: Vec<u64>,
     pub auth: super::PeerAuth,
+    /// Shard 0 only: the peers remembered from before this start (`peers.toml`).
+    pub known_peers: Vec<crate::cluster::NodeState>,
 }
 
 pub struct Shard {
@@ -63,6 +65,8 @@ pub struct Shard {
     /// The latest membership snapshot published by shard 0 and its sequence number
     /// (None until the first).
     pub topology: RefCell<Option<(u64, Rc<Vec<NodeInfo>>)>>,
+    /// Set once the first snapshot is installed; the listeners accept only after it.
+    pub topology_installed: Event,
     /// The ring of the latest snapshot (rebuilt when the snapshot changes).
     pub ring: super::replication::RingCache,
     /// Pipelined, authenticated connections to peer shards: every outgoing peer call.
@@ -200,6 +204,7 @@ pub fn install_topology(shard: &Shard, seq: u64, nodes: Vec<NodeInfo>) {
             }
         }
         *current = Some((seq, Rc::new(nodes)));
+        shard.topology_installed.set();
     }
 }
 
@@ -299,6 +304,7 @@ pub async fn run(
         tokens: identity.tokens,
         auth: identity.auth,
         topology: RefCell::new(None),
+        topology_installed: Event::default(),
         ring: Default::default(),
         peers: Default::default(),
         faults: super::faults::FaultHooks::new(
@@ -325,6 +331,12 @@ pub async fn run(
     });
 
     router::spawn_receivers(&shard, receivers);
+    // No request is accepted before the shard has shard 0's view of the cluster (the
+    // persisted peers included): without one it could only refuse keyed requests.
+    if id == 0 {
+        super::gossip::publish(&shard).await;
+    }
+    shard.topology_installed.wait().await;
     let mut tasks = Vec::new();
     for listener in [client_listener, shard_listener] {
         tasks.push(

@@ -8,6 +8,7 @@
 //! Environment:
 //! - `SIM_SEED=<u64>`: run only that seed (verbose); other tests skip.
 //! - `SIM_BUG=<name>`: plant a bug (`ack_before_sync`, `hints_count_toward_w`,
+//!   `serve_before_ring_known`,
 //!   `no_read_repair`, `merge_ignores_ties`, `causal_write_ignores_local`,
 //!   `hint_replay_unacked`) in the one
 //!   seed of `SIM_SEED`, or in every seed of `seed_budget` (to count catching seeds).
@@ -275,4 +276,11 @@ fn planted_bug_causal_write_ignores_local_is_caught() {
 #[test]
 fn planted_bug_hint_replay_unacked_is_caught() {
     assert_bug_caught("hint_replay_unacked");
+}
+
+/// A restart that lost the peers table (the restart-with-lost-memory fault): a node that
+/// serves before it knows its ring sees itself as every key's only replica.
+#[test]
+fn planted_bug_serve_before_ring_known_is_caught() {
+    assert_bug_caught("serve_before_ring_known");
 }

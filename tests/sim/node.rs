@@ -14,7 +14,7 @@
 //! clock or an RNG of its own: `now_ms` and the world's seeded RNG come in a [`Ctx`].
 
 use ringkv::cluster::hints::{Admission, HintLimits, ReplayOutcome};
-use ringkv::cluster::membership::{Ack2, Effect, Peer};
+use ringkv::cluster::membership::{Effect, Peer};
 use ringkv::cluster::{
     FailureDetectorConfig, Membership, MembershipConfig, NodeId, NodeState, Ring, RngLike,
     SplitMix64, Token,
@@ -52,6 +52,10 @@ pub struct Bugs {
     /// A hint is taken as delivered as soon as its replay is sent (no ack awaited), so
     /// a lost replay loses the hint.
     pub hint_replay_unacked: bool,
+    /// A node with seeds coordinates before it knows any other node (the server before
+    /// it persisted its peers and refused to serve until it knew its ring): after a
+    /// restart that lost its peers table it acknowledges writes with its own copy.
+    pub serve_before_ring_known: bool,
 }
 
 impl Bugs {
@@ -65,6 +69,7 @@ impl Bugs {
             "merge_ignores_ties" => bugs.merge_ignores_ties = true,
             "causal_write_ignores_local" => bugs.causal_write_ignores_local = true,
             "hint_replay_unacked" => bugs.hint_replay_unacked = true,
+            "serve_before_ring_known" => bugs.serve_before_ring_known = true,
             _ => return None,
         }
         Some(bugs)
@@ -247,8 +252,9 @@ impl SimNode {
 
     /// The process dies: everything in memory is gone, the store and the hint log lose
     /// their unsynced tails (the hint log is recovered into a fresh book). The peers
-    /// table is durable.
-    pub fn crash(&mut self, rng: &mut SplitMix64) {
+    /// table is durable unless `lose_peers_table` (the file lost or removed while the
+    /// node was down: it restarts knowing only its seeds).
+    pub fn crash(&mut self, rng: &mut SplitMix64, lose_peers_table: bool) {
         assert!(self.up, "crashing a node that is down");
         self.up = false;
         if !self.writes.is_empty() || self.hints.appends_in_progress() > 0 {
@@ -262,7 +268,7 @@ impl SimNode {
             .membership
             .states()
             .values()
-            .filter(|s| s.id != self.id)
+            .filter(|s| s.id != self.id && !lose_peers_table)
             .cloned()
             .collect();
         self.store.crash(rng);
@@ -275,21 +281,24 @@ impl SimNode {
         assert!(generation > self.generation, "generation must grow");
         self.generation = generation;
         self.membership = fresh_membership(self.id, generation, &self.tokens, config);
-        // Restore the peers table: an Ack2 "from ourselves" inserts the states without
-        // marking anyone alive (second-hand knowledge), exactly what a reload should do.
-        let deltas = std::mem::take(&mut self.peers_table);
-        self.membership.on_ack2(
-            now_ms,
-            Ack2 {
-                from: self.id,
-                deltas,
-            },
-        );
+        // Restore the peers table as the server does (`peers.toml`): known, not up.
+        self.membership
+            .restore(std::mem::take(&mut self.peers_table));
         // Resume the HLC above everything handed out before (the high-water mark a real
         // node persists).
         self.clock = HlcClock::starting_after(self.clock.last());
         self.up = true;
         self.sync_hint_targets(now_ms);
+    }
+
+    /// Whether this node refuses keyed requests as unavailable (the server's
+    /// `replication::placement` rule): it has seeds other than itself and its view holds
+    /// no other node, so its ring would be itself alone.
+    pub fn refuses_requests(&self, config: &NodeConfig) -> bool {
+        let me = address_of(self.id);
+        !config.bugs.serve_before_ring_known
+            && !self.membership.knows_peers()
+            && config.seeds.iter().any(|seed| *seed != me)
     }
 
     /// Checked by the world after every step of this node.

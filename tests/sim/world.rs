@@ -257,6 +257,10 @@ pub struct World {
     hinted_convergence_checked: bool,
     settle_started_ms: u64,
     crashes_done: u64,
+    /// Restarts that lost the peers table, and ops refused because a coordinator did
+    /// not know its ring yet.
+    peers_tables_lost: u64,
+    refused_not_ready: u64,
     /// Crashes waiting for the node's next replica write (node -> downtime).
     armed_crashes: BTreeMap<NodeId, u64>,
     hash: Xxh3,
@@ -310,6 +314,8 @@ impl World {
             hinted_convergence_checked: false,
             settle_started_ms: 0,
             crashes_done: 0,
+            peers_tables_lost: 0,
+            refused_not_ready: 0,
             armed_crashes: BTreeMap::new(),
             hash: Xxh3::new(),
             failure: None,
@@ -407,8 +413,8 @@ impl World {
         let c = &self.config;
         format!(
             "store={} nodes={} rf={} w={} r={} {} mode={:?} tokens={} clients={}x{} keys={} \
-             loss={}‰ dup={}‰ lat={}..{}ms faults: crash={} power={} part={} oneway={} swizzle={} \
-             | ops ok={} failed={} unknown={} | msgs sent={} lost={} dup={} cut={} | \
+             loss={}‰ dup={}‰ lat={}..{}ms faults: crash={} lost-peers={} power={} part={} oneway={} \
+             swizzle={} | ops ok={} failed={} (not ready {}) unknown={} | msgs sent={} lost={} dup={} cut={} | \
              hints window={}ms stored={} stand-in={} delivered={} left={} skipped window={} bytes={} \
              cut={} torn={} recovered={} | store flushes={} torn={} lost={} | \
              events={} end={}ms",
@@ -428,12 +434,14 @@ impl World {
             c.network.latency_min_ms,
             c.network.latency_max_ms,
             self.crashes_done,
+            self.peers_tables_lost,
             c.power_losses,
             c.partitions,
             c.one_way_cuts,
             c.swizzles,
             self.history.count(Outcome::Ok),
             self.history.count(Outcome::Failed),
+            self.refused_not_ready,
             self.history.count(Outcome::Unknown),
             self.network.sent,
             self.network.lost,
@@ -655,6 +663,17 @@ impl World {
             return;
         }
         let coordinator = candidates[self.rng.below(candidates.len() as u64) as usize];
+        if self.nodes[(coordinator - 1) as usize].refuses_requests(&self.config.node) {
+            // Answered `Unavailable` at once: the node does not know its ring yet.
+            let op = self
+                .history
+                .start(client, key, kind, coordinator, self.step);
+            self.history.finish(op, Outcome::Failed, self.step);
+            self.log(&[16, client as u64, op, coordinator]);
+            self.refused_not_ready += 1;
+            self.schedule_client_next(client);
+            return;
+        }
         let rf = self.config.node.replication_factor;
         let view = self.node_mut(coordinator).replicas_of(&key, rf);
         if view != replicas {
@@ -746,7 +765,20 @@ impl World {
     fn crash(&mut self, node: NodeId, downtime_ms: u64) {
         self.crashes_done += 1;
         let mut rng = SplitMix64::new(self.rng.next_u64());
-        self.node_mut(node).crash(&mut rng);
+        // Restart with lost memory: sometimes a node with seeds comes back without its
+        // peers table. (A node without seeds that lost it would rightly come back as a
+        // cluster of one: the server documents that every node should name seeds.)
+        let has_seeds = self
+            .config
+            .node
+            .seeds
+            .iter()
+            .any(|s| *s != address_of(node));
+        let lose_peers_table = has_seeds && self.rng.chance(1, 3);
+        if lose_peers_table {
+            self.peers_tables_lost += 1;
+        }
+        self.node_mut(node).crash(&mut rng, lose_peers_table);
         self.schedule(self.now_ms + downtime_ms, Event::Restart(node));
     }
 
