@@ -32,8 +32,10 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-/// Longest wait before re-dialling a failed peer, in gossip intervals.
-const BACKOFF_MAX_INTERVALS: u64 = 20;
+/// Longest wait before re-dialling a failed peer, in gossip intervals. Short: a failed
+/// dial costs one connection attempt, and while a peer backs off it cannot learn from
+/// us that the partition healed.
+const BACKOFF_MAX_INTERVALS: u64 = 4;
 
 /// What shard 0 knows about one dial target (a peer's shard 0 address).
 #[derive(Default)]
@@ -249,6 +251,7 @@ async fn apply_effects(shard: &Rc<Shard>, effects: Vec<Effect>) {
             Effect::Send { to, msg } => spawn_send(shard, to, msg),
             Effect::NodeUp(id) => {
                 tracing::info!(node = format_args!("{id:016x}"), "node is up");
+                forget_gossip_backoff(shard, id);
                 changed = true;
             }
             Effect::NodeDown(id) => {
@@ -260,6 +263,33 @@ async fn apply_effects(shard: &Rc<Shard>, effects: Vec<Effect>) {
     }
     if changed {
         publish(shard).await;
+    }
+}
+
+/// `id` is up (heard from directly or through another node): gossip with it at the next
+/// round instead of after the backoff its failures while it was unreachable built up,
+/// so both sides of a healed partition talk again within a round.
+fn forget_gossip_backoff(shard: &Shard, id: u64) {
+    let Some(gossiper) = shard.gossip.as_ref() else {
+        return;
+    };
+    let address = gossiper
+        .membership
+        .borrow()
+        .state(id)
+        .map(|s| s.address.clone());
+    let Some(address) = address else {
+        return;
+    };
+    let Some(target) = gossiper.target_of(&Peer {
+        node: Some(id),
+        address,
+    }) else {
+        return;
+    };
+    if let Some(slot) = gossiper.peers.borrow_mut().get_mut(&target) {
+        slot.failures = 0;
+        slot.retry_at_ms = 0;
     }
 }
 

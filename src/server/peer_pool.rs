@@ -85,6 +85,9 @@ fn backoff_ms(failures: u32) -> u64 {
 #[derive(Default)]
 pub struct PeerPool {
     targets: RefCell<AHashMap<SocketAddr, Target>>,
+    /// Peers (by client address) a dial to failed, until the end of that dial's backoff:
+    /// the coordinator's local suspicion, ahead of gossip's conviction.
+    suspects: RefCell<AHashMap<String, Instant>>,
 }
 
 /// Everything about one peer shard address.
@@ -209,6 +212,22 @@ impl PeerPool {
                 target.retry_at = None;
             }
         }
+        self.suspects.borrow_mut().remove(client);
+    }
+
+    /// Whether a dial to the peer with client address `client` failed (refused, reset,
+    /// timed out, refused by its handshake) and its backoff has not run out. A
+    /// coordinator does not count such a peer alive for reads, stand-ins or W while
+    /// gossip still says it is up: a killed peer costs one failed call, not a failure
+    /// per request until gossip convicts it. When the backoff runs out the next request
+    /// that needs the peer dials it again, so a peer that is back is used again within
+    /// [`BACKOFF_MAX_MS`] even if gossip never saw it down.
+    pub fn is_suspect(&self, client: &str) -> bool {
+        let suspects = self.suspects.borrow();
+        !suspects.is_empty()
+            && suspects
+                .get(client)
+                .is_some_and(|until| Instant::now() < *until)
     }
 
     /// Close every connection (the shard is stopping).
@@ -337,14 +356,18 @@ impl PeerPool {
                 target.slots[slot] = Slot::Open(mux);
                 target.failures = 0;
                 target.retry_at = None;
+                self.suspects.borrow_mut().remove(&target.client);
             }
             Err(e) => {
                 note_failure(shard, &e);
                 target.failures = target.failures.saturating_add(1);
-                target.retry_at =
-                    Some(Instant::now() + Duration::from_millis(backoff_ms(target.failures)));
+                let until = Instant::now() + Duration::from_millis(backoff_ms(target.failures));
+                target.retry_at = Some(until);
                 target.last_error = e.to_string();
                 target.slots[slot] = Slot::Idle;
+                self.suspects
+                    .borrow_mut()
+                    .insert(target.client.clone(), until);
             }
         }
     }

@@ -42,8 +42,13 @@ pub struct Placement {
 }
 
 impl Placement {
+    /// Up in gossip's view and not suspected by this shard's own failed dials.
     fn is_alive(&self, shard: &Shard, node: NodeId) -> bool {
-        node == shard.node_id || self.nodes.get(&node).is_some_and(|n| n.up)
+        node == shard.node_id
+            || self
+                .nodes
+                .get(&node)
+                .is_some_and(|n| n.up && !shard.peers.is_suspect(&n.address))
     }
 }
 
