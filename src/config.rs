@@ -271,12 +271,19 @@ pub struct ConfigLayer {
     #[arg(long)]
     #[serde(default, deserialize_with = "int_or_str")]
     pub max_value_size: Option<ByteSize>,
-    /// In-flight requests per connection before Overloaded [default 1024]
+    /// In-flight requests per connection; beyond it the connection is not read until one finishes (TCP backpressure) [default 1024]
     #[arg(long)]
     pub max_inflight_per_connection: Option<u32>,
     /// In-flight requests per shard before Overloaded [default 16384]
     #[arg(long)]
     pub max_inflight_per_shard: Option<u32>,
+    /// Close a client connection with nothing in flight that sent nothing for this long; 0 = never [default 10m]
+    #[arg(long)]
+    #[serde(default, deserialize_with = "int_or_str")]
+    pub client_idle_timeout: Option<Millis>,
+    /// Client connections the node keeps open; a new one beyond it gets Overloaded and is closed [default 10000]
+    #[arg(long)]
+    pub max_client_connections: Option<u32>,
     /// Prometheus metrics HOST:PORT (off unless set)
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
@@ -339,6 +346,9 @@ pub struct Config {
     pub max_value_size_bytes: u64,
     pub max_inflight_per_connection: u32,
     pub max_inflight_per_shard: u32,
+    /// 0 = never.
+    pub client_idle_timeout_ms: u64,
+    pub max_client_connections: u32,
     pub metrics_listen: Option<SocketAddr>,
     pub shard_port_base: u16,
     pub cluster_name: String,
@@ -428,6 +438,8 @@ impl ConfigLayer {
             max_value_size,
             max_inflight_per_connection,
             max_inflight_per_shard,
+            client_idle_timeout,
+            max_client_connections,
             metrics_listen,
             shard_port_base,
             cluster_name,
@@ -642,6 +654,8 @@ impl ConfigLayer {
             max_value_size_bytes,
             max_inflight_per_connection,
             max_inflight_per_shard,
+            client_idle_timeout_ms: ms(self.client_idle_timeout, 600_000),
+            max_client_connections: self.max_client_connections.unwrap_or(10_000),
             metrics_listen: self.metrics_listen,
             shard_port_base,
             cluster_name: self.cluster_name.unwrap_or_else(|| "ringkv".to_string()),

@@ -17,11 +17,13 @@
 //! not read from until one finishes (TCP flow control slows the client); a shard with
 //! `max_inflight_per_shard` in flight answers `Overloaded`.
 
+use super::key_order::KeyOrder;
 use super::shard::{bump, Shard};
 use crate::auth::{self, Acceptor, ClientAuthState, Effect, Handshake};
 use crate::protocol::codec::{decode_request, DecodeError};
 use crate::protocol::frame::{next_frame, FrameError};
 use crate::protocol::read_buffer::ReadBuffer;
+use crate::protocol::token::token_of;
 use crate::protocol::types::{ErrorReply, Op, Reply, Request, Response};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalSender};
@@ -31,6 +33,153 @@ use std::rc::Rc;
 
 /// Largest read per syscall; frames larger than this are assembled over several reads.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// One shard's watch over its connections: the sweeper closes client connections idle
+/// for `client_idle_timeout` and connections stalled mid-frame for `request_timeout_ms`,
+/// and the node-wide count enforces `max_client_connections`.
+///
+/// Time is counted in sweeps (the sweeper's period is a fraction of both limits), so a
+/// read costs no clock read: it only copies the sweep counter.
+pub struct Registry {
+    next_id: Cell<u64>,
+    watched: RefCell<ahash::AHashMap<u64, Rc<Watch>>>,
+    sweeps: Cell<u64>,
+    /// Open client connections of the whole node (shared by every shard).
+    node_clients: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    /// This shard's share of `node_clients`.
+    open_clients: Cell<u64>,
+    pub idle_closed: Cell<u64>,
+    pub stalled_closed: Cell<u64>,
+    pub refused_connections: Cell<u64>,
+    pub accept_failures: Cell<u64>,
+}
+
+/// What the sweeper knows of one connection.
+struct Watch {
+    /// The sweep count at the connection's last read of bytes (or its start).
+    last_read_sweep: Cell<u64>,
+    /// The reader waits for bytes with part of a frame buffered.
+    mid_frame: Cell<bool>,
+    /// The reader waits for bytes with nothing buffered.
+    waiting_for_request: Cell<bool>,
+    /// A client connection (not a peer's): the idle timeout applies.
+    is_client: Cell<bool>,
+    inflight: Rc<Cell<u32>>,
+    /// Set by the sweeper: the reader stops and the connection closes.
+    close: crate::event::Event,
+}
+
+impl Registry {
+    pub fn new(node_clients: std::sync::Arc<std::sync::atomic::AtomicU32>) -> Registry {
+        Registry {
+            next_id: Cell::new(0),
+            watched: RefCell::new(ahash::AHashMap::new()),
+            sweeps: Cell::new(0),
+            node_clients,
+            open_clients: Cell::new(0),
+            idle_closed: Cell::new(0),
+            stalled_closed: Cell::new(0),
+            refused_connections: Cell::new(0),
+            accept_failures: Cell::new(0),
+        }
+    }
+
+    fn watch(&self, inflight: Rc<Cell<u32>>) -> (u64, Rc<Watch>) {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let watch = Rc::new(Watch {
+            last_read_sweep: Cell::new(self.sweeps.get()),
+            mid_frame: Cell::new(false),
+            waiting_for_request: Cell::new(false),
+            is_client: Cell::new(true),
+            inflight,
+            close: crate::event::Event::default(),
+        });
+        self.watched.borrow_mut().insert(id, watch.clone());
+        (id, watch)
+    }
+
+    fn unwatch(&self, id: u64) {
+        self.watched.borrow_mut().remove(&id);
+    }
+
+    /// Count one more client connection of the node; false (and nothing counted) when
+    /// the node already has `max` open.
+    fn admit_client(&self, max: u32) -> bool {
+        use std::sync::atomic::Ordering;
+        let before = self.node_clients.fetch_add(1, Ordering::Relaxed);
+        if before >= max {
+            self.node_clients.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        self.open_clients.set(self.open_clients.get() + 1);
+        true
+    }
+
+    fn release_client(&self) {
+        self.open_clients.set(self.open_clients.get() - 1);
+        self.node_clients
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Client connections of this shard that are open now.
+    pub fn open_clients(&self) -> u64 {
+        self.open_clients.get()
+    }
+}
+
+/// The sweeper's period: a quarter of the shorter limit, between 10 ms and 1 s.
+fn sweep_period_ms(request_timeout_ms: u64, idle_timeout_ms: u64) -> u64 {
+    let shortest = match idle_timeout_ms {
+        0 => request_timeout_ms,
+        idle => idle.min(request_timeout_ms),
+    };
+    (shortest / 4).clamp(10, 1_000)
+}
+
+/// Close what is idle or stalled, once per period, until the shard stops.
+pub async fn run_sweeper(shard: Rc<Shard>) {
+    let config = &shard.config;
+    let period_ms = sweep_period_ms(config.request_timeout_ms, config.client_idle_timeout_ms);
+    let registry = &shard.connections;
+    loop {
+        let stopped = futures_lite::future::or(
+            async {
+                glommio::timer::sleep(std::time::Duration::from_millis(period_ms)).await;
+                false
+            },
+            async {
+                shard.stopping.wait().await;
+                true
+            },
+        )
+        .await;
+        if stopped {
+            return;
+        }
+        let now = registry.sweeps.get() + 1;
+        registry.sweeps.set(now);
+        for watch in registry.watched.borrow().values() {
+            if watch.close.is_set() {
+                continue;
+            }
+            // Whole sweeps since the last read: never more than the real time.
+            let quiet_ms = now.saturating_sub(watch.last_read_sweep.get() + 1) * period_ms;
+            if watch.mid_frame.get() && quiet_ms >= config.request_timeout_ms {
+                bump(&registry.stalled_closed);
+                watch.close.set();
+            } else if watch.waiting_for_request.get()
+                && watch.is_client.get()
+                && watch.inflight.get() == 0
+                && config.client_idle_timeout_ms > 0
+                && quiet_ms >= config.client_idle_timeout_ms
+            {
+                bump(&registry.idle_closed);
+                watch.close.set();
+            }
+        }
+    }
+}
 
 /// Responses waiting to be written, shared between request tasks and the writer task.
 struct Outbox {
@@ -78,6 +227,10 @@ struct ConnState {
     /// Set while a handshake is under way: when it must have succeeded.
     handshake_deadline: Cell<Option<std::time::Instant>>,
     peer_addr: String,
+    key_order: Rc<KeyOrder>,
+    /// Counted in the node's client connections (released when the connection ends).
+    counted_client: Cell<bool>,
+    watch: Rc<Watch>,
 }
 
 /// What the reader does after dispatching a request.
@@ -104,6 +257,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
         reader_parked: RefCell::new(None),
     });
     let inflight = Rc::new(Cell::new(0u32));
+    let (watch_id, watch) = shard.connections.watch(inflight.clone());
     let state = ConnState {
         auth: RefCell::new(ClientAuthState::new(
             shard.config.client_auth_token.as_ref(),
@@ -112,6 +266,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
         requests_seen: Cell::new(0),
         handshake_deadline: Cell::new(None),
         peer_addr: peer.clone(),
+        key_order: Rc::new(KeyOrder::default()),
+        counted_client: Cell::new(false),
+        watch: watch.clone(),
     };
 
     // Writer task: drain the outbox whenever woken; stop after a close was requested
@@ -206,25 +363,37 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
                 }
             }
         }
+        let buffered = !buf.filled().is_empty();
         let spare = buf.spare(READ_CHUNK_BYTES);
         // A handshake under way must finish within `request_timeout_ms` of its start.
         let handshake_left = state
             .handshake_deadline
             .get()
             .map(|deadline| deadline.saturating_duration_since(std::time::Instant::now()));
+        watch.mid_frame.set(buffered);
+        watch.waiting_for_request.set(!buffered);
         let read = futures_lite::future::or(async { Some(reader.read(spare).await) }, async {
+            let stop = futures_lite::future::or(shard.stopping.wait(), watch.close.wait());
             match handshake_left {
                 Some(left) => {
-                    futures_lite::future::or(shard.stopping.wait(), glommio::timer::sleep(left))
-                        .await;
+                    futures_lite::future::or(stop, glommio::timer::sleep(left)).await;
                 }
-                None => shard.stopping.wait().await,
+                None => stop.await,
             }
             None
         })
         .await;
+        watch.mid_frame.set(false);
+        watch.waiting_for_request.set(false);
         match read {
-            Some(Ok(n)) if n > 0 => buf.advance(n),
+            Some(Ok(n)) if n > 0 => {
+                buf.advance(n);
+                watch.last_read_sweep.set(shard.connections.sweeps.get());
+            }
+            _ if watch.close.is_set() => {
+                tracing::debug!(shard = shard.id, %peer, mid_frame = buffered, "closing an idle or stalled connection");
+                break;
+            }
             _ => {
                 if handshake_left.is_some() && !shard.stopping.is_set() {
                     bump(&shard.metrics.peer_auth_failures);
@@ -245,6 +414,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
     let _ = outbox.wake.try_send(());
     // In-flight requests finish and their answers are written before the writer stops.
     writer_task.await;
+    shard.connections.unwatch(watch_id);
+    if state.counted_client.get() {
+        shard.connections.release_client();
+    }
 }
 
 fn error(request_id: u64, err: ErrorReply) -> Response {
@@ -326,6 +499,8 @@ fn on_handshake(
         );
         *peer = PeerState::Peer { peer_node_id };
         state.handshake_deadline.set(None);
+        // Pooled peer connections stay open while idle.
+        state.watch.is_client.set(false);
     }
     let body = match answer {
         Some(message) => Reply::PeerHandshake { message },
@@ -349,6 +524,21 @@ fn dispatch(
     // The peer handshake comes before client authentication: a peer presents no client
     // token. It may only start with the connection's first request.
     let handshaking = matches!(*state.peer.borrow(), PeerState::Handshaking(_));
+    if first && !matches!(op, Op::PeerHandshake { .. }) {
+        // A client (a peer's first request is its handshake): counted against the
+        // node's `max_client_connections`; beyond it the first request is answered
+        // `Overloaded` and the connection closed.
+        if !shard
+            .connections
+            .admit_client(shard.config.max_client_connections)
+        {
+            bump(&shard.connections.refused_connections);
+            bump(&shard.metrics.overloaded);
+            outbox.push(shard, &error(request_id, ErrorReply::Overloaded));
+            return AfterDispatch::Close;
+        }
+        state.counted_client.set(true);
+    }
     if let Op::PeerHandshake { message } = &op {
         if first || handshaking {
             return on_handshake(shard, outbox, state, request_id, message);
@@ -416,13 +606,27 @@ fn dispatch(
         Op::Get { .. } => super::replication::serving_alone(shard),
         _ => false,
     };
+    // A client's own requests on one key take effect in the order it sent them: the
+    // ticket is drawn here, in arrival order ([`KeyOrder`]).
+    let turn = match &op {
+        Op::Get { key, .. } | Op::Put { key, .. } | Op::Delete { key, .. } if !is_peer => {
+            Some(state.key_order.turn(token_of(key)))
+        }
+        _ => None,
+    };
     spawn_request(
         shard,
         outbox,
         inflight,
         request_id,
         local_read,
-        move |shard| async move { super::router::execute(&shard, op).await },
+        move |shard| async move {
+            let _turn = match turn {
+                Some(wait) => Some(wait.await),
+                None => None,
+            };
+            super::router::execute(&shard, op).await
+        },
     );
     AfterDispatch::Continue
 }

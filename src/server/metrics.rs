@@ -17,7 +17,7 @@ const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
 /// Render the exposition text for these shards.
 pub fn render(stats: &[ShardStats]) -> String {
     type Field = fn(&ShardStats) -> f64;
-    let series: [(&str, &str, &str, Field); 21] = [
+    let series: [(&str, &str, &str, Field); 26] = [
         (
             "ringkv_requests_total",
             "counter",
@@ -35,6 +35,36 @@ pub fn render(stats: &[ShardStats]) -> String {
             "counter",
             "Requests refused with Overloaded.",
             |s| s.overloaded as f64,
+        ),
+        (
+            "ringkv_client_connections",
+            "gauge",
+            "Client connections open on the shard.",
+            |s| s.client_connections as f64,
+        ),
+        (
+            "ringkv_connections_refused_total",
+            "counter",
+            "Client connections refused beyond max_client_connections.",
+            |s| s.connections_refused as f64,
+        ),
+        (
+            "ringkv_connections_idle_closed_total",
+            "counter",
+            "Client connections closed after client_idle_timeout.",
+            |s| s.idle_closed as f64,
+        ),
+        (
+            "ringkv_connections_stalled_closed_total",
+            "counter",
+            "Connections closed after stalling mid-frame for request_timeout_ms.",
+            |s| s.stalled_closed as f64,
+        ),
+        (
+            "ringkv_accept_failures_total",
+            "counter",
+            "Failed accepts (EMFILE and the like), each followed by a backoff.",
+            |s| s.accept_failures as f64,
         ),
         (
             "ringkv_refused_peer_ops_total",

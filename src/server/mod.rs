@@ -8,6 +8,7 @@ pub mod faults;
 pub mod gossip;
 pub mod handler;
 pub mod hints;
+pub mod key_order;
 pub mod metrics;
 pub mod peer;
 pub mod peer_pool;
@@ -489,6 +490,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mesh = MeshBuilder::full(config.shards as usize, MESH_CHANNEL_CAPACITY);
     let (report_tx, report_rx) = std::sync::mpsc::channel();
     let mut handles = Vec::new();
+    let client_connections = Arc::new(std::sync::atomic::AtomicU32::new(0));
     for s in 0..config.shards {
         let cpu = cpus[s as usize % cpus.len()];
         let config = config.clone();
@@ -505,6 +507,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             } else {
                 Vec::new()
             },
+            client_connections: client_connections.clone(),
         };
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{s}"))

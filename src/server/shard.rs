@@ -49,6 +49,10 @@ pub struct Identity {
     pub auth: super::PeerAuth,
     /// Shard 0 only: the peers remembered from before this start (`peers.toml`).
     pub known_peers: Vec<crate::cluster::NodeState>,
+    /// Open client connections of the whole node, shared by its shards: the one count
+    /// `max_client_connections` bounds (an atomic, not a lock; touched once per
+    /// connection).
+    pub client_connections: Arc<std::sync::atomic::AtomicU32>,
 }
 
 pub struct Shard {
@@ -75,6 +79,8 @@ pub struct Shard {
     pub faults: super::faults::FaultHooks,
     /// Gossip state: shard 0 only.
     pub gossip: Option<super::gossip::Gossiper>,
+    /// The shard's client connections under watch (idle, stalled, the node-wide cap).
+    pub connections: super::connection::Registry,
     /// Keys with a causal read-modify-write in progress, and who waits for each.
     pub key_locks: RefCell<ahash::AHashMap<Vec<u8>, Vec<std::task::Waker>>>,
     pub config: Rc<Config>,
@@ -109,6 +115,12 @@ pub struct ShardStats {
     pub bad_requests: u64,
     pub overloaded: u64,
     pub refused_peer_ops: u64,
+    /// Client connections of this shard that are open now.
+    pub client_connections: u64,
+    pub connections_refused: u64,
+    pub idle_closed: u64,
+    pub stalled_closed: u64,
+    pub accept_failures: u64,
     pub unauthorized: u64,
     pub forwarded: u64,
     pub peer_auth_failures: u64,
@@ -170,6 +182,11 @@ impl Shard {
             bad_requests: m.bad_requests.get(),
             overloaded: m.overloaded.get(),
             refused_peer_ops: m.refused_peer_ops.get(),
+            client_connections: self.connections.open_clients(),
+            connections_refused: self.connections.refused_connections.get(),
+            idle_closed: self.connections.idle_closed.get(),
+            stalled_closed: self.connections.stalled_closed.get(),
+            accept_failures: self.connections.accept_failures.get(),
             unauthorized: m.unauthorized.get(),
             forwarded: m.forwarded.get(),
             peer_auth_failures: m.peer_auth_failures.get(),
@@ -312,6 +329,7 @@ pub async fn run(
             identity.node_id ^ identity.generation ^ u64::from(id),
         ),
         gossip,
+        connections: super::connection::Registry::new(identity.client_connections.clone()),
         key_locks: RefCell::new(ahash::AHashMap::new()),
         config: config.clone(),
         limits,
@@ -361,6 +379,9 @@ pub async fn run(
         );
         tracing::info!(%addr, "serving Prometheus metrics on /metrics");
     }
+    glommio::spawn_local_into(super::connection::run_sweeper(shard.clone()), gossip_queue)
+        .map_err(|e| e.to_string())?
+        .detach();
     glommio::spawn_local_into(super::hints::run_replay(shard.clone()), hint_queue)
         .map_err(|e| e.to_string())?
         .detach();
@@ -423,7 +444,14 @@ pub async fn run(
     Ok(())
 }
 
+/// First pause after a failed `accept` (EMFILE, ENFILE, ENOBUFS...); doubles per
+/// consecutive failure up to [`ACCEPT_BACKOFF_MAX_MS`]. Open connections keep being
+/// served meanwhile (they are other tasks).
+const ACCEPT_BACKOFF_FIRST_MS: u64 = 10;
+const ACCEPT_BACKOFF_MAX_MS: u64 = 1_000;
+
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    let mut failures: u32 = 0;
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             shard.stopping.wait().await;
@@ -433,6 +461,10 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         match accepted {
             None => return,
             Some(Ok(stream)) => {
+                if failures > 0 {
+                    tracing::info!(shard = shard.id, failures, "accept works again");
+                    failures = 0;
+                }
                 let conn_shard = shard.clone();
                 match glommio::spawn_local_into(
                     connection::serve(conn_shard, stream, ConnectionKind::Client),
@@ -445,8 +477,22 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 }
             }
             Some(Err(e)) => {
-                tracing::warn!(shard = shard.id, error = %e, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
+                // One WARN per episode, not one per retry: an fd limit hit under load
+                // would otherwise flood the log.
+                if failures == 0 {
+                    tracing::warn!(shard = shard.id, error = %e, "accept failed; backing off (open connections are still served)");
+                } else {
+                    tracing::debug!(shard = shard.id, error = %e, failures, "accept failed again");
+                }
+                failures = failures.saturating_add(1);
+                bump(&shard.connections.accept_failures);
+                let pause_ms =
+                    (ACCEPT_BACKOFF_FIRST_MS << (failures - 1).min(16)).min(ACCEPT_BACKOFF_MAX_MS);
+                futures_lite::future::or(
+                    glommio::timer::sleep(Duration::from_millis(pause_ms)),
+                    shard.stopping.wait(),
+                )
+                .await;
             }
         }
     }
