@@ -2,15 +2,19 @@
 //! pipelined frame stream; [`Client`] routes each keyed request to its shard's port and
 //! keeps the session timestamp (see the module doc of `client`).
 
+use super::retry::{self, Decision, Stage};
+use super::suspects::Suspects;
 use super::{get_reply, shard_address, write_ack, write_context, ClientError, GetResult, Router};
 use crate::protocol::codec::{decode_response, Encoder};
 use crate::protocol::frame::next_frame;
 use crate::protocol::read_buffer::ReadBuffer;
-use crate::protocol::types::{Consistency, ErrorReply, Op, Reply, Request, Response, Topology};
+use crate::protocol::types::{
+    Consistency, ErrorReply, NodeInfo, Op, Reply, Request, Response, Topology,
+};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Largest response frame a client accepts (value limit + slack).
 const MAX_RESPONSE_FRAME_BYTES: usize = 64 << 20;
@@ -47,6 +51,33 @@ impl Connection {
 
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// Wait at most `timeout` for each read and write from now on (at least 1 ms: a
+    /// zero timeout means none to std).
+    pub fn set_io_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        let timeout = Some(timeout.max(Duration::from_millis(1)));
+        self.stream
+            .set_read_timeout(timeout)
+            .and_then(|()| self.stream.set_write_timeout(timeout))
+            .map_err(|e| ClientError::io("set socket timeouts", e))
+    }
+
+    /// Whether the node closed or reset this connection while it was idle (a node
+    /// killed since: its kernel closed the socket). Checked before reusing a
+    /// connection, so that a request is not written into a connection already known
+    /// broken, where it would look as if it might have arrived.
+    pub fn is_closed_by_peer(&self) -> bool {
+        if self.stream.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let mut byte = [0u8; 1];
+        let closed = match self.stream.peek(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        };
+        self.stream.set_nonblocking(false).is_err() || closed
     }
 
     /// Queue a request (not yet sent); returns its id.
@@ -128,15 +159,27 @@ impl Connection {
 }
 
 /// A shard-aware client of one cluster, reached through a seed address.
+///
+/// Failover (DESIGN.md §6, module [`super::retry`]): each request is tried along its
+/// query plan ([`Router::plan`]: the key's replicas in ring order, then every other
+/// node, suspects last) until a node answers, the retry rule says stop, or its
+/// deadline ([`Client::set_request_timeout`]) passes; every connect waits at most the
+/// connect timeout or the time left, whichever is less. A node whose connection failed
+/// becomes a suspect of this client ([`Suspects`]) until a probe succeeds.
 pub struct Client {
     seed: SocketAddr,
+    /// The longest a connect may take (capped by the time left to the request).
     timeout: Duration,
+    /// How long one request may take, failovers included.
+    request_timeout: Duration,
     /// Presented with an `Auth` request on every new connection, when set.
     token: Option<Vec<u8>>,
     topology: Option<Topology>,
     /// The ring of `topology`, built once per refresh.
     router: Router,
     connections: HashMap<SocketAddr, Connection>,
+    /// Nodes whose connection failed lately, by node id.
+    suspects: Suspects,
     /// The highest HLC timestamp seen in a write ack or read reply (0 = none yet).
     session_timestamp: u64,
     /// Send every keyed request to the seed node (it coordinates), not to the key's
@@ -144,6 +187,29 @@ pub struct Client {
     pinned_to_seed: bool,
     /// Sent with every put and delete: the per-request `sloppy_quorum` override.
     sloppy_quorum: Option<bool>,
+}
+
+/// The default deadline of one request: above a server's default request timeout
+/// (2 s), so its typed `Timeout` answer arrives, with room for failovers.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where one attempt of a request goes: the node (when the topology names it) and
+/// the port.
+type Target = (Option<u64>, SocketAddr);
+
+/// Why one attempt failed, and how far the request got.
+struct AttemptError {
+    stage: Stage,
+    error: ClientError,
+}
+
+impl AttemptError {
+    fn not_sent(error: ClientError) -> Self {
+        AttemptError {
+            stage: Stage::NotSent,
+            error,
+        }
+    }
 }
 
 impl Client {
@@ -157,6 +223,8 @@ impl Client {
     }
 
     /// Connect presenting `token` (the server's `client_auth_token`) on every connection.
+    /// `timeout` bounds each connect; requests have [`DEFAULT_REQUEST_TIMEOUT`]. The
+    /// topology comes from `host` alone: it is the only node this client knows yet.
     pub fn connect_with(
         host: &str,
         timeout: Duration,
@@ -170,10 +238,12 @@ impl Client {
         let mut client = Client {
             seed,
             timeout,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT.max(timeout),
             token,
             topology: None,
             router: Router::default(),
             connections: HashMap::new(),
+            suspects: Suspects::default(),
             session_timestamp: 0,
             pinned_to_seed: false,
             sloppy_quorum: None,
@@ -182,25 +252,16 @@ impl Client {
         Ok(client)
     }
 
-    fn connection(&mut self, addr: SocketAddr) -> Result<&mut Connection, ClientError> {
-        if !self.connections.contains_key(&addr) {
-            let mut conn = Connection::connect(addr, self.timeout)?;
-            if let Some(token) = &self.token {
-                expect_done(conn.call(Op::Auth {
-                    token: token.clone(),
-                })?)?;
-            }
-            self.connections.insert(addr, conn);
-        }
-        self.connections
-            .get_mut(&addr)
-            .ok_or_else(|| ClientError::Protocol("connection vanished".into()))
+    /// How long one request may take, every failover and connect included.
+    pub fn set_request_timeout(&mut self, request_timeout: Duration) {
+        self.request_timeout = request_timeout;
     }
 
-    /// Ask the seed node for the current topology.
+    /// Ask for the current topology: the seed node first, then any other node this
+    /// client knows (up and not suspect first).
     pub fn refresh_topology(&mut self) -> Result<&Topology, ClientError> {
-        let seed = self.seed;
-        match self.connection(seed)?.call(Op::Topology)? {
+        let targets = self.targets(None);
+        match self.call_along(targets, Op::Topology)? {
             Reply::Topology(t) => {
                 self.router = Router::new(&t);
                 self.topology = Some(t);
@@ -215,30 +276,187 @@ impl Client {
         }
     }
 
+    /// The query plan of a request as addresses: for `key`, the owning shard on each
+    /// node of [`Router::plan`]; without a key, each node's client port (the seed node
+    /// lists itself first). Only the seed node when pinned; the seed itself before any
+    /// topology is known.
+    fn targets(&self, key: Option<&[u8]>) -> Vec<Target> {
+        let Some(topology) = self.topology.as_ref() else {
+            return vec![(None, self.seed)];
+        };
+        let address = |node: &NodeInfo| match key {
+            Some(key) => shard_address(node, key),
+            None => node.address.parse().ok(),
+        };
+        if self.pinned_to_seed {
+            // A node lists itself first in its topology.
+            let node = topology.nodes.first();
+            let addr = node.and_then(address).unwrap_or(self.seed);
+            return vec![(node.map(|n| n.node_id), addr)];
+        }
+        let now = Instant::now();
+        let plan = self
+            .router
+            .plan(topology, key, |n| self.suspects.is_suspect(n.node_id, now));
+        let mut targets: Vec<Target> = plan
+            .into_iter()
+            .filter_map(|node| Some((Some(node.node_id), address(node)?)))
+            .collect();
+        if key.is_none() && !targets.iter().any(|(_, addr)| *addr == self.seed) {
+            // Behind an address translation the seed is not listed as we know it.
+            targets.insert(0, (None, self.seed));
+        }
+        if targets.is_empty() {
+            targets.push((None, self.seed));
+        }
+        targets
+    }
+
+    /// Send `op` along `targets` until a node answers, the retry rule stops it, or the
+    /// request's deadline passes (see [`Client`]).
+    fn call_along(&mut self, targets: Vec<Target>, op: Op) -> Result<Reply, ClientError> {
+        let kind = retry::classify(&op);
+        let deadline = Instant::now() + self.request_timeout;
+        let mut last: Option<ClientError> = None;
+        let mut tried = 0usize;
+        for (node, addr) in targets {
+            if Instant::now() >= deadline {
+                break;
+            }
+            tried += 1;
+            let failure = match self.attempt(addr, op.clone(), deadline) {
+                Ok(reply) => {
+                    if let Some(node) = node {
+                        self.suspects.on_success(node);
+                    }
+                    return Ok(reply);
+                }
+                Err(failure) => failure,
+            };
+            // Whatever the stage, the stream is in an unknown state now.
+            self.connections.remove(&addr);
+            if let Some(node) = node {
+                if failure.stage == Stage::Answered {
+                    self.suspects.on_success(node);
+                } else {
+                    self.suspects.on_failure(node, Instant::now());
+                }
+            }
+            match retry::decide(kind, failure.stage) {
+                Decision::Surface => return Err(failure.error),
+                Decision::Indeterminate => {
+                    return Err(match failure.error {
+                        ClientError::Io { source, .. } => {
+                            ClientError::Indeterminate { node: addr, source }
+                        }
+                        other => other,
+                    })
+                }
+                Decision::TryNext => last = Some(failure.error),
+            }
+        }
+        Err(match last {
+            Some(ClientError::Io { context, source }) if tried > 1 => ClientError::Io {
+                context: format!("{context} (the last of {tried} nodes tried)"),
+                source,
+            },
+            Some(e) => e,
+            None => ClientError::io(
+                "request",
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("deadline of {:?} passed", self.request_timeout),
+                ),
+            ),
+        })
+    }
+
+    /// One attempt of `op` at `addr`, bounded by `deadline`; the error says how far the
+    /// request got (see [`Stage`]).
+    fn attempt(
+        &mut self,
+        addr: SocketAddr,
+        op: Op,
+        deadline: Instant,
+    ) -> Result<Reply, AttemptError> {
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let deadline_passed = || {
+            AttemptError::not_sent(ClientError::io(
+                format!("connection to {addr}"),
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "request deadline passed"),
+            ))
+        };
+        if self
+            .connections
+            .get(&addr)
+            .is_some_and(Connection::is_closed_by_peer)
+        {
+            self.connections.remove(&addr);
+        }
+        if !self.connections.contains_key(&addr) {
+            let timeout = self.timeout.min(left());
+            if timeout.is_zero() {
+                return Err(deadline_passed());
+            }
+            let mut conn = Connection::connect(addr, timeout).map_err(AttemptError::not_sent)?;
+            if let Some(token) = &self.token {
+                conn.set_io_timeout(left())
+                    .map_err(AttemptError::not_sent)?;
+                let auth = Op::Auth {
+                    token: token.clone(),
+                };
+                // Our request has not been sent yet, whatever happens to the Auth.
+                let reply = conn.call(auth).map_err(AttemptError::not_sent)?;
+                expect_done(reply).map_err(|error| AttemptError {
+                    stage: Stage::Answered,
+                    error,
+                })?;
+            }
+            self.connections.insert(addr, conn);
+        }
+        let conn = self.connections.get_mut(&addr).ok_or_else(|| {
+            AttemptError::not_sent(ClientError::Protocol("connection vanished".into()))
+        })?;
+        let timeout = left();
+        if timeout.is_zero() {
+            return Err(deadline_passed());
+        }
+        conn.set_io_timeout(timeout)
+            .map_err(AttemptError::not_sent)?;
+        let id = conn.queue(op);
+        // A failed write leaves the frame incomplete at the node: never executed.
+        conn.flush().map_err(AttemptError::not_sent)?;
+        loop {
+            let response = conn.receive().map_err(|error| AttemptError {
+                stage: match error {
+                    ClientError::Io { .. } => Stage::MayHaveArrived,
+                    _ => Stage::Answered,
+                },
+                error,
+            })?;
+            if response.request_id == id {
+                return Ok(response.body);
+            }
+        }
+    }
+
     pub fn topology(&self) -> Option<&Topology> {
         self.topology.as_ref()
     }
 
-    /// The address a request for `key` goes to (owning shard of a replica, else seed;
-    /// the owning shard on the seed node when pinned).
+    /// The address a request for `key` goes to first: the owning shard of the first
+    /// node of its query plan (the key's first live replica that is not suspect), the
+    /// owning shard on the seed node when pinned, else the seed.
     pub fn address_for(&self, key: &[u8]) -> SocketAddr {
-        self.topology
-            .as_ref()
-            .and_then(|t| {
-                if self.pinned_to_seed {
-                    // A node lists itself first in its topology.
-                    t.nodes.first()
-                } else {
-                    self.router.route(t, key)
-                }
-            })
-            .and_then(|node| shard_address(node, key))
-            .unwrap_or(self.seed)
+        self.targets(Some(key))
+            .first()
+            .map_or(self.seed, |(_, addr)| *addr)
     }
 
     /// With `pinned`, every keyed request goes to the node this client connected to
     /// (its owning shard), which then coordinates it, instead of to the key's first
-    /// replica. For programs that want one client per coordinator (and tests).
+    /// replica. For programs that want one client per coordinator (and tests). A
+    /// pinned client does not fail over: the node it was asked to use is the point.
     pub fn pin_to_seed(&mut self, pinned: bool) {
         self.pinned_to_seed = pinned;
     }
@@ -261,15 +479,11 @@ impl Client {
         self.session_timestamp = self.session_timestamp.max(timestamp);
     }
 
-    /// Send one keyed request to the owning shard. On a connection error, the cached
-    /// connection is dropped so the next call reconnects.
+    /// Send one keyed request along its query plan (see [`Client`]): to the owning
+    /// shard of each node in turn while connections fail and the retry rule allows.
     pub fn call_keyed(&mut self, key: &[u8], op: Op) -> Result<Reply, ClientError> {
-        let addr = self.address_for(key);
-        let result = self.connection(addr).and_then(|c| c.call(op));
-        if matches!(result, Err(ClientError::Io { .. })) {
-            self.connections.remove(&addr);
-        }
-        result
+        let targets = self.targets(Some(key));
+        self.call_along(targets, op)
     }
 
     pub fn get(
@@ -335,9 +549,10 @@ impl Client {
         Ok(())
     }
 
+    /// Ping the seed node (only it: the question is whether that node answers).
     pub fn ping(&mut self) -> Result<(), ClientError> {
         let seed = self.seed;
-        match self.connection(seed)?.call(Op::Ping)? {
+        match self.call_along(vec![(None, seed)], Op::Ping)? {
             Reply::Pong => Ok(()),
             Reply::Error(e) => Err(ClientError::Server(e)),
             other => Err(ClientError::Protocol(format!(
@@ -357,11 +572,13 @@ fn expect_done(reply: Reply) -> Result<(), ClientError> {
     }
 }
 
-/// Is this error one the caller may retry later (unavailable, timeout, overloaded, I/O)?
+/// Is this error one the caller may retry later (unavailable, timeout, overloaded, I/O,
+/// a write of unknown outcome)?
 pub fn is_operational(err: &ClientError) -> bool {
     matches!(
         err,
         ClientError::Io { .. }
+            | ClientError::Indeterminate { .. }
             | ClientError::Server(
                 ErrorReply::Unavailable { .. }
                     | ErrorReply::Timeout { .. }
