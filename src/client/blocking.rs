@@ -163,9 +163,12 @@ impl Connection {
 /// Failover (DESIGN.md §6, module [`super::retry`]): each request is tried along its
 /// query plan ([`Router::plan`]: the key's replicas in ring order, then every other
 /// node, suspects last) until a node answers, the retry rule says stop, or its
-/// deadline ([`Client::set_request_timeout`]) passes; every connect waits at most the
-/// connect timeout or the time left, whichever is less. A node whose connection failed
-/// becomes a suspect of this client ([`Suspects`]) until a probe succeeds.
+/// deadline ([`Client::set_request_timeout`]) passes. Every connect waits at most the
+/// connect timeout or the time left, whichever is less; an attempt that is not the
+/// last of its plan waits at most half the time left for its reply, so that a node
+/// which accepted the connection and then went silent leaves time for the next. A
+/// node whose connection failed becomes a suspect of this client ([`Suspects`]) until
+/// a probe succeeds.
 pub struct Client {
     seed: SocketAddr,
     /// The longest a connect may take (capped by the time left to the request).
@@ -319,12 +322,21 @@ impl Client {
         let deadline = Instant::now() + self.request_timeout;
         let mut last: Option<ClientError> = None;
         let mut tried = 0usize;
-        for (node, addr) in targets {
-            if Instant::now() >= deadline {
+        let count = targets.len();
+        for (index, (node, addr)) in targets.into_iter().enumerate() {
+            let now = Instant::now();
+            if now >= deadline {
                 break;
             }
             tried += 1;
-            let failure = match self.attempt(addr, op.clone(), deadline) {
+            // A node that accepted the connection but never answers (cut off since)
+            // must leave time for the next one: only the last may wait to the end.
+            let reply_by = if index + 1 == count {
+                deadline
+            } else {
+                now + (deadline - now) / 2
+            };
+            let failure = match self.attempt(addr, op.clone(), deadline, reply_by) {
                 Ok(reply) => {
                     if let Some(node) = node {
                         self.suspects.on_success(node);
@@ -371,13 +383,15 @@ impl Client {
         })
     }
 
-    /// One attempt of `op` at `addr`, bounded by `deadline`; the error says how far the
-    /// request got (see [`Stage`]).
+    /// One attempt of `op` at `addr`: connecting until `deadline` at most, waiting for
+    /// the reply until `reply_by`; the error says how far the request got (see
+    /// [`Stage`]).
     fn attempt(
         &mut self,
         addr: SocketAddr,
         op: Op,
         deadline: Instant,
+        reply_by: Instant,
     ) -> Result<Reply, AttemptError> {
         let left = || deadline.saturating_duration_since(Instant::now());
         let deadline_passed = || {
@@ -417,7 +431,9 @@ impl Client {
         let conn = self.connections.get_mut(&addr).ok_or_else(|| {
             AttemptError::not_sent(ClientError::Protocol("connection vanished".into()))
         })?;
-        let timeout = left();
+        let timeout = reply_by
+            .min(deadline)
+            .saturating_duration_since(Instant::now());
         if timeout.is_zero() {
             return Err(deadline_passed());
         }
@@ -585,4 +601,270 @@ pub fn is_operational(err: &ClientError) -> bool {
                     | ErrorReply::Overloaded
             )
     )
+}
+
+#[cfg(test)]
+mod tests {
+    //! The failover shell against fake nodes on loopback sockets: two nodes (RF=2), the
+    //! seed `A` listing itself first; `B` is the key's first replica and misbehaves.
+
+    use super::*;
+    use crate::protocol::codec::{decode_request, Limits};
+    use crate::protocol::types::{NodeInfo, NodeStatus};
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+
+    /// What a fake node does with one request.
+    enum Act {
+        Reply(Reply),
+        /// Close the connection without answering (as a node killed after reading).
+        Close,
+        /// Never answer.
+        Hang,
+    }
+
+    type Seen = Arc<Mutex<Vec<Op>>>;
+
+    /// Serve `listener` on threads (until the test process ends), one per connection,
+    /// logging every request it decodes.
+    fn serve(listener: TcpListener, act: impl Fn(&Op) -> Act + Send + Sync + 'static) -> Seen {
+        let seen: Seen = Arc::default();
+        let log = Arc::clone(&seen);
+        let act = Arc::new(act);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let (log, act) = (Arc::clone(&log), Arc::clone(&act));
+                std::thread::spawn(move || serve_connection(stream, &log, &*act));
+            }
+        });
+        seen
+    }
+
+    fn serve_connection(mut stream: TcpStream, log: &Seen, act: &dyn Fn(&Op) -> Act) {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            while let Ok(Some(bounds)) = next_frame(&buf, 1 << 20) {
+                let request =
+                    decode_request(&buf[bounds.body.clone()], &Limits::default()).unwrap();
+                buf.drain(..bounds.total_len);
+                log.lock().unwrap().push(request.op.clone());
+                match act(&request.op) {
+                    Act::Reply(body) => {
+                        let mut out = Vec::new();
+                        let response = Response {
+                            request_id: request.request_id,
+                            body,
+                        };
+                        Encoder::new().encode_response(&response, &mut out);
+                        if stream.write_all(&out).is_err() {
+                            return;
+                        }
+                    }
+                    Act::Close => return,
+                    Act::Hang => std::thread::sleep(Duration::from_secs(30)),
+                }
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    fn info(id: u64, addr: SocketAddr, tokens: &[u64]) -> NodeInfo {
+        NodeInfo {
+            node_id: id,
+            address: addr.to_string(),
+            // No shard ports: requests go to the client port.
+            shard_count: 0,
+            shard_port_base: 0,
+            status: NodeStatus::Normal,
+            up: true,
+            tokens: tokens.to_vec(),
+            load_bytes: 0,
+            hints: Default::default(),
+        }
+    }
+
+    struct Pair {
+        a: SocketAddr,
+        b: SocketAddr,
+        seen_a: Seen,
+        /// `None` when nothing listens at `b` (connections are refused).
+        seen_b: Option<Seen>,
+        /// A key whose first replica is `B`.
+        key: Vec<u8>,
+    }
+
+    fn writes(seen: &Seen) -> Vec<Op> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|op| matches!(op, Op::Put { .. } | Op::Delete { .. }))
+            .cloned()
+            .collect()
+    }
+
+    /// `A` answers everything; `B` acts as `act_b`, or refuses connections if `None`.
+    fn pair(act_b: Option<fn(&Op) -> Act>) -> Pair {
+        pair_with(answer, act_b)
+    }
+
+    /// What `A` does by default: a value for a get, an ack for a write.
+    fn answer(op: &Op) -> Act {
+        Act::Reply(match op {
+            Op::Get { .. } => Reply::Value {
+                values: vec![b"from-a".to_vec()],
+                context: None,
+            },
+            Op::Ping => Reply::Pong,
+            _ => Reply::Written { timestamp: 7 },
+        })
+    }
+
+    /// `A` answers Topology and acts as `act_a` otherwise; `B` as for [`pair`].
+    fn pair_with(act_a: fn(&Op) -> Act, act_b: Option<fn(&Op) -> Act>) -> Pair {
+        let listener_a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener_b = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (a, b) = (
+            listener_a.local_addr().unwrap(),
+            listener_b.local_addr().unwrap(),
+        );
+        let topology = Topology {
+            nodes: vec![
+                info(1, a, &[1 << 62, 5 << 61]),
+                info(2, b, &[2 << 62, 7 << 61]),
+            ],
+            replication_factor: 2,
+        };
+        let router = Router::new(&topology);
+        let key = (0..1000u32)
+            .map(|i| format!("key{i}").into_bytes())
+            .find(|k| router.route(&topology, k).unwrap().node_id == 2)
+            .unwrap();
+        let seen_a = serve(listener_a, move |op| match op {
+            Op::Topology => Act::Reply(Reply::Topology(topology.clone())),
+            other => act_a(other),
+        });
+        let seen_b = match act_b {
+            Some(act) => Some(serve(listener_b, act)),
+            None => {
+                drop(listener_b);
+                None
+            }
+        };
+        Pair {
+            a,
+            b,
+            seen_a,
+            seen_b,
+            key,
+        }
+    }
+
+    fn close_on_writes(op: &Op) -> Act {
+        match op {
+            Op::Put { .. } | Op::Delete { .. } => Act::Close,
+            _ => Act::Reply(Reply::Pong),
+        }
+    }
+
+    fn client(p: &Pair) -> Client {
+        Client::connect_with(&p.a.to_string(), Duration::from_secs(2), None).unwrap()
+    }
+
+    #[test]
+    fn an_lww_write_cut_off_after_sending_is_sent_again_to_the_next_node() {
+        let p = pair(Some(close_on_writes));
+        let mut c = client(&p);
+        assert_eq!(c.address_for(&p.key), p.b, "B is the key's first replica");
+        c.put(&p.key, b"v", None, None).unwrap();
+        let (at_a, at_b) = (writes(&p.seen_a), writes(p.seen_b.as_ref().unwrap()));
+        assert_eq!((at_a.len(), at_b.len()), (1, 1));
+        assert_eq!(at_a, at_b, "the same value and session context, twice");
+        assert_eq!(c.session_timestamp(), 7, "A's ack was taken");
+        assert_eq!(c.suspects.failures(2), 1, "B is now this client's suspect");
+        assert_eq!(c.suspects.failures(1), 0);
+        c.delete(&p.key, None, None).unwrap();
+        assert_eq!(writes(&p.seen_a).len(), 2);
+    }
+
+    #[test]
+    fn a_causal_write_cut_off_after_sending_is_indeterminate_and_not_sent_again() {
+        let p = pair(Some(close_on_writes));
+        let mut c = client(&p);
+        let causal_context = vec![1, 0, 0, 0];
+        match c.put(&p.key, b"v", None, Some(causal_context)) {
+            Err(ClientError::Indeterminate { node, .. }) => assert_eq!(node, p.b),
+            other => panic!("expected Indeterminate, got {other:?}"),
+        }
+        assert_eq!(writes(p.seen_b.as_ref().unwrap()).len(), 1);
+        assert!(writes(&p.seen_a).is_empty(), "never sent to a second node");
+        assert!(is_operational(&ClientError::Indeterminate {
+            node: p.b,
+            source: std::io::Error::other("x"),
+        }));
+    }
+
+    #[test]
+    fn a_refused_connect_fails_over_even_for_a_causal_write() {
+        let p = pair(None);
+        let mut c = client(&p);
+        c.put(&p.key, b"v", None, Some(vec![1, 0, 0, 0])).unwrap();
+        assert_eq!(writes(&p.seen_a).len(), 1);
+        let got = c.get(&p.key, None).unwrap();
+        assert_eq!(got.values, vec![b"from-a".to_vec()]);
+    }
+
+    #[test]
+    fn a_typed_error_is_an_answer_and_does_not_fail_over() {
+        let p = pair(Some(|op: &Op| match op {
+            Op::Put { .. } => Act::Reply(Reply::Error(ErrorReply::Overloaded)),
+            _ => Act::Reply(Reply::Pong),
+        }));
+        let mut c = client(&p);
+        match c.put(&p.key, b"v", None, None) {
+            Err(ClientError::Server(ErrorReply::Overloaded)) => {}
+            other => panic!("expected the server's answer, got {other:?}"),
+        }
+        assert!(writes(&p.seen_a).is_empty());
+        assert_eq!(
+            c.address_for(&p.key),
+            p.b,
+            "an answering node is not suspect"
+        );
+    }
+
+    #[test]
+    fn a_silent_node_leaves_time_for_the_next_within_the_deadline() {
+        let p = pair(Some(|_: &Op| Act::Hang));
+        let mut c = client(&p);
+        c.set_request_timeout(Duration::from_millis(1200));
+        let started = Instant::now();
+        let got = c.get(&p.key, None).unwrap();
+        let took = started.elapsed();
+        assert_eq!(got.values, vec![b"from-a".to_vec()]);
+        assert!(
+            took >= Duration::from_millis(500) && took < Duration::from_millis(1200),
+            "half the deadline at B, then A: {took:?}"
+        );
+    }
+
+    #[test]
+    fn the_deadline_bounds_a_request_to_silent_nodes() {
+        let p = pair_with(|_| Act::Hang, Some(|_| Act::Hang));
+        let mut c = client(&p);
+        c.set_request_timeout(Duration::from_millis(600));
+        let started = Instant::now();
+        let err = c.get(&p.key, None).unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(err, ClientError::Io { .. }), "{err}");
+        assert!(
+            took >= Duration::from_millis(550) && took < Duration::from_millis(1100),
+            "{took:?}: {err}"
+        );
+        assert_eq!(p.seen_a.lock().unwrap().len(), 2, "Topology, then the get");
+    }
 }
