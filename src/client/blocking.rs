@@ -160,7 +160,7 @@ impl Connection {
 
 /// A shard-aware client of one cluster, reached through a seed address.
 ///
-/// Failover (DESIGN.md §6, module [`super::retry`]): each request is tried along its
+/// Failover (the rule: [`super::retry`]): each request is tried along its
 /// query plan ([`Router::plan`]: the key's replicas in ring order, then every other
 /// node, suspects last) until a node answers, the retry rule says stop, or its
 /// deadline ([`Client::set_request_timeout`]) passes. Every connect waits at most the
