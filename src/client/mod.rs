@@ -5,6 +5,11 @@
 //! the port of the shard that owns the key; [`Router`] holds a topology's ring for
 //! clients that route many requests (the load generator).
 //!
+//! Failover: [`Router::plan`] orders the nodes a request may try (replicas first, then
+//! any node, since any node coordinates any key), [`retry::decide`] says whether a
+//! request may go on after a failed attempt, and [`suspects`] keeps the nodes a client
+//! could not reach lately. The transports act on them; these three decide.
+//!
 //! Session timestamps (LWW mode, [`crate::protocol::session`]): a [`blocking::Client`]
 //! (and an [`asynch::AsyncConnection`]) keeps the highest HLC timestamp it has seen in
 //! write acks and read replies, and sends it as the context of every put and delete
