@@ -1,6 +1,8 @@
 //! The `ringkv` binary: server (`serve`), client commands (`put`, `get`, `delete`) and
 //! admin (`status`, `ring`, `decommission`). Exit codes (DESIGN.md §8): 0 success, 1 key not found,
-//! 2 usage error, 3 operational error — each failure with a one-line reason on stderr.
+//! 2 usage error, 3 operational error (a causal write of unknown outcome included) — each
+//! failure with a one-line reason on stderr. Client commands fail over to other nodes
+//! on connection failures (`client::retry`).
 
 use clap::{Parser, Subcommand};
 use ringkv::client::blocking::Client;
@@ -39,7 +41,8 @@ struct HostArgs {
     token_file: Option<PathBuf>,
     /// Send keyed requests to --host itself, which coordinates them (by default they
     /// go to the key's first live replica). With `get --consistency one` on a replica,
-    /// the answer is that node's own copy
+    /// the answer is that node's own copy. Such a request does not fail over to
+    /// another node
     #[arg(long)]
     direct: bool,
 }
@@ -173,6 +176,9 @@ impl From<ClientError> for Failure {
             ClientError::Usage(_) | ClientError::Server(ErrorReply::BadRequest { .. }) => {
                 EXIT_USAGE
             }
+            // A causal write whose connection failed after it was sent: the message
+            // says it may or may not have been applied.
+            ClientError::Indeterminate { .. } => EXIT_OPERATIONAL,
             _ => EXIT_OPERATIONAL,
         };
         Failure {

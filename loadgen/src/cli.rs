@@ -653,10 +653,10 @@ fn print_summary(report: &Report, outcome: &RunOutcome) {
         print!("{}", format_table(&report.ops, &report.total, true));
     }
     let c = &report.connections;
-    if c.disconnects > 0 {
+    if c.disconnects > 0 || c.failovers > 0 {
         println!(
-            "connections: {} disconnects, {} reconnects, {} given up",
-            c.disconnects, c.reconnects, c.reconnect_failures
+            "connections: {} disconnects, {} reconnects, {} given up, {} requests failed over to another node",
+            c.disconnects, c.reconnects, c.reconnect_failures, c.failovers
         );
     }
     if let Some(v) = &report.verify {

@@ -24,7 +24,11 @@
 //! intended start always read the clock itself.
 //!
 //! Errors are counted by kind and never stop the run; a `Disconnected` error makes the
-//! connection reconnect (with backoff) while its other slots wait.
+//! connection reconnect (with backoff) while its other slots wait. A request the
+//! connection itself moved to another node after a connection failure
+//! ([`Connection::take_failovers`]) is one op: a success if the other node answered,
+//! its latency from the first send (the failed attempt included), and counted in
+//! `failovers`.
 //!
 //! Final check (`--verify-final`, [`run_with_final_check`]): after the run, with nothing
 //! in flight any more, every key that had an acknowledged write is read once through
@@ -327,6 +331,7 @@ pub fn run_with_final_check<C: Connector>(
         connections.disconnects += r.connections.disconnects;
         connections.reconnects += r.connections.reconnects;
         connections.reconnect_failures += r.connections.reconnect_failures;
+        connections.failovers += r.connections.failovers;
         load.keys_written += r.load_written;
         load.seconds = load.seconds.max(r.load_seconds);
         load_errors.merge(&r.load_errors);
@@ -820,7 +825,9 @@ impl<C: Connector> ExecutorRun<C> {
             };
             let mut key_buf = [0; KEY_BYTES];
             let key = write_key(id, &mut key_buf);
-            match self.put(&c, key).await {
+            let result = self.put(&c, key).await;
+            self.count_failovers(&c);
+            match result {
                 Ok(()) => self.load_written.set(self.load_written.get() + 1),
                 Err(e) => {
                     let mut errors = self.load_errors.get();
@@ -886,6 +893,14 @@ impl<C: Connector> ExecutorRun<C> {
         result.map(|o| o != GetOutcome::NotFound)
     }
 
+    /// Add the failovers `c` reports to this executor's connection report.
+    fn count_failovers(&self, c: &C::Conn) {
+        let failovers = c.take_failovers();
+        if failovers > 0 {
+            self.connections.borrow_mut().failovers += failovers;
+        }
+    }
+
     /// Next intended start time in open loop (`None` in closed loop).
     fn take_ticket(&self, conn: &ConnSlot<C>) -> Option<Instant> {
         let interval = conn.interval?;
@@ -941,6 +956,7 @@ impl<C: Connector> ExecutorRun<C> {
                 },
             };
             let done = self.now();
+            self.count_failovers(&c);
             self.on_completion(op.kind, intended, sent, done, measuring, &result);
             if let Err(e) = &result {
                 if e.kind() == ErrorKind::Disconnected {

@@ -8,34 +8,77 @@
 //! key's first replica that is up and reachable — no forwarding between nodes or
 //! cores on the server. Without a ring (a single node, or no tokens known yet) every
 //! request goes to the host's own shards. Typed error replies map to error kinds:
-//! `Overloaded`, `Timeout`, `Unavailable`; a broken socket is `Disconnected` (the
-//! engine then reconnects, which re-reads the topology); anything else is `Other`.
+//! `Overloaded`, `Timeout`, `Unavailable`; anything else is `Other`.
+//!
+//! Failover, as the library client does it (`ringkv::client::retry`): when a request's
+//! socket is broken, or fails after the request was written, the request goes on to
+//! the next reachable node of its query plan (`Router::plan`) if the retry rule allows
+//! (the load generator writes without a causal context, so its puts are always
+//! allowed), and counts as a success if a later node answers; each such move is
+//! counted ([`Connection::take_failovers`]). The failed node's sockets are dropped and
+//! reopened by a background task with the client's backoff
+//! (`ringkv::client::suspects::backoff`); until then the node is left out of query
+//! plans. Nodes the topology lists as down are probed the same way from the start.
+//! Only when no node is reachable is the error `Disconnected` (the engine then
+//! reconnects, which re-reads the topology).
 
 use crate::target::{ConnectOptions, Connection, Connector, GetOutcome, OpError};
 use crate::transport::Conn;
+use ringkv::client::retry::{self, Decision, Stage};
+use ringkv::client::suspects::backoff;
 use ringkv::client::{ClientError, Router};
 use ringkv::protocol::token::{shard_of, token_of};
-use ringkv::protocol::types::{Consistency, ErrorReply, NodeInfo, Op, Reply, Topology};
+use ringkv::protocol::types::{Consistency, ErrorReply, NodeInfo, NodeStatus, Op, Reply, Topology};
+use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::{Rc, Weak};
 
 #[derive(Clone, Debug, Default)]
 pub struct RingkvConnector;
 
-/// Sockets to every shard of one node.
+/// One node of the topology as this connection sees it.
 struct NodeConns {
-    node_id: u64,
-    shards: Vec<Conn>,
+    node: NodeInfo,
+    /// Sockets to every shard port; empty while the node is suspect (a socket of it
+    /// failed, or it could not be reached) and reopened in the background.
+    shards: RefCell<Vec<Rc<Conn>>>,
+    /// Reopen attempts in a row that failed (drives the backoff).
+    failures: Cell<u32>,
+    /// A background task is reopening the sockets.
+    reconnecting: Cell<bool>,
 }
 
-/// Sockets to the shards of every reachable node, and the ring to choose among them.
+impl NodeConns {
+    fn usable(&self) -> bool {
+        !self.shards.borrow().is_empty()
+    }
+
+    /// The socket of `key`'s owning shard.
+    fn shard_for(&self, key: &[u8]) -> Option<Rc<Conn>> {
+        let shards = self.shards.borrow();
+        let s = match shards.len() {
+            0 => return None,
+            1 => 0,
+            count => shard_of(token_of(key), count as u32) as usize,
+        };
+        shards.get(s).cloned()
+    }
+}
+
+/// Sockets to the shards of every node, and the ring to choose among them.
 pub struct RingkvConnection {
     topology: Topology,
     router: Router,
-    /// Reachable nodes (a node listed as up whose shards all accepted a connection).
-    nodes: Vec<NodeConns>,
+    /// Every node of the topology that has shards and has not left; shared with the
+    /// background tasks that reopen them (which hold it weakly, so they end with the
+    /// connection).
+    nodes: Rc<Vec<NodeConns>>,
     /// Index in `nodes` of the host this connection was opened on.
     seed: usize,
     consistency: Option<Consistency>,
+    token: Option<Rc<[u8]>>,
+    /// Requests moved to another node since the last [`Connection::take_failovers`].
+    failovers: Cell<u64>,
 }
 
 fn op_error(e: ClientError) -> OpError {
@@ -75,24 +118,60 @@ async fn connect_authenticated(addr: SocketAddr, token: Option<&[u8]>) -> Result
     Ok(conn)
 }
 
-/// Sockets to every shard port of `node`.
-async fn connect_node(node: &NodeInfo, token: Option<&[u8]>) -> Result<NodeConns, OpError> {
+/// Sockets to every shard port of `node` (its client port when it lists no shards).
+async fn connect_node(node: &NodeInfo, token: Option<&[u8]>) -> Result<Vec<Rc<Conn>>, OpError> {
     let addr: SocketAddr = node
         .address
         .parse()
         .map_err(|e| OpError::Other(format!("node address {:?}: {e}", node.address)))?;
+    if node.shard_count == 0 {
+        return Ok(vec![Rc::new(connect_authenticated(addr, token).await?)]);
+    }
     let mut shards = Vec::with_capacity(node.shard_count as usize);
     for s in 0..node.shard_count {
         let port = u16::try_from(s)
             .ok()
             .and_then(|s| node.shard_port_base.checked_add(s))
             .ok_or_else(|| OpError::Other(format!("{}: shard port overflow", node.address)))?;
-        shards.push(connect_authenticated(SocketAddr::new(addr.ip(), port), token).await?);
+        shards.push(Rc::new(
+            connect_authenticated(SocketAddr::new(addr.ip(), port), token).await?,
+        ));
     }
-    Ok(NodeConns {
-        node_id: node.node_id,
-        shards,
+    Ok(shards)
+}
+
+/// Reopen the sockets of `nodes[index]` in the background, waiting the client's
+/// backoff before each attempt, until one succeeds or the connection is gone.
+fn start_reconnect(nodes: &Rc<Vec<NodeConns>>, index: usize, token: Option<Rc<[u8]>>) {
+    let Some(node) = nodes.get(index) else { return };
+    if node.reconnecting.replace(true) {
+        return;
+    }
+    let weak: Weak<Vec<NodeConns>> = Rc::downgrade(nodes);
+    glommio::spawn_local(async move {
+        loop {
+            let (info, failures) = {
+                let Some(nodes) = weak.upgrade() else { return };
+                let Some(node) = nodes.get(index) else { return };
+                let failures = node.failures.get().saturating_add(1);
+                node.failures.set(failures);
+                (node.node.clone(), failures)
+            };
+            glommio::timer::sleep(backoff(failures)).await;
+            if weak.strong_count() == 0 {
+                return;
+            }
+            if let Ok(shards) = connect_node(&info, token.as_deref()).await {
+                if let Some(node) = weak.upgrade().as_ref().and_then(|n| n.get(index)) {
+                    *node.shards.borrow_mut() = shards;
+                    node.failures.set(0);
+                    node.reconnecting.set(false);
+                }
+                return;
+            }
+        }
     })
+    .detach();
 }
 
 impl Connector for RingkvConnector {
@@ -124,73 +203,179 @@ impl Connector for RingkvConnector {
             .ok_or_else(|| OpError::Other(format!("{host}: empty topology")))?;
         // The host we were given must work (its failure is the run's failure); other
         // nodes are used when they are up and answer, and skipped otherwise.
-        let mut seed_shards = connect_node(seed_node, token.as_deref()).await?;
-        if seed_shards.shards.is_empty() {
-            seed_shards
-                .shards
-                .push(connect_authenticated(addr, token.as_deref()).await?);
-        }
+        let mut seed_shards = if seed_node.shard_count == 0 {
+            // One socket, to the host as we were given it.
+            vec![Rc::new(
+                connect_authenticated(addr, token.as_deref()).await?,
+            )]
+        } else {
+            connect_node(seed_node, token.as_deref()).await?
+        };
         let router = Router::new(&topology);
-        let mut nodes = vec![seed_shards];
-        if router.is_token_aware() {
-            for node in &topology.nodes {
-                if node.node_id == seed_node.node_id || !node.up || node.shard_count == 0 {
-                    continue;
-                }
-                if let Ok(conns) = connect_node(node, token.as_deref()).await {
-                    nodes.push(conns);
-                }
+        let seed_id = seed_node.node_id;
+        let mut nodes = Vec::with_capacity(topology.nodes.len());
+        let mut unreached = Vec::new();
+        for node in &topology.nodes {
+            let shards = if node.node_id == seed_id {
+                std::mem::take(&mut seed_shards)
+            } else if !router.is_token_aware()
+                || node.status == NodeStatus::Left
+                || node.shard_count == 0
+            {
+                continue;
+            } else if node.up {
+                connect_node(node, token.as_deref())
+                    .await
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            if shards.is_empty() {
+                unreached.push(nodes.len());
             }
+            nodes.push(NodeConns {
+                node: node.clone(),
+                shards: RefCell::new(shards),
+                failures: Cell::new(0),
+                reconnecting: Cell::new(false),
+            });
+        }
+        let seed = nodes
+            .iter()
+            .position(|n| n.node.node_id == seed_id)
+            .ok_or_else(|| OpError::Other(format!("{host}: asked node not in its topology")))?;
+        let nodes = Rc::new(nodes);
+        let token: Option<Rc<[u8]>> = token.map(Rc::from);
+        for index in unreached {
+            start_reconnect(&nodes, index, token.clone());
         }
         Ok(RingkvConnection {
             topology,
             router,
             nodes,
-            seed: 0,
+            seed,
             consistency: options.consistency,
+            token,
+            failovers: Cell::new(0),
         })
     }
 }
 
 impl RingkvConnection {
-    /// The socket for `key`: the owning shard of its first replica that is up and
-    /// connected, else of the seed host. With a single connected node the ring has
-    /// nothing to choose (whatever replica it names, only that node is usable), and
-    /// with a single socket neither has the shard hash: both are skipped, as they cost a
-    /// hash and a replica list per request.
-    fn shard_for(&self, key: &[u8]) -> &Conn {
-        let node = if self.nodes.len() == 1 {
-            &self.nodes[0]
+    /// Where `key` goes first: the owning shard of its first replica that is up and
+    /// connected, else of the seed host. With a single node the ring has nothing to
+    /// choose, and is skipped (it costs a hash and a replica list per request).
+    fn first_choice(&self, key: &[u8]) -> Option<(usize, Rc<Conn>)> {
+        let index = if self.nodes.len() == 1 {
+            0
         } else {
-            let usable = |n: &NodeInfo| n.up && self.nodes.iter().any(|c| c.node_id == n.node_id);
+            let usable = |n: &NodeInfo| {
+                n.up && self
+                    .node_index(n.node_id)
+                    .is_some_and(|i| self.nodes[i].usable())
+            };
             self.router
                 .replica_for(&self.topology, key, usable)
-                .and_then(|n| self.nodes.iter().find(|c| c.node_id == n.node_id))
-                .unwrap_or(&self.nodes[self.seed])
+                .and_then(|n| self.node_index(n.node_id))
+                .unwrap_or(self.seed)
         };
-        let count = node.shards.len();
-        assert!(count > 0, "a connected node has at least one socket");
-        if count == 1 {
-            return &node.shards[0];
-        }
-        let s = shard_of(token_of(key), count as u32) as usize;
-        &node.shards[s]
+        let conn = self.nodes.get(index)?.shard_for(key)?;
+        Some((index, conn))
     }
 
-    /// How many nodes this connection can send to (tests, reports).
+    /// Where `key` goes after the nodes in `tried` failed: the next reachable node of
+    /// its query plan.
+    fn next_choice(&self, key: &[u8], tried: &[usize]) -> Option<(usize, Rc<Conn>)> {
+        self.router
+            .plan(&self.topology, Some(key), |_| false)
+            .into_iter()
+            .filter_map(|n| self.node_index(n.node_id))
+            .filter(|i| !tried.contains(i))
+            .find_map(|i| Some((i, self.nodes[i].shard_for(key)?)))
+    }
+
+    fn node_index(&self, node_id: u64) -> Option<usize> {
+        self.nodes.iter().position(|n| n.node.node_id == node_id)
+    }
+
+    /// A socket of `nodes[index]` failed: drop them all (calls in flight keep theirs)
+    /// and reopen them in the background.
+    fn suspect(&self, index: usize) {
+        if let Some(node) = self.nodes.get(index) {
+            node.shards.borrow_mut().clear();
+            start_reconnect(&self.nodes, index, self.token.clone());
+        }
+    }
+
+    /// Send the op `make_op` builds for a socket along `key`'s query plan (module
+    /// doc): the reply of the first node that answers.
+    async fn call_along(
+        &self,
+        key: &[u8],
+        make_op: impl Fn(&Conn) -> Op,
+    ) -> Result<Reply, OpError> {
+        let mut next = self
+            .first_choice(key)
+            .or_else(|| self.next_choice(key, &[]));
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last: Option<ClientError> = None;
+        while let Some((index, conn)) = next.take() {
+            if !tried.is_empty() {
+                self.failovers.set(self.failovers.get() + 1);
+            }
+            let op = make_op(&conn);
+            let kind = retry::classify(&op);
+            let (stage, error) = if conn.is_broken() {
+                let error = ClientError::Io {
+                    context: format!("connection to {}", conn.peer()),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotConnected,
+                        "connection is broken",
+                    ),
+                };
+                (Stage::NotSent, error)
+            } else {
+                match conn.call(op).await {
+                    Ok(reply) => return Ok(reply),
+                    Err(e @ ClientError::Io { .. }) => (Stage::MayHaveArrived, e),
+                    Err(e) => return Err(op_error(e)),
+                }
+            };
+            self.suspect(index);
+            match retry::decide(kind, stage) {
+                Decision::TryNext => {}
+                Decision::Surface => return Err(op_error(error)),
+                Decision::Indeterminate => {
+                    return Err(OpError::Disconnected(format!(
+                        "the write may or may not have been applied: {error}"
+                    )))
+                }
+            }
+            tried.push(index);
+            last = Some(error);
+            next = self.next_choice(key, &tried);
+        }
+        Err(OpError::Disconnected(match last {
+            Some(e) => format!("{e} (no other node reachable)"),
+            None => "no node reachable".into(),
+        }))
+    }
+
+    /// How many nodes this connection can send to now (tests, reports).
     pub fn reachable_nodes(&self) -> usize {
-        self.nodes.len()
+        self.nodes.iter().filter(|n| n.usable()).count()
     }
 }
 
 impl Connection for RingkvConnection {
     async fn get(&self, key: &[u8]) -> Result<GetOutcome, OpError> {
-        let conn = self.shard_for(key);
-        let op = Op::Get {
-            key: conn.bytes(key),
-            consistency: self.consistency,
-        };
-        match conn.call(op).await.map_err(op_error)? {
+        let reply = self
+            .call_along(key, |conn| Op::Get {
+                key: conn.bytes(key),
+                consistency: self.consistency,
+            })
+            .await?;
+        match reply {
             Reply::Value { mut values, .. } => Ok(match values.len() {
                 0 => GetOutcome::NotFound,
                 1 => GetOutcome::Found(values.pop().unwrap_or_default()),
@@ -201,17 +386,22 @@ impl Connection for RingkvConnection {
     }
 
     async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), OpError> {
-        let conn = self.shard_for(key);
-        let op = Op::Put {
-            key: conn.bytes(key),
-            value: conn.bytes(value),
-            consistency: self.consistency,
-            context: None,
-            sloppy_quorum: None,
-        };
-        match conn.call(op).await.map_err(op_error)? {
+        let reply = self
+            .call_along(key, |conn| Op::Put {
+                key: conn.bytes(key),
+                value: conn.bytes(value),
+                consistency: self.consistency,
+                context: None,
+                sloppy_quorum: None,
+            })
+            .await?;
+        match reply {
             Reply::Done => Ok(()),
             other => Err(reply_error(other)),
         }
+    }
+
+    fn take_failovers(&self) -> u64 {
+        self.failovers.replace(0)
     }
 }

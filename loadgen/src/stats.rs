@@ -281,6 +281,10 @@ pub struct ConnectionReport {
     pub disconnects: u64,
     pub reconnects: u64,
     pub reconnect_failures: u64,
+    /// Requests moved to another node after a connection failure (each move once);
+    /// the op itself counts as a success if a later node answered.
+    #[serde(default)]
+    pub failovers: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,8 +4,8 @@
 //! [`Connection`] (one open, pipelined connection: several requests may be in flight on
 //! it at once, so its methods take `&self`). The real ringkv client plugs in by
 //! implementing these two traits; [`FakeTarget`] is an in-memory implementation with
-//! injectable service delay, a one-shot stall, a one-shot disconnect and a "stale"
-//! mode, used by the tests. Futures are `!Send` (glommio runs one executor per thread),
+//! injectable service delay, a one-shot stall, a one-shot disconnect, a one-shot
+//! failover and a "stale" mode, used by the tests. Futures are `!Send` (glommio runs one executor per thread),
 //! so the traits use plain `async fn`. This module must never measure time or record
 //! statistics: that belongs to the engine.
 
@@ -118,6 +118,13 @@ pub struct ConnectOptions {
 pub trait Connection {
     async fn get(&self, key: &[u8]) -> Result<GetOutcome, OpError>;
     async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), OpError>;
+
+    /// Requests this connection moved to another node after a connection failure
+    /// since the last call (each move once; the engine sums them). An op that failed
+    /// over and then succeeded is a success; its latency includes the failed attempt.
+    fn take_failovers(&self) -> u64 {
+        0
+    }
 }
 
 /// Opens connections. One clone is moved to each executor thread, hence `Send`.
@@ -160,6 +167,7 @@ struct FakeShared {
     ops: AtomicU64,
     stall: Mutex<Option<OneShot>>,
     disconnect_at_op: Mutex<Option<u64>>,
+    failover_at_op: Mutex<Option<u64>>,
     connects: AtomicU64,
     refuse_connections: AtomicBool,
     last_options: Mutex<Option<ConnectOptions>>,
@@ -181,6 +189,7 @@ impl FakeTarget {
                 ops: AtomicU64::new(0),
                 stall: Mutex::new(None),
                 disconnect_at_op: Mutex::new(None),
+                failover_at_op: Mutex::new(None),
                 connects: AtomicU64::new(0),
                 refuse_connections: AtomicBool::new(false),
                 last_options: Mutex::new(None),
@@ -197,6 +206,12 @@ impl FakeTarget {
     /// connection: every later call on that connection fails until it is reopened.
     pub fn inject_disconnect(&self, at_op: u64) {
         *lock(&self.shared.disconnect_at_op) = Some(at_op);
+    }
+
+    /// The operation with global index `at_op` succeeds as a real connection does after
+    /// failing over to another node: the connection reports one failover.
+    pub fn inject_failover(&self, at_op: u64) {
+        *lock(&self.shared.failover_at_op) = Some(at_op);
     }
 
     /// Make `connect` fail (as if nothing listened on the port).
@@ -237,6 +252,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct FakeConnection {
     shared: Arc<FakeShared>,
     broken: std::cell::Cell<bool>,
+    failovers: std::cell::Cell<u64>,
 }
 
 impl FakeConnection {
@@ -252,6 +268,13 @@ impl FakeConnection {
                 *disconnect = None;
                 self.broken.set(true);
                 return Err(OpError::Disconnected("injected disconnect".into()));
+            }
+        }
+        {
+            let mut failover = lock(&self.shared.failover_at_op);
+            if *failover == Some(index) {
+                *failover = None;
+                self.failovers.set(self.failovers.get() + 1);
             }
         }
         let mut wait = self.shared.config.delay;
@@ -298,6 +321,10 @@ impl Connection for FakeConnection {
         versions.previous = versions.current.replace(value.to_vec());
         Ok(())
     }
+
+    fn take_failovers(&self) -> u64 {
+        self.failovers.replace(0)
+    }
 }
 
 impl Connector for FakeTarget {
@@ -318,6 +345,7 @@ impl Connector for FakeTarget {
         Ok(FakeConnection {
             shared: Arc::clone(&self.shared),
             broken: std::cell::Cell::new(false),
+            failovers: std::cell::Cell::new(0),
         })
     }
 }

@@ -117,6 +117,37 @@ fn a_dropped_connection_is_counted_and_reconnected() {
 }
 
 #[test]
+fn a_failed_over_op_is_a_success_counted_as_a_failover_not_a_disconnect() {
+    let fake = FakeTarget::new(FakeConfig::default());
+    fake.inject_failover(40);
+    let mut c = config(
+        WorkloadSpec::custom(0.5, Distribution::Uniform).unwrap(),
+        300,
+    );
+    c.verify = true;
+    let outcome = engine::run(fake.clone(), &c, &mut quiet).unwrap();
+    let total: u64 = [OpKind::Read, OpKind::Update]
+        .iter()
+        .map(|k| outcome.stats.op(*k).count())
+        .sum();
+    let errors: u64 = [OpKind::Read, OpKind::Update]
+        .iter()
+        .map(|k| outcome.stats.op(*k).errors.total())
+        .sum();
+    assert_eq!((total, errors), (300, 0));
+    assert_eq!(outcome.connections.failovers, 1);
+    assert_eq!(
+        (
+            outcome.connections.disconnects,
+            outcome.connections.reconnects
+        ),
+        (0, 0)
+    );
+    assert_eq!(fake.connects(), 1);
+    assert_eq!(outcome.verify.unwrap().violations, 0);
+}
+
+#[test]
 fn refused_connection_is_an_error_and_options_are_passed_through() {
     let fake = FakeTarget::new(FakeConfig::default());
     fake.refuse_connections(true);

@@ -5,6 +5,11 @@
 //! the port of the shard that owns the key; [`Router`] holds a topology's ring for
 //! clients that route many requests (the load generator).
 //!
+//! Failover: [`Router::plan`] orders the nodes a request may try (replicas first, then
+//! any node, since any node coordinates any key), [`retry::decide`] says whether a
+//! request may go on after a failed attempt, and [`suspects`] keeps the nodes a client
+//! could not reach lately. The transports act on them; these three decide.
+//!
 //! Session timestamps (LWW mode, [`crate::protocol::session`]): a [`blocking::Client`]
 //! (and an [`asynch::AsyncConnection`]) keeps the highest HLC timestamp it has seen in
 //! write acks and read replies, and sends it as the context of every put and delete
@@ -16,6 +21,8 @@
 
 pub mod asynch;
 pub mod blocking;
+pub mod retry;
+pub mod suspects;
 
 use crate::cluster::ring::Ring;
 use crate::protocol::session::SessionTimestamp;
@@ -41,6 +48,14 @@ pub enum ClientError {
     /// Caller misuse (bad address, key too large for the server, ...).
     #[error("{0}")]
     Usage(String),
+    /// A causal write was sent to `node`, then the connection failed before its reply:
+    /// the write may or may not have been applied. It is not retried elsewhere (see
+    /// [`retry`]); read the key again and write with that read's context.
+    #[error("the write may or may not have been applied: connection to {node} failed after sending it: {source}")]
+    Indeterminate {
+        node: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 impl ClientError {
@@ -146,6 +161,46 @@ impl Router {
     pub fn route<'a>(&self, topology: &'a Topology, key: &[u8]) -> Option<&'a NodeInfo> {
         self.replica_for(topology, key, |n| n.up)
             .or_else(|| topology.nodes.iter().find(|n| n.up))
+    }
+
+    /// The query plan for `key` (`None`: a request without a key): the nodes to try in
+    /// order, each once. The key's replicas in ring order, then every other node of the
+    /// topology in its order; then nodes the topology calls down or `demoted` holds for
+    /// (a client's suspects) are moved to the end, keeping their order, rather than
+    /// dropped: when everything else failed they are still worth a try. Nodes that
+    /// left the cluster are not in it. Any node coordinates any key, so every entry is a
+    /// valid destination; the first one is [`Router::route`]'s when nothing is demoted.
+    pub fn plan<'a>(
+        &self,
+        topology: &'a Topology,
+        key: Option<&[u8]>,
+        mut demoted: impl FnMut(&NodeInfo) -> bool,
+    ) -> Vec<&'a NodeInfo> {
+        let members = || {
+            topology
+                .nodes
+                .iter()
+                .filter(|n| n.status != NodeStatus::Left)
+        };
+        let mut order: Vec<&NodeInfo> = Vec::with_capacity(topology.nodes.len());
+        if let (Some(ring), Some(key)) = (self.ring.as_ref(), key) {
+            for id in ring.replicas(token_of(key), self.replication_factor) {
+                if let Some(n) = members().find(|n| {
+                    n.node_id == id && n.status == NodeStatus::Normal && !n.tokens.is_empty()
+                }) {
+                    order.push(n);
+                }
+            }
+        }
+        for n in members() {
+            if !order.iter().any(|o| std::ptr::eq(*o, n)) {
+                order.push(n);
+            }
+        }
+        let (mut first, last): (Vec<&NodeInfo>, Vec<&NodeInfo>) =
+            order.into_iter().partition(|n| n.up && !demoted(n));
+        first.extend(last);
+        first
     }
 }
 
@@ -285,5 +340,167 @@ mod tests {
             replication_factor: 3,
         };
         assert_eq!(route(&single, b"k").unwrap().node_id, 9);
+    }
+
+    #[test]
+    fn plan_puts_replicas_first_then_the_others_and_suspects_last() {
+        let topology = three_nodes(2);
+        let router = Router::new(&topology);
+        let ring = Ring::new(
+            topology
+                .nodes
+                .iter()
+                .map(|n| (n.node_id, n.tokens.as_slice())),
+        )
+        .unwrap();
+        for i in 0..50u32 {
+            let key = format!("key{i}");
+            let replicas = ring.replicas(token_of(key.as_bytes()), 2);
+            let other = [1, 2, 3]
+                .into_iter()
+                .find(|id| !replicas.contains(id))
+                .unwrap();
+            let ids = |plan: Vec<&NodeInfo>| plan.iter().map(|n| n.node_id).collect::<Vec<_>>();
+            let plan = router.plan(&topology, Some(key.as_bytes()), |_| false);
+            assert_eq!(ids(plan), vec![replicas[0], replicas[1], other], "{key}");
+            // The first replica is suspect: second replica, the other node, then it.
+            let plan = router.plan(&topology, Some(key.as_bytes()), |n| {
+                n.node_id == replicas[0]
+            });
+            assert_eq!(ids(plan), vec![replicas[1], other, replicas[0]], "{key}");
+        }
+        // Without a key: the topology's order (the asked node lists itself first).
+        let plan = router.plan(&topology, None, |n| n.node_id == 1);
+        assert_eq!(
+            plan.iter().map(|n| n.node_id).collect::<Vec<_>>(),
+            vec![2, 3, 1]
+        );
+    }
+
+    #[test]
+    fn plan_moves_down_nodes_to_the_end_and_leaves_out_nodes_that_left() {
+        let mut topology = three_nodes(3);
+        topology.nodes[1].up = false;
+        topology.nodes[2].status = NodeStatus::Left;
+        let router = Router::new(&topology);
+        let plan = router.plan(&topology, None, |_| false);
+        assert_eq!(
+            plan.iter().map(|n| n.node_id).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+    }
+
+    mod plan_props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn any_topology() -> impl Strategy<Value = Topology> {
+            let one = (
+                proptest::collection::vec(any::<u64>(), 0..4),
+                any::<bool>(),
+                proptest::sample::select(vec![
+                    NodeStatus::Normal,
+                    NodeStatus::Normal,
+                    NodeStatus::Joining,
+                    NodeStatus::Leaving,
+                    NodeStatus::Left,
+                ]),
+            );
+            (proptest::collection::vec(one, 1..7), 1u32..4).prop_map(|(nodes, rf)| Topology {
+                nodes: nodes
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (tokens, up, status))| {
+                        let mut n = node(i as u64 + 1, 7000 + 10 * i as u16, &tokens, up);
+                        n.status = status;
+                        n
+                    })
+                    .collect(),
+                replication_factor: rf,
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn plan_orders_every_member_once_with_suspects_last(
+                topology in any_topology(),
+                suspect_mask in any::<u8>(),
+                key in proptest::collection::vec(any::<u8>(), 0..16),
+            ) {
+                let router = Router::new(&topology);
+                let suspect = |n: &NodeInfo| suspect_mask & (1 << (n.node_id % 8)) != 0;
+                let healthy = |n: &NodeInfo| n.up && !suspect(n);
+                let plan = router.plan(&topology, Some(&key), suspect);
+                let unsuspected = router.plan(&topology, Some(&key), |_| false);
+
+                // Every node that has not left, each exactly once.
+                let mut ids: Vec<u64> = plan.iter().map(|n| n.node_id).collect();
+                ids.sort_unstable();
+                let mut members: Vec<u64> = topology
+                    .nodes
+                    .iter()
+                    .filter(|n| n.status != NodeStatus::Left)
+                    .map(|n| n.node_id)
+                    .collect();
+                members.sort_unstable();
+                prop_assert_eq!(ids, members);
+
+                // No suspect or down node before a healthy one.
+                let first_unhealthy = plan.iter().position(|n| !healthy(n)).unwrap_or(plan.len());
+                prop_assert!(plan[first_unhealthy..].iter().all(|n| !healthy(n)));
+
+                // Suspects and down nodes are moved, not reordered: both halves keep
+                // the order of the plan with every node up and none suspect.
+                let mut all_up = topology.clone();
+                for n in &mut all_up.nodes {
+                    n.up = true;
+                }
+                let base: Vec<u64> = router
+                    .plan(&all_up, Some(&key), |_| false)
+                    .iter()
+                    .map(|n| n.node_id)
+                    .collect();
+                let keep = |want: bool| -> Vec<u64> {
+                    base.iter()
+                        .copied()
+                        .filter(|id| {
+                            topology.nodes.iter().any(|n| n.node_id == *id && healthy(n) == want)
+                        })
+                        .collect()
+                };
+                let got: Vec<u64> = plan.iter().map(|n| n.node_id).collect();
+                let (healthy_ids, demoted_ids) = (keep(true), keep(false));
+                prop_assert_eq!(&got[..first_unhealthy], healthy_ids.as_slice());
+                prop_assert_eq!(&got[first_unhealthy..], demoted_ids.as_slice());
+
+                // The key's live replicas come first, in ring order.
+                let replicas: Vec<u64> = if router.is_token_aware() {
+                    let ring = Ring::new(
+                        topology
+                            .nodes
+                            .iter()
+                            .filter(|n| n.status == NodeStatus::Normal && !n.tokens.is_empty())
+                            .map(|n| (n.node_id, n.tokens.as_slice())),
+                    )
+                    .unwrap();
+                    let rf = topology.replication_factor.max(1) as usize;
+                    ring.replicas(token_of(&key), rf)
+                        .into_iter()
+                        .filter(|id| topology.nodes.iter().any(|n| n.node_id == *id && n.up))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let up_ids: Vec<u64> = unsuspected.iter().filter(|n| n.up).map(|n| n.node_id).collect();
+                prop_assert_eq!(&up_ids[..replicas.len()], replicas.as_slice());
+
+                // Without suspects the plan starts where `route` sends the key.
+                if let Some(routed) = router.route(&topology, &key) {
+                    if routed.status != NodeStatus::Left {
+                        prop_assert_eq!(unsuspected[0].node_id, routed.node_id);
+                    }
+                }
+            }
+        }
     }
 }
