@@ -319,6 +319,9 @@ impl RingkvConnection {
             .or_else(|| self.next_choice(key, &[]));
         let mut tried: Vec<usize> = Vec::new();
         let mut last: Option<ClientError> = None;
+        // An `Unavailable` answer (nothing executed): the next node is asked, and this
+        // is the answer if none does better.
+        let mut unavailable: Option<Reply> = None;
         while let Some((index, conn)) = next.take() {
             if !tried.is_empty() {
                 self.failovers.set(self.failovers.get() + 1);
@@ -336,6 +339,14 @@ impl RingkvConnection {
                 (Stage::NotSent, error)
             } else {
                 match conn.call(op).await {
+                    Ok(reply @ Reply::Error(ErrorReply::Unavailable { .. }))
+                        if retry::decide(kind, Stage::RefusedUnexecuted) == Decision::TryNext =>
+                    {
+                        unavailable = Some(reply);
+                        tried.push(index);
+                        next = self.next_choice(key, &tried);
+                        continue;
+                    }
                     Ok(reply) => return Ok(reply),
                     Err(e @ ClientError::Io { .. }) => (Stage::MayHaveArrived, e),
                     Err(e) => return Err(op_error(e)),
@@ -354,6 +365,9 @@ impl RingkvConnection {
             tried.push(index);
             last = Some(error);
             next = self.next_choice(key, &tried);
+        }
+        if let Some(reply) = unavailable {
+            return Ok(reply);
         }
         Err(OpError::Disconnected(match last {
             Some(e) => format!("{e} (no other node reachable)"),

@@ -323,6 +323,8 @@ impl Client {
         let mut last: Option<ClientError> = None;
         let mut tried = 0usize;
         let count = targets.len();
+        // An `Unavailable` answer, kept for the caller should every node fail.
+        let mut unavailable: Option<Reply> = None;
         for (index, (node, addr)) in targets.into_iter().enumerate() {
             let now = Instant::now();
             if now >= deadline {
@@ -337,6 +339,16 @@ impl Client {
                 now + (deadline - now) / 2
             };
             let failure = match self.attempt(addr, op.clone(), deadline, reply_by) {
+                Ok(reply @ Reply::Error(ErrorReply::Unavailable { .. })) => {
+                    if let Some(node) = node {
+                        self.suspects.on_success(node);
+                    }
+                    if retry::decide(kind, Stage::RefusedUnexecuted) == Decision::TryNext {
+                        unavailable = Some(reply);
+                        continue;
+                    }
+                    return Ok(reply);
+                }
                 Ok(reply) => {
                     if let Some(node) = node {
                         self.suspects.on_success(node);
@@ -366,6 +378,9 @@ impl Client {
                 }
                 Decision::TryNext => last = Some(failure.error),
             }
+        }
+        if let Some(reply) = unavailable {
+            return Ok(reply);
         }
         Err(match last {
             Some(ClientError::Io { context, source }) if tried > 1 => ClientError::Io {

@@ -12,8 +12,17 @@
 //! | connection known broken, write failed)   |                     |                |                   |                |
 //! | may have arrived (written, then reset,   | next node           | next node      | indeterminate     | surface        |
 //! | EOF or read timeout)                     |                     |                |                   |                |
-//! | answered (a typed server error, an       | surface             | surface        | surface           | surface        |
-//! | undecodable reply)                       |                     |                |                   |                |
+//! | refused unexecuted (`Unavailable`: the   | next node           | next node      | next node         | surface        |
+//! | coordinator sent nothing anywhere)       |                     |                |                   |                |
+//! | answered (any other typed server error,  | surface             | surface        | surface           | surface        |
+//! | an undecodable reply)                    |                     |                |                   |                |
+//!
+//! Why `Unavailable` goes to the next node: a coordinator answers it before sending the
+//! request anywhere (too few replicas alive in its view, or it does not know its ring
+//! yet, just after a restart), so nothing was applied, and another coordinator's view
+//! may differ. If every node of the plan fails, the caller gets that `Unavailable`
+//! rather than a later connection error (Cassandra's drivers retry it on the next host
+//! too).
 //!
 //! Why LWW writes may be sent again: the retry carries the same value (or tombstone)
 //! and the same session context, and a coordinator stamps it after that context, so the
@@ -56,9 +65,10 @@ pub enum Stage {
     /// The request was written; then the connection was reset, closed or timed out
     /// before its reply: the node may have executed it.
     MayHaveArrived,
-    /// The node answered: a typed error (Unavailable, Timeout, Overloaded,
-    /// BadRequest...) or a reply that could not be decoded. An answer, not a
-    /// connection failure.
+    /// The node answered `Unavailable`: it executed nothing and sent nothing on.
+    RefusedUnexecuted,
+    /// The node answered: a typed error (Timeout, Overloaded, BadRequest...) or a reply
+    /// that could not be decoded. An answer, not a connection failure.
     Answered,
 }
 
@@ -90,7 +100,7 @@ pub fn classify(op: &Op) -> RequestKind {
 pub fn decide(kind: RequestKind, stage: Stage) -> Decision {
     match (kind, stage) {
         (_, Stage::Answered) | (RequestKind::NodeBound, _) => Decision::Surface,
-        (_, Stage::NotSent) => Decision::TryNext,
+        (_, Stage::NotSent | Stage::RefusedUnexecuted) => Decision::TryNext,
         (RequestKind::Read | RequestKind::SessionWrite, Stage::MayHaveArrived) => Decision::TryNext,
         (RequestKind::CausalWrite, Stage::MayHaveArrived) => Decision::Indeterminate,
     }
@@ -108,7 +118,12 @@ mod tests {
         RequestKind::CausalWrite,
         RequestKind::NodeBound,
     ];
-    const STAGES: [Stage; 3] = [Stage::NotSent, Stage::MayHaveArrived, Stage::Answered];
+    const STAGES: [Stage; 4] = [
+        Stage::NotSent,
+        Stage::MayHaveArrived,
+        Stage::RefusedUnexecuted,
+        Stage::Answered,
+    ];
 
     fn put(context: Option<Vec<u8>>) -> Op {
         Op::Put {
@@ -147,6 +162,10 @@ mod tests {
             (NodeBound, NotSent, Surface),
             (NodeBound, MayHaveArrived, Surface),
             (NodeBound, Answered, Surface),
+            (Read, RefusedUnexecuted, TryNext),
+            (SessionWrite, RefusedUnexecuted, TryNext),
+            (CausalWrite, RefusedUnexecuted, TryNext),
+            (NodeBound, RefusedUnexecuted, Surface),
         ];
         for (kind, stage, decision) in expected {
             assert_eq!(decide(kind, stage), decision, "{kind:?} {stage:?}");
@@ -205,8 +224,10 @@ mod tests {
         /// meant for that node alone.
         #[test]
         fn never_sent_is_always_retried(kind in any_kind()) {
-            let decision = decide(kind, Stage::NotSent);
-            prop_assert_eq!(decision == Decision::TryNext, kind != RequestKind::NodeBound);
+            for stage in [Stage::NotSent, Stage::RefusedUnexecuted] {
+                let decision = decide(kind, stage);
+                prop_assert_eq!(decision == Decision::TryNext, kind != RequestKind::NodeBound);
+            }
         }
 
         /// An answer is never a reason to fail over.
