@@ -112,6 +112,11 @@ pub struct RunArgs {
     /// one|two|quorum|all|N, sent with every request.
     #[arg(long)]
     pub consistency: Option<String>,
+    /// How long one attempt waits for its reply before the request moves to the next
+    /// node of its plan (a silent node); 0 = forever (default 3s, above the server's
+    /// default request timeout, so a coordinator's own Timeout answer comes first).
+    #[arg(long, value_name = "DURATION")]
+    pub attempt_timeout: Option<String>,
     /// Write the JSON report here.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -168,6 +173,9 @@ fn operational(message: impl Into<String>) -> Failure {
 }
 
 /// `30s`, `500ms`, `2m`, `1h`, or bare seconds.
+/// `--attempt-timeout` when not given.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (number, unit_s) = if let Some(n) = s.strip_suffix("ms") {
@@ -349,9 +357,18 @@ pub fn plan(args: &RunArgs) -> Result<Plan, Failure> {
         check_svg(p)?;
     }
 
+    let attempt_timeout = match args.attempt_timeout.as_deref() {
+        None => Some(DEFAULT_ATTEMPT_TIMEOUT),
+        Some("0") => None,
+        Some(text) => Some(parse_duration(text).map_err(usage)?),
+    };
     let config = RunConfig {
         hosts: hosts.clone(),
-        options: ConnectOptions { consistency, token },
+        options: ConnectOptions {
+            consistency,
+            token,
+            attempt_timeout,
+        },
         threads: args.threads,
         connections: args.connections,
         pipeline: args.pipeline,

@@ -398,6 +398,7 @@ fn run_final_check<C: Connector>(
     let options = ConnectOptions {
         consistency: Some(consistency),
         token: config.options.token.clone(),
+        attempt_timeout: config.options.attempt_timeout,
     };
     let hosts = config.hosts.clone();
     let shared = Arc::clone(shared);

@@ -76,6 +76,8 @@ pub struct RingkvConnection {
     /// Index in `nodes` of the host this connection was opened on.
     seed: usize,
     consistency: Option<Consistency>,
+    /// How long one attempt waits for its reply (None: no limit).
+    attempt_timeout: Option<std::time::Duration>,
     token: Option<Rc<[u8]>>,
     /// Requests moved to another node since the last [`Connection::take_failovers`].
     failovers: Cell<u64>,
@@ -140,9 +142,38 @@ async fn connect_node(node: &NodeInfo, token: Option<&[u8]>) -> Result<Vec<Rc<Co
     Ok(shards)
 }
 
+/// Whether every shard of a reopened node answers a ping within `limit`: a node that
+/// accepts connections but is silent (stopped, or cut after the handshake) is not
+/// used again until it answers.
+async fn answers_ping(shards: &[Rc<Conn>], limit: std::time::Duration) -> bool {
+    for conn in shards {
+        let pong = futures_lite::future::or(
+            async { matches!(conn.call(Op::Ping).await, Ok(Reply::Pong)) },
+            async {
+                glommio::timer::sleep(limit).await;
+                false
+            },
+        )
+        .await;
+        if !pong {
+            return false;
+        }
+    }
+    true
+}
+
+/// How long a reopened node has to answer its ping when no attempt timeout is set.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Reopen the sockets of `nodes[index]` in the background, waiting the client's
-/// backoff before each attempt, until one succeeds or the connection is gone.
-fn start_reconnect(nodes: &Rc<Vec<NodeConns>>, index: usize, token: Option<Rc<[u8]>>) {
+/// backoff before each attempt, until one succeeds (the node answers a ping within
+/// `probe_timeout`) or the connection is gone.
+fn start_reconnect(
+    nodes: &Rc<Vec<NodeConns>>,
+    index: usize,
+    token: Option<Rc<[u8]>>,
+    probe_timeout: std::time::Duration,
+) {
     let Some(node) = nodes.get(index) else { return };
     if node.reconnecting.replace(true) {
         return;
@@ -161,7 +192,10 @@ fn start_reconnect(nodes: &Rc<Vec<NodeConns>>, index: usize, token: Option<Rc<[u
             if weak.strong_count() == 0 {
                 return;
             }
-            if let Ok(shards) = connect_node(&info, token.as_deref()).await {
+            let Ok(shards) = connect_node(&info, token.as_deref()).await else {
+                continue;
+            };
+            if answers_ping(&shards, probe_timeout).await {
                 if let Some(node) = weak.upgrade().as_ref().and_then(|n| n.get(index)) {
                     *node.shards.borrow_mut() = shards;
                     node.failures.set(0);
@@ -247,7 +281,12 @@ impl Connector for RingkvConnector {
         let nodes = Rc::new(nodes);
         let token: Option<Rc<[u8]>> = token.map(Rc::from);
         for index in unreached {
-            start_reconnect(&nodes, index, token.clone());
+            start_reconnect(
+                &nodes,
+                index,
+                token.clone(),
+                options.attempt_timeout.unwrap_or(PROBE_TIMEOUT),
+            );
         }
         Ok(RingkvConnection {
             topology,
@@ -255,6 +294,7 @@ impl Connector for RingkvConnector {
             nodes,
             seed,
             consistency: options.consistency,
+            attempt_timeout: options.attempt_timeout,
             token,
             failovers: Cell::new(0),
         })
@@ -303,7 +343,12 @@ impl RingkvConnection {
     fn suspect(&self, index: usize) {
         if let Some(node) = self.nodes.get(index) {
             node.shards.borrow_mut().clear();
-            start_reconnect(&self.nodes, index, self.token.clone());
+            start_reconnect(
+                &self.nodes,
+                index,
+                self.token.clone(),
+                self.attempt_timeout.unwrap_or(PROBE_TIMEOUT),
+            );
         }
     }
 
@@ -338,7 +383,24 @@ impl RingkvConnection {
                 };
                 (Stage::NotSent, error)
             } else {
-                match conn.call(op).await {
+                let call = conn.call(op);
+                let reply = match self.attempt_timeout {
+                    None => call.await,
+                    Some(limit) => {
+                        futures_lite::future::or(call, async {
+                            glommio::timer::sleep(limit).await;
+                            Err(ClientError::Io {
+                                context: format!("connection to {}", conn.peer()),
+                                source: std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    format!("no reply within the attempt timeout ({limit:?})"),
+                                ),
+                            })
+                        })
+                        .await
+                    }
+                };
+                match reply {
                     Ok(reply @ Reply::Error(ErrorReply::Unavailable { .. }))
                         if retry::decide(kind, Stage::RefusedUnexecuted) == Decision::TryNext =>
                     {

@@ -107,6 +107,9 @@ impl std::error::Error for OpError {}
 pub struct ConnectOptions {
     pub consistency: Option<Consistency>,
     pub token: Option<String>,
+    /// How long one attempt of a request waits for its reply before it is moved to
+    /// the next node of its plan (None: no limit).
+    pub attempt_timeout: Option<std::time::Duration>,
 }
 
 /// One open connection. Several calls may be in flight at once (pipelining); the

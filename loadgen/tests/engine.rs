@@ -162,6 +162,7 @@ fn refused_connection_is_an_error_and_options_are_passed_through() {
     c.options = ConnectOptions {
         consistency: Some(Consistency::Quorum),
         token: Some("t0k".into()),
+        attempt_timeout: Some(std::time::Duration::from_millis(750)),
     };
     engine::run(fake.clone(), &c, &mut quiet).unwrap();
     assert_eq!(fake.last_options(), Some(c.options.clone()));
