@@ -9,16 +9,18 @@
 //! does, so tests catch callers that break it.
 //!
 //! Fault injection: [`MemDisk::power_loss`], [`MemDisk::power_loss_tearing`],
-//! [`MemDisk::fail_nth`], [`MemDisk::fail_nth_of`] and [`MemDisk::halt_after`].
+//! [`MemDisk::process_crash`], [`MemDisk::fail_nth`], [`MemDisk::fail_nth_of`] and
+//! [`MemDisk::halt_after`].
 //! A handle from [`Disk::open_write_through`] makes each completed write durable at
 //! once; a write through it that *fails* (injected fault or halt) is treated as cut by
 //! the power loss that follows: its bytes reach the current contents and it becomes
 //! the last unsynced write, so [`MemDisk::power_loss_tearing`] keeps a prefix of it and
 //! [`MemDisk::power_loss`] none.
-//! A *process crash* needs no API: with O_DIRECT a completed write is on the device, not
-//! in a page cache owned by the process, so it survives the process; a test simulates a
-//! process crash by dropping the log and reopening the same `MemDisk`. Everything here is
-//! deterministic: there is no RNG, callers choose every cut and every failing operation.
+//! A *process crash* ([`MemDisk::process_crash`]) keeps every completed write and every
+//! name, synced or not: with O_DIRECT a completed write is on the device, not in memory
+//! owned by the process, so it survives the process (but not a later power loss, until
+//! synced). Everything here is deterministic: there is no RNG, callers choose every cut
+//! and every failing operation.
 //!
 //! It must never be used in production: nothing here touches a real file.
 
@@ -274,6 +276,18 @@ impl MemDisk {
     /// durable names, open handles become stale, pending faults and halts are cleared.
     pub fn power_loss(&self) {
         self.fs.borrow_mut().power_loss(None);
+    }
+
+    /// Process crash (kill -9, OOM kill): open handles become stale and pending faults and
+    /// halts are cleared, but every file keeps its current contents and the directory
+    /// its current names; what is durable is unchanged, so a later
+    /// [`MemDisk::power_loss`] still drops what was never synced.
+    pub fn process_crash(&self) {
+        let mut fs = self.fs.borrow_mut();
+        fs.epoch += 1;
+        fs.halted = false;
+        fs.halt_remaining = None;
+        fs.plans.clear();
     }
 
     /// Power loss during the most recent unsynced write (see
@@ -645,6 +659,32 @@ mod tests {
             assert!(f.read_at(0, ALIGN).await.is_err());
             let f = disk.open("a").await.unwrap();
             assert_eq!(f.read_at(0, 10).await.unwrap(), vec![1; 10]);
+        });
+    }
+
+    #[test]
+    fn a_process_crash_keeps_unsynced_data_and_names_until_a_power_loss() {
+        block_on(async {
+            let disk = MemDisk::new();
+            let f = durable_file(&disk, "a", 1).await;
+            f.write_at(ALIGN as u64, &block(2)).await.unwrap();
+            let g = disk.create("b").await.unwrap();
+            g.write_at(0, &block(3)).await.unwrap();
+            disk.process_crash();
+            assert!(
+                f.read_at(0, ALIGN).await.is_err(),
+                "the process's handles are gone"
+            );
+            let mut both = block(1);
+            both.extend(block(2));
+            assert_eq!(disk.file_bytes("a").unwrap(), both);
+            assert_eq!(disk.file_bytes("b").unwrap(), block(3));
+            let f = disk.open("a").await.unwrap();
+            assert_eq!(f.read_at(ALIGN as u64, 10).await.unwrap(), vec![2; 10]);
+            // Still not durable: a power loss after the restart drops it.
+            disk.power_loss();
+            assert_eq!(disk.file_bytes("a").unwrap(), block(1));
+            assert_eq!(disk.file_bytes("b"), None);
         });
     }
 
