@@ -62,7 +62,7 @@ fn write_until_stopped(
             return;
         }
         let key = format!("w{w}-k{}", xorshift(&mut rng) % KEYS_PER_WRITER);
-        let write = if xorshift(&mut rng) % 4 == 0 {
+        let write = if xorshift(&mut rng).is_multiple_of(4) {
             None
         } else {
             Some(format!(
