@@ -36,15 +36,16 @@
 //! acknowledged append: the next open reads it back. Nothing stays buffered in our
 //! memory past an ack. Only power loss or a kernel crash can lose appends, those
 //! written since the last [`CommitLog::sync`], which the shard driver calls every
-//! `period_ms` and at shutdown: it fdatasyncs every segment written since the previous
-//! sync, the active one and those rolled away from, oldest first. A rolled-away segment
-//! with unsynced writes stays open until a sync covers it, unless
-//! [`CommitLog::release_before`] removes it first (its records are then in durable
-//! SSTables, so it needs no sync). Directory entries need no periodic sync: a segment's
-//! name is made durable when it is created, before anything is written to it.
+//! `period_ms` and at shutdown: it fdatasyncs the active segment. A roll fdatasyncs the
+//! segment it leaves before the next segment's name can become durable, so at any
+//! moment only the newest segment on disk can hold unsynced writes; that costs one
+//! extra fdatasync per segment, i.e. per `segment_size_bytes` of log, and it is what
+//! lets recovery treat a hole in the newest segment as lost unsynced writes (below).
+//! Directory entries need no periodic sync: a segment's name is made durable when it is
+//! created, before anything is written to it.
 //!
 //! Recovery (`open`) replays every segment in generation order, applies the named
-//! [`RecoveryPolicy`], repairs a torn tail so that later recoveries see a clean segment,
+//! [`RecoveryPolicy`] and the [`HolePolicy`] of its sync mode, repairs a torn tail so that later recoveries see a clean segment,
 //! and always starts a fresh segment: a recovered segment is never appended to, so bytes
 //! of a torn batch can never be mistaken for a later valid batch.
 //!
@@ -56,7 +57,8 @@
 //! it always was: the log ends at the first block boundary where the rest of the file is
 //! zeros. A batch with a valid header but broken records is still a torn tail, however
 //! many zeros follow it, and damage followed by a valid batch is still mid-log
-//! corruption (the search for a later batch covers the whole non-zero part of the file).
+//! corruption (the search for a later batch covers the whole non-zero part of the file),
+//! except for the periodic-mode hole of [`HolePolicy::UnsyncedHoleInNewestSegment`].
 //! Costs: every segment is written twice (zeros, then batches), and recovery reads each
 //! live segment in full, zero tail included.
 //!
@@ -91,14 +93,17 @@
 //!   batch still starts on a fresh block, and a block holding acknowledged records is
 //!   never written again. The same holds in periodic mode: a partly filled block may
 //!   hold records synced by an earlier period, which power loss must not take.
-//! - *A sync marker for periodic mode.* Between two syncs the device may persist the
-//!   completed writes in any order, so after a power loss (not a process crash) a later
-//!   batch can be on disk while an earlier one is not. Recovery cannot tell that hole
-//!   from corruption in the middle of the log and refuses to open, naming the file and
-//!   offset, where it should drop everything from the hole on (all of it unsynced).
-//!   Telling them apart needs the sync point on disk, for example a marker block
-//!   written after each periodic fdatasync that recovery trusts as the end of the
-//!   synced part: a format change (version 2).
+//! - *Telling every kind of unsynced loss from corruption in periodic mode.* Between
+//!   two syncs the device may persist the completed writes in any order, so after a
+//!   power loss a later batch can be on disk while an earlier one is not. The common
+//!   case, an earlier batch that never reached the disk at all (its header block still
+//!   the preallocated zeros) before a valid later batch in the newest segment, is the
+//!   named rule [`HolePolicy::UnsyncedHoleInNewestSegment`]: the log ends there. What
+//!   it does not cover, and still refuses naming file and offset: an earlier batch of
+//!   several blocks of which only the header block landed, and a torn write that turns
+//!   a synced block into garbage. Telling those apart needs the sync point on disk, for
+//!   example a marker block written after each periodic fdatasync that recovery trusts
+//!   as the end of the synced part: a format change (version 2).
 
 mod format;
 
@@ -188,6 +193,51 @@ pub enum RecoveryPolicy {
     Strict,
 }
 
+/// What recovery makes of a hole in the newest segment: a damaged batch whose first
+/// block is all zeros, with a valid batch of a later sequence after it. The choice
+/// follows from [`SyncMode`] ([`HolePolicy::for_sync`]); [`RecoveryPolicy::Strict`]
+/// refuses a hole under either.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HolePolicy {
+    /// Batch mode: refused as [`CommitLogError::Corrupt`]. A hole cannot come from a
+    /// crash there: one batch write is in flight at a time and each is durable
+    /// (`O_DSYNC`) before the next is issued, so a later batch on disk proves every
+    /// earlier one was too.
+    Refuse,
+    /// Periodic mode: between two syncs the device may persist completed writes in any
+    /// order, so after power loss a later batch can be on disk while an earlier one
+    /// never reached it, leaving the preallocated zeros. Only the newest segment can
+    /// hold unsynced writes (a roll syncs the segment it leaves), so there the hole is
+    /// the end of the log: the records before it are kept, everything from it on is
+    /// discarded (all of it written since the last sync), the segment is repaired like
+    /// a torn tail, and [`Recovery::unsynced_hole`] reports it. Non-zero damage before a
+    /// valid batch, and a hole in any older segment, are still refused.
+    UnsyncedHoleInNewestSegment,
+}
+
+impl HolePolicy {
+    pub fn for_sync(sync: SyncMode) -> Self {
+        match sync {
+            SyncMode::Batch => HolePolicy::Refuse,
+            SyncMode::Periodic { .. } => HolePolicy::UnsyncedHoleInNewestSegment,
+        }
+    }
+}
+
+/// Writes since the last periodic sync, lost to power loss: what
+/// [`HolePolicy::UnsyncedHoleInNewestSegment`] discarded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnsyncedHole {
+    pub file: String,
+    /// Offset of the first zero block, where the log now ends.
+    pub offset: u64,
+    /// Bytes discarded: from `offset` to the end of the last block holding a non-zero
+    /// byte.
+    pub bytes_dropped: u64,
+    /// Valid batches found after the hole and discarded with it.
+    pub batches_dropped: u64,
+}
+
 /// The discarded tail reported by recovery.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TornTail {
@@ -216,6 +266,8 @@ pub struct Recovery {
     /// Replayed segments, oldest first, with their record counts.
     pub segments: Vec<RecoveredSegment>,
     pub torn_tail: Option<TornTail>,
+    /// Periodic mode only; see [`HolePolicy::UnsyncedHoleInNewestSegment`].
+    pub unsynced_hole: Option<UnsyncedHole>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -259,7 +311,8 @@ pub struct CommitLogStats {
     /// `group_commits`, the write latency an append waits for (durable writes in batch
     /// mode, plain direct writes in periodic mode).
     pub group_commit_micros: u64,
-    /// fdatasyncs of segment data by [`CommitLog::sync`] (periodic mode).
+    /// fdatasyncs of segment data in periodic mode: by [`CommitLog::sync`] and by each
+    /// roll, which syncs the segment it leaves.
     pub segment_syncs: u64,
     pub segments_created: u64,
     /// Of `segments_created`, those that were a prepared spare renamed into place.
@@ -464,15 +517,6 @@ struct Active<F> {
     unsynced: bool,
 }
 
-/// Periodic mode: a segment rolled away from before a sync covered its writes. Kept
-/// open until [`CommitLog::sync`] fdatasyncs it or [`CommitLog::release_before`]
-/// removes it.
-struct Unsynced<F> {
-    id: SegmentId,
-    name: String,
-    file: Rc<F>,
-}
-
 /// The preallocated next segment, under [`SPARE_FILE_NAME`].
 enum Spare<F> {
     None,
@@ -492,8 +536,6 @@ struct Inner<D: Disk> {
     cfg: CommitLogConfig,
     state: RefCell<State>,
     active: RefCell<Active<D::File>>,
-    /// Oldest first.
-    unsynced: RefCell<Vec<Unsynced<D::File>>>,
     spare: RefCell<Spare<D::File>>,
 }
 
@@ -708,7 +750,13 @@ impl<D: Disk> CommitLog<D> {
                 }
             }
             let scan = scan_segment(&data, *generation);
-            if let Some(d) = &scan.damage {
+            let unsynced_hole = scan.damage.as_ref().is_some_and(|d| {
+                is_newest
+                    && policy == RecoveryPolicy::TolerateCorruptTail
+                    && HolePolicy::for_sync(cfg.sync) == HolePolicy::UnsyncedHoleInNewestSegment
+                    && format::is_hole(&data, d)
+            });
+            if let Some(d) = scan.damage.as_ref().filter(|_| !unsynced_hole) {
                 let why = if !is_newest {
                     Some(format!("{} (a newer segment follows)", d.reason))
                 } else if let Some(later) = d.later_valid_batch {
@@ -739,12 +787,22 @@ impl<D: Disk> CommitLog<D> {
                 repair_tail(&file, &data, *generation, d)
                     .await
                     .map_err(|e| io_error(&path, "repair", e))?;
-                recovery.torn_tail = Some(TornTail {
-                    file: path.clone(),
-                    offset: d.offset,
-                    bytes_dropped: scan.data_end.saturating_sub(d.offset),
-                    reason: d.reason.clone(),
-                });
+                let bytes_dropped = scan.data_end.saturating_sub(d.offset);
+                if unsynced_hole {
+                    recovery.unsynced_hole = Some(UnsyncedHole {
+                        file: path.clone(),
+                        offset: d.offset,
+                        bytes_dropped,
+                        batches_dropped: format::count_later_batches(&data, *generation, d),
+                    });
+                } else {
+                    recovery.torn_tail = Some(TornTail {
+                        file: path.clone(),
+                        offset: d.offset,
+                        bytes_dropped,
+                        reason: d.reason.clone(),
+                    });
+                }
             }
             file.close()
                 .await
@@ -801,7 +859,6 @@ impl<D: Disk> CommitLog<D> {
                 cfg,
                 state: RefCell::new(state),
                 active: RefCell::new(active),
-                unsynced: RefCell::new(Vec::new()),
                 spare: RefCell::new(Spare::None),
             }),
         };
@@ -867,7 +924,7 @@ impl<D: Disk> CommitLog<D> {
             state: &self.inner.state,
             outcome: None,
         };
-        let result = self.sync_unsynced_segments().await;
+        let result = self.sync_active_segment().await;
         guard.outcome = Some(match &result {
             Ok(()) => Ok(()),
             Err(e) => Err(Failure::from_error(e, 0..0)),
@@ -876,33 +933,20 @@ impl<D: Disk> CommitLog<D> {
         result
     }
 
-    /// fdatasync the segments rolled away from with unsynced writes (oldest first, then
-    /// closed) and the active one if it has any. Run by one [`CommitLog::sync`] at a
-    /// time.
-    async fn sync_unsynced_segments(&self) -> Result<(), CommitLogError> {
-        let (retired, active) = {
-            let retired = std::mem::take(&mut *self.inner.unsynced.borrow_mut());
+    /// fdatasync the active segment if it has unsynced writes. Only the active segment
+    /// can have them: a roll syncs the segment it leaves (see [`CommitLog::switch_to`]).
+    /// Run by one [`CommitLog::sync`] at a time.
+    async fn sync_active_segment(&self) -> Result<(), CommitLogError> {
+        let active = {
             let mut a = self.inner.active.borrow_mut();
             // Cleared before the fdatasync: a write completing during it sets it again,
             // and the next sync covers that write.
-            let active = std::mem::replace(&mut a.unsynced, false)
-                .then(|| (a.name.clone(), Rc::clone(&a.file)));
-            (retired, active)
+            std::mem::replace(&mut a.unsynced, false).then(|| (a.name.clone(), Rc::clone(&a.file)))
         };
-        let disk = &self.inner.disk;
-        for segment in retired {
-            segment
-                .file
-                .sync()
-                .await
-                .map_err(|e| io_error(&disk.path_of(&segment.name), "fdatasync", e))?;
-            self.inner.state.borrow_mut().stats.segment_syncs += 1;
-            close_segment(segment.file, &segment.name).await;
-        }
         if let Some((name, file)) = active {
             file.sync()
                 .await
-                .map_err(|e| io_error(&disk.path_of(&name), "fdatasync", e))?;
+                .map_err(|e| io_error(&self.inner.disk.path_of(&name), "fdatasync", e))?;
             self.inner.state.borrow_mut().stats.segment_syncs += 1;
         }
         Ok(())
@@ -951,18 +995,6 @@ impl<D: Disk> CommitLog<D> {
         };
         if victims.is_empty() {
             return Ok(0);
-        }
-        // Their records are in durable SSTables: unsynced writes in them need no sync.
-        let released: Vec<Unsynced<D::File>> = {
-            let mut unsynced = self.inner.unsynced.borrow_mut();
-            let (released, kept) = std::mem::take(&mut *unsynced)
-                .into_iter()
-                .partition(|u| u.id < id.min(active));
-            *unsynced = kept;
-            released
-        };
-        for segment in released {
-            close_segment(segment.file, &segment.name).await;
         }
         let disk = &self.inner.disk;
         for v in &victims {
@@ -1228,9 +1260,11 @@ impl<D: Disk> CommitLog<D> {
         Ok(())
     }
 
-    /// Make `target` the active segment. The current one needs no sync here: in batch
-    /// mode every write to it was durable on completion; in periodic mode it joins the
-    /// unsynced segments for the next [`CommitLog::sync`].
+    /// Make `target` the active segment. In batch mode the current one needs no sync:
+    /// every write to it was durable on completion. In periodic mode it is fdatasync'ed
+    /// first, before the next segment's name can become durable, so that at any moment
+    /// only the newest segment on disk can hold unsynced writes: recovery's
+    /// [`HolePolicy::UnsyncedHoleInNewestSegment`] relies on it.
     async fn switch_to(&self, target: SegmentId) -> Result<(), CommitLogError> {
         let current = self.inner.active.borrow().id;
         if target <= current {
@@ -1243,6 +1277,7 @@ impl<D: Disk> CommitLog<D> {
             current.next(),
             "segment generations advance one at a time"
         );
+        self.sync_before_roll().await?;
         let taken = std::mem::replace(&mut *self.inner.spare.borrow_mut(), Spare::None);
         let spare = match taken {
             Spare::Ready { generation, file } if generation == target.0 => Some(file),
@@ -1283,22 +1318,36 @@ impl<D: Disk> CommitLog<D> {
             st.live_segments.insert(target);
             st.stats.segments_created += 1;
         }
-        if old.unsynced {
-            self.inner.unsynced.borrow_mut().push(Unsynced {
-                id: old.id,
-                name: old.name,
-                file: old.file,
-            });
-        } else {
-            close_segment(old.file, &old.name).await;
+        close_segment(old.file, &old.name).await;
+        Ok(())
+    }
+
+    /// Periodic mode: fdatasync the active segment before a roll leaves it, if anything
+    /// was written to it. Done whether or not a periodic sync ran since the last write: a
+    /// sync clears `unsynced` before its fdatasync completes, so the flag cannot say that
+    /// the data is stable yet. A failure fails the flush, and so the log.
+    async fn sync_before_roll(&self) -> Result<(), CommitLogError> {
+        if self.inner.cfg.sync == SyncMode::Batch {
+            return Ok(());
         }
+        let (name, file) = {
+            let a = self.inner.active.borrow();
+            if a.write_pos <= SEGMENT_HEADER_BYTES {
+                return Ok(());
+            }
+            (a.name.clone(), Rc::clone(&a.file))
+        };
+        file.sync()
+            .await
+            .map_err(|e| io_error(&self.inner.disk.path_of(&name), "fdatasync before roll", e))?;
+        self.inner.state.borrow_mut().stats.segment_syncs += 1;
         Ok(())
     }
 }
 
 /// Ends a [`CommitLog::sync`] even if its future is dropped mid-way: then which
-/// fdatasyncs completed is unknown (and the unsynced segments it took are gone), so the
-/// log fails rather than let a later sync report success for them.
+/// fdatasyncs completed is unknown (and the active segment's unsynced flag it took is
+/// cleared), so the log fails rather than let a later sync report success for them.
 struct SyncGuard<'a> {
     state: &'a RefCell<State>,
     /// Set when the sync ends; `None` on drop means it was cancelled.
@@ -1334,8 +1383,8 @@ impl Drop for SyncGuard<'_> {
     }
 }
 
-/// Close a segment handle no longer written to. Its writes are durable (or, in periodic
-/// mode, its records are in durable SSTables), so a close error cannot lose data.
+/// Close a segment handle no longer written to. Its writes are durable (synced at the
+/// roll in periodic mode), so a close error cannot lose data.
 async fn close_segment<F: DiskFile>(file: Rc<F>, name: &str) {
     if let Ok(file) = Rc::try_unwrap(file) {
         if let Err(e) = file.close().await {
@@ -1631,47 +1680,182 @@ mod tests {
     }
 
     #[test]
-    fn periodic_sync_covers_segments_rolled_away_from_unless_released() {
+    fn periodic_roll_syncs_the_segment_it_leaves_so_only_the_active_one_is_unsynced() {
         let disk = MemDisk::new();
         let (log, _) = open(&disk, periodic());
+        let syncs = disk.counters().syncs;
         block_on(async {
             log.append(b"in 0").await.unwrap();
             assert_eq!(log.roll().await.unwrap(), SegmentId(1));
+        });
+        assert_eq!(log.stats().segment_syncs, 1, "the roll synced segment 0");
+        assert!(
+            disk.unsynced_writes()
+                .iter()
+                .all(|w| w.file != segment_file_name(0)),
+            "nothing of segment 0 awaits a sync"
+        );
+        block_on(async {
             log.append(b"in 1").await.unwrap();
+            // Synced by the periodic sync and then again by the roll: the roll does not
+            // trust a sync that may still have been in flight.
+            log.sync().await.unwrap();
             assert_eq!(log.roll().await.unwrap(), SegmentId(2));
+            assert_eq!(log.roll().await.unwrap(), SegmentId(2), "empty: no roll");
             log.append(b"in 2").await.unwrap();
         });
-        let syncs = disk.counters().syncs;
+        assert_eq!(log.stats().segment_syncs, 3);
+        let before_sync = disk.counters().syncs;
         block_on(log.sync()).unwrap();
         assert_eq!(
-            disk.counters().syncs - syncs,
-            3,
-            "segments 0 and 1 (rolled away from) and 2 (active)"
-        );
-        assert_eq!(disk.last_unsynced_write(), None);
-        block_on(log.sync()).unwrap();
-        assert_eq!(disk.counters().syncs - syncs, 3, "nothing new to sync");
-
-        // A released segment (its records in durable SSTables) is dropped unsynced.
-        block_on(async {
-            log.append(b"in 2 again").await.unwrap();
-            assert_eq!(log.roll().await.unwrap(), SegmentId(3));
-            log.append(b"in 3").await.unwrap();
-            assert_eq!(log.release_before(SegmentId(3)).await.unwrap(), 3);
-        });
-        let syncs = disk.counters().syncs;
-        block_on(log.sync()).unwrap();
-        assert_eq!(
-            disk.counters().syncs - syncs,
+            disk.counters().syncs - before_sync,
             1,
-            "only the active segment 3"
+            "a periodic sync has only the active segment to sync"
+        );
+        block_on(log.sync()).unwrap();
+        assert_eq!(
+            disk.counters().syncs - before_sync,
+            1,
+            "nothing new to sync"
         );
         assert_eq!(log.stats().segment_syncs, 4);
-        block_on(log.append(b"unsynced in 3")).unwrap();
+        assert!(disk.counters().syncs > syncs);
+
+        block_on(log.append(b"unsynced in 2")).unwrap();
         drop(log);
         disk.power_loss();
         let (_, rec) = open(&disk, periodic());
-        assert_eq!(rec.records, payloads(&["in 3"]));
+        assert_eq!(rec.records, payloads(&["in 0", "in 1", "in 2"]));
+    }
+
+    /// Periodic mode: "a" and "b" synced, then "c" and "d" written as two batches, and a
+    /// power loss after which the device had persisted "d" but not "c". Returns the disk
+    /// and the offset of "c"'s batch, now zeros.
+    fn periodic_log_with_unsynced_hole() -> (MemDisk, u64) {
+        let disk = MemDisk::new();
+        let (log, _) = open(&disk, periodic());
+        block_on(async {
+            log.append(b"a").await.unwrap();
+            log.append(b"b").await.unwrap();
+            log.sync().await.unwrap();
+            log.append(b"c").await.unwrap();
+            log.append(b"d").await.unwrap();
+        });
+        let unsynced = disk.unsynced_writes();
+        assert_eq!(unsynced.len(), 2, "c and d, one write each");
+        assert!(unsynced[0].offset < unsynced[1].offset);
+        let hole = unsynced[0].offset;
+        drop(log);
+        disk.power_loss_keeping(&unsynced[1..]);
+        let seg0 = disk.file_bytes(&segment_file_name(0)).unwrap();
+        let at = usize::try_from(hole).unwrap();
+        assert!(seg0[at..at + ALIGN].iter().all(|&b| b == 0), "c is a hole");
+        assert!(seg0[at + ALIGN..].iter().any(|&b| b != 0), "d survived");
+        (disk, hole)
+    }
+
+    fn open_err(disk: &MemDisk, c: CommitLogConfig) -> CommitLogError {
+        match block_on(CommitLog::open(disk.clone(), c, RecoveryPolicy::default())) {
+            Ok((_, rec)) => panic!("expected an error, recovered {rec:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn periodic_recovery_ends_the_log_at_an_unsynced_hole_and_repairs_it() {
+        let (disk, hole) = periodic_log_with_unsynced_hole();
+        let (log, rec) = open(&disk, periodic());
+        assert_eq!(
+            rec.records,
+            payloads(&["a", "b"]),
+            "everything synced is kept"
+        );
+        assert_eq!(rec.torn_tail, None);
+        let lost = rec.unsynced_hole.expect("the hole is reported");
+        assert!(lost.file.ends_with(&segment_file_name(0)));
+        assert_eq!(lost.offset, hole);
+        assert_eq!(
+            (lost.batches_dropped, lost.bytes_dropped),
+            (1, 2 * ALIGN as u64)
+        );
+        block_on(log.append(b"e")).unwrap();
+        block_on(log.sync()).unwrap();
+        drop(log);
+        disk.power_loss();
+        // The repair was durable: segment 0 is no longer the newest and is clean.
+        let (_, rec) = open(&disk, periodic());
+        assert_eq!(rec.records, payloads(&["a", "b", "e"]));
+        assert_eq!((rec.torn_tail, rec.unsynced_hole), (None, None));
+    }
+
+    #[test]
+    fn batch_mode_and_strict_recovery_refuse_the_same_hole() {
+        for (c, policy) in [
+            (CommitLogConfig::default(), RecoveryPolicy::default()),
+            (periodic(), RecoveryPolicy::Strict),
+        ] {
+            let (disk, hole) = periodic_log_with_unsynced_hole();
+            match block_on(CommitLog::open(disk.clone(), c, policy)) {
+                Err(CommitLogError::Corrupt { file, offset, .. }) => {
+                    assert!(file.ends_with(&segment_file_name(0)));
+                    assert_eq!(offset, hole);
+                }
+                other => panic!("expected Corrupt, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn non_zero_damage_before_a_valid_batch_is_refused_in_both_modes() {
+        for c in [periodic(), CommitLogConfig::default()] {
+            let (disk, hole) = periodic_log_with_unsynced_hole();
+            let name = segment_file_name(0);
+            let mut seg0 = disk.file_bytes(&name).unwrap();
+            let at = usize::try_from(hole).unwrap();
+            seg0[at..at + ALIGN].fill(0x5a);
+            disk.put_file(&name, &seg0);
+            match open_err(&disk, c) {
+                CommitLogError::Corrupt { file, offset, .. } => {
+                    assert!(file.ends_with(&name));
+                    assert_eq!(offset, hole);
+                }
+                other => panic!("expected Corrupt, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_hole_in_an_older_segment_is_refused() {
+        let (disk, hole) = periodic_log_with_unsynced_hole();
+        // A newer segment exists, so the hole is not in the newest one.
+        let mut seg1 = encode_segment_header(1);
+        seg1.resize(4 * ALIGN, 0);
+        disk.put_file(&segment_file_name(1), &seg1);
+        match open_err(&disk, periodic()) {
+            CommitLogError::Corrupt { file, offset, .. } => {
+                assert!(file.ends_with(&segment_file_name(0)));
+                assert_eq!(offset, hole);
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_sync_before_a_roll_fails_the_log() {
+        let disk = MemDisk::new();
+        let (log, _) = open(&disk, periodic());
+        block_on(log.append(b"acknowledged, never synced")).unwrap();
+        disk.fail_nth_of(OpKind::Sync, 1, Fault::Eio);
+        match block_on(log.roll()) {
+            Err(CommitLogError::Io { op, .. }) => assert_eq!(op, "fdatasync before roll"),
+            other => panic!("expected Io, got {other:?}"),
+        }
+        assert!(log.is_failed());
+        assert_eq!(
+            block_on(disk.list()).unwrap(),
+            vec![segment_file_name(0)],
+            "no newer segment was created past the failed sync"
+        );
     }
 
     #[test]
