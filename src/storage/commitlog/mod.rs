@@ -41,6 +41,8 @@
 //! moment only the newest segment on disk can hold unsynced writes; that costs one
 //! extra fdatasync per segment, i.e. per `segment_size_bytes` of log, and it is what
 //! lets recovery treat a hole in the newest segment as lost unsynced writes (below).
+//! Recovery keeps that true across a process crash: it fdatasyncs the newest segment it
+//! replays before starting a fresh one, which turns it into an older segment.
 //! Directory entries need no periodic sync: a segment's name is made durable when it is
 //! created, before anything is written to it.
 //!
@@ -803,6 +805,15 @@ impl<D: Disk> CommitLog<D> {
                         reason: d.reason.clone(),
                     });
                 }
+            } else if is_newest {
+                // After a process crash in periodic mode the newest segment can hold
+                // writes that completed but were never synced. The fresh segment made
+                // below turns it into an older one, which must hold no unsynced writes
+                // ([`HolePolicy::UnsyncedHoleInNewestSegment`] trusts only the newest),
+                // and its records are about to be served again: make them durable first.
+                file.sync()
+                    .await
+                    .map_err(|e| io_error(&path, "fdatasync recovered segment", e))?;
             }
             file.close()
                 .await
@@ -1786,6 +1797,33 @@ mod tests {
         let (_, rec) = open(&disk, periodic());
         assert_eq!(rec.records, payloads(&["a", "b", "e"]));
         assert_eq!((rec.torn_tail, rec.unsynced_hole), (None, None));
+    }
+
+    #[test]
+    fn reopening_after_a_process_crash_syncs_what_the_crashed_process_had_not() {
+        let disk = MemDisk::new();
+        let (log, _) = open(&disk, periodic());
+        block_on(async {
+            log.append(b"a").await.unwrap();
+            log.append(b"b").await.unwrap();
+        });
+        drop(log);
+        disk.process_crash();
+        assert!(!disk.unsynced_writes().is_empty());
+        let (log, rec) = open(&disk, periodic());
+        assert_eq!(rec.records, payloads(&["a", "b"]));
+        assert!(
+            disk.unsynced_writes().is_empty(),
+            "segment 0 is no longer the newest: recovery synced it"
+        );
+        drop(log);
+        disk.power_loss();
+        let (_, rec) = open(&disk, periodic());
+        assert_eq!(
+            rec.records,
+            payloads(&["a", "b"]),
+            "records served after the reopen survive"
+        );
     }
 
     #[test]
