@@ -898,9 +898,9 @@ impl<D: Disk> CommitLog<D> {
         Ok(segment)
     }
 
-    /// Make every append that has returned durable. Periodic mode: fdatasync every
-    /// segment written since the previous sync (the shard driver calls this every
-    /// `period_ms` and at shutdown). Batch mode: nothing to sync. In both modes it first
+    /// Make every append that has returned durable. Periodic mode: fdatasync the active
+    /// segment if it was written since the previous sync, the only one that can hold
+    /// unsynced writes (the shard driver calls this every `period_ms` and at shutdown). Batch mode: nothing to sync. In both modes it first
     /// writes any batch left buffered by an append cancelled before it led a flush.
     ///
     /// A sync that fails puts the log into the failed state: the appends it covered
