@@ -63,9 +63,18 @@ fn tail_frame_ends() -> Vec<usize> {
         .collect()
 }
 
-/// A log of five synced batches, then one batch of `tail_records` whose write-through
-/// write fails, as one cut by power loss does: any prefix of it may be on the device.
-/// Returns the disk (not yet power-lost).
+/// Append `records` concurrently, so that they share one group commit: one batch.
+fn append_as_one_batch(log: &CommitLog<MemDisk>, records: &[Vec<u8>]) {
+    let batches = log.stats().batches_written;
+    for r in block_on(join_all(records.iter().map(|r| log.append(r)).collect())) {
+        r.unwrap();
+    }
+    assert_eq!(log.stats().batches_written, batches + 1, "one batch");
+}
+
+/// A periodic-mode log of five synced batches, then one batch of `tail_records` written
+/// (acknowledged) but not yet synced, as between two periodic syncs: power loss may
+/// keep any prefix of it. Returns the disk (not yet power-lost).
 fn log_with_unsynced_tail() -> MemDisk {
     let disk = MemDisk::new();
     let (log, _) = try_open(&disk, periodic()).unwrap();
@@ -74,12 +83,8 @@ fn log_with_unsynced_tail() -> MemDisk {
             log.append(&r).await.unwrap();
             log.sync().await.unwrap();
         }
-        for r in tail_records() {
-            log.append(&r).await.unwrap();
-        }
-        disk.fail_nth_of(OpKind::Write, 1, Fault::Eio);
-        assert!(log.sync().await.is_err());
     });
+    append_as_one_batch(&log, &tail_records());
     disk
 }
 
@@ -179,11 +184,9 @@ fn synced_segment() -> (Vec<u8>, usize) {
             log.append(&r).await.unwrap();
             log.sync().await.unwrap();
         }
-        for r in tail_records() {
-            log.append(&r).await.unwrap();
-        }
-        log.sync().await.unwrap();
     });
+    append_as_one_batch(&log, &tail_records());
+    block_on(log.sync()).unwrap();
     let full = disk.durable_file_bytes(&segment_file_name(0)).unwrap();
     assert_eq!(full.len(), periodic().segment_size_bytes as usize);
     let bytes = trim_zero_tail(&full);
@@ -643,14 +646,9 @@ fn build_v1_segment() -> Vec<u8> {
     let disk = MemDisk::new();
     let (log, _) = try_open(&disk, periodic()).unwrap();
     let records = fixture_records();
-    block_on(async {
-        log.append(&records[0]).await.unwrap();
-        log.append(&records[1]).await.unwrap();
-        log.sync().await.unwrap();
-        log.append(&records[2]).await.unwrap();
-        log.append(&records[3]).await.unwrap();
-        log.sync().await.unwrap();
-    });
+    append_as_one_batch(&log, &records[0..2]);
+    append_as_one_batch(&log, &records[2..4]);
+    block_on(log.sync()).unwrap();
     trim_zero_tail(&disk.durable_file_bytes(&segment_file_name(0)).unwrap())
 }
 

@@ -122,6 +122,9 @@ pub struct OpenReport {
     pub records_replayed: u64,
     pub sstables: usize,
     pub torn_tail: Option<String>,
+    /// Periodic mode: writes since the last periodic sync that power loss took (a hole
+    /// in the newest commit log segment, and everything after it).
+    pub lost_since_sync: Option<String>,
     pub orphans_removed: usize,
 }
 
@@ -134,6 +137,9 @@ impl fmt::Display for OpenReport {
         )?;
         if let Some(t) = &self.torn_tail {
             write!(f, " torn_tail=\"{t}\"")?;
+        }
+        if let Some(t) = &self.lost_since_sync {
+            write!(f, " lost_since_sync=\"{t}\"")?;
         }
         if self.orphans_removed > 0 {
             write!(f, " orphans_removed={}", self.orphans_removed)?;
@@ -395,6 +401,17 @@ impl<D: Disk + Clone> Engine<D> {
             );
             tracing::warn!(torn_tail = %text, "commit log tail was torn or corrupt; discarded");
             report.torn_tail = Some(text);
+        }
+        if let Some(hole) = &recovery.unsynced_hole {
+            let text = format!(
+                "{} at offset {}: {} bytes in {} later batches dropped",
+                hole.file, hole.offset, hole.bytes_dropped, hole.batches_dropped
+            );
+            tracing::warn!(
+                lost_since_sync = %text,
+                "commit log: writes since the last periodic sync lost to power loss; discarded"
+            );
+            report.lost_since_sync = Some(text);
         }
         let inner = Rc::new(Inner {
             disk,

@@ -9,16 +9,20 @@
 //! does, so tests catch callers that break it.
 //!
 //! Fault injection: [`MemDisk::power_loss`], [`MemDisk::power_loss_tearing`],
-//! [`MemDisk::fail_nth`], [`MemDisk::fail_nth_of`] and [`MemDisk::halt_after`].
+//! [`MemDisk::power_loss_keeping`], [`MemDisk::process_crash`], [`MemDisk::fail_nth`], [`MemDisk::fail_nth_of`] and
+//! [`MemDisk::halt_after`].
 //! A handle from [`Disk::open_write_through`] makes each completed write durable at
 //! once; a write through it that *fails* (injected fault or halt) is treated as cut by
 //! the power loss that follows: its bytes reach the current contents and it becomes
 //! the last unsynced write, so [`MemDisk::power_loss_tearing`] keeps a prefix of it and
 //! [`MemDisk::power_loss`] none.
-//! A *process crash* needs no API: with O_DIRECT a completed write is on the device, not
-//! in a page cache owned by the process, so it survives the process; a test simulates a
-//! process crash by dropping the log and reopening the same `MemDisk`. Everything here is
-//! deterministic: there is no RNG, callers choose every cut and every failing operation.
+//! A *process crash* ([`MemDisk::process_crash`]) keeps every completed write and every
+//! name, synced or not: with O_DIRECT a completed write is on the device, not in memory
+//! owned by the process, so it survives the process (but not a later power loss, until
+//! synced). Between two syncs a device may persist completed writes in any order, so
+//! [`MemDisk::power_loss_keeping`] lets a test keep any subset of the unsynced writes
+//! ([`MemDisk::unsynced_writes`]), a later one without an earlier one. Everything here is deterministic: there is no RNG, callers choose every cut
+//! and every failing operation.
 //!
 //! It must never be used in production: nothing here touches a real file.
 
@@ -130,6 +134,25 @@ struct LastWrite {
     len: usize,
 }
 
+/// A completed write not yet covered by a `sync` of its file, with its bytes, so a power
+/// loss can persist it or not independently of the others.
+struct PendingWrite {
+    inode: u64,
+    file: String,
+    offset: u64,
+    bytes: Vec<u8>,
+}
+
+impl PendingWrite {
+    fn describe(&self) -> UnsyncedWrite {
+        UnsyncedWrite {
+            file: self.file.clone(),
+            offset: self.offset,
+            len: self.bytes.len(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct MemFs {
     label: String,
@@ -144,6 +167,8 @@ struct MemFs {
     halt_remaining: Option<u64>,
     halted: bool,
     last_write: Option<LastWrite>,
+    /// Unsynced completed writes (not write-through), oldest first.
+    pending: Vec<PendingWrite>,
     yield_on_io: bool,
 }
 
@@ -221,6 +246,7 @@ impl MemFs {
             }
             _ => None,
         };
+        self.pending.clear();
         self.names = self.durable_names.clone();
         let live: std::collections::HashSet<u64> = self.durable_names.values().copied().collect();
         self.inodes.retain(|ino, _| live.contains(ino));
@@ -274,6 +300,52 @@ impl MemDisk {
     /// durable names, open handles become stale, pending faults and halts are cleared.
     pub fn power_loss(&self) {
         self.fs.borrow_mut().power_loss(None);
+    }
+
+    /// Power loss after the device persisted exactly the unsynced writes in `keep` (as
+    /// returned by [`MemDisk::unsynced_writes`]), in any order relative to the others:
+    /// those reach the durable contents, every other unsynced write is lost. Then as
+    /// [`MemDisk::power_loss`].
+    pub fn power_loss_keeping(&self, keep: &[UnsyncedWrite]) {
+        let mut fs = self.fs.borrow_mut();
+        let pending = std::mem::take(&mut fs.pending);
+        for write in pending {
+            if !keep.contains(&write.describe()) {
+                continue;
+            }
+            if let Some(inode) = fs.inodes.get_mut(&write.inode) {
+                let start = usize::try_from(write.offset).unwrap_or(usize::MAX);
+                let end = start.saturating_add(write.bytes.len());
+                if inode.durable.len() < end {
+                    inode.durable.resize(end, 0);
+                }
+                inode.durable[start..end].copy_from_slice(&write.bytes);
+            }
+        }
+        fs.last_write = None;
+        fs.power_loss(None);
+    }
+
+    /// Completed writes not yet covered by a `sync` of their file, oldest first.
+    pub fn unsynced_writes(&self) -> Vec<UnsyncedWrite> {
+        self.fs
+            .borrow()
+            .pending
+            .iter()
+            .map(PendingWrite::describe)
+            .collect()
+    }
+
+    /// Process crash (kill -9, OOM kill): open handles become stale and pending faults and
+    /// halts are cleared, but every file keeps its current contents and the directory
+    /// its current names; what is durable is unchanged, so a later
+    /// [`MemDisk::power_loss`] still drops what was never synced.
+    pub fn process_crash(&self) {
+        let mut fs = self.fs.borrow_mut();
+        fs.epoch += 1;
+        fs.halted = false;
+        fs.halt_remaining = None;
+        fs.plans.clear();
     }
 
     /// Power loss during the most recent unsynced write (see
@@ -551,6 +623,12 @@ impl DiskFile for MemFile {
             inode.durable[start..end].copy_from_slice(buf);
         } else {
             fs.last_write = Some(self.last_write(offset, buf.len()));
+            fs.pending.push(PendingWrite {
+                inode: self.inode,
+                file: self.name.clone(),
+                offset,
+                bytes: buf.to_vec(),
+            });
         }
         Ok(())
     }
@@ -575,6 +653,8 @@ impl DiskFile for MemFile {
         fs.begin(OpKind::Sync)?;
         let inode = fs.inode_mut(self)?;
         inode.durable.clone_from(&inode.current);
+        let synced = self.inode;
+        fs.pending.retain(|w| w.inode != synced);
         if fs
             .last_write
             .as_ref()
@@ -649,6 +729,32 @@ mod tests {
     }
 
     #[test]
+    fn a_process_crash_keeps_unsynced_data_and_names_until_a_power_loss() {
+        block_on(async {
+            let disk = MemDisk::new();
+            let f = durable_file(&disk, "a", 1).await;
+            f.write_at(ALIGN as u64, &block(2)).await.unwrap();
+            let g = disk.create("b").await.unwrap();
+            g.write_at(0, &block(3)).await.unwrap();
+            disk.process_crash();
+            assert!(
+                f.read_at(0, ALIGN).await.is_err(),
+                "the process's handles are gone"
+            );
+            let mut both = block(1);
+            both.extend(block(2));
+            assert_eq!(disk.file_bytes("a").unwrap(), both);
+            assert_eq!(disk.file_bytes("b").unwrap(), block(3));
+            let f = disk.open("a").await.unwrap();
+            assert_eq!(f.read_at(ALIGN as u64, 10).await.unwrap(), vec![2; 10]);
+            // Still not durable: a power loss after the restart drops it.
+            disk.power_loss();
+            assert_eq!(disk.file_bytes("a").unwrap(), block(1));
+            assert_eq!(disk.file_bytes("b"), None);
+        });
+    }
+
+    #[test]
     fn removes_and_renames_are_durable_only_after_sync_dir() {
         block_on(async {
             let disk = MemDisk::new();
@@ -703,6 +809,34 @@ mod tests {
             assert_eq!(cut.offset, 0, "the write at the halt is the one in flight");
             disk.power_loss();
             assert_eq!(disk.durable_file_bytes("log").unwrap()[..ALIGN], block(1));
+        });
+    }
+
+    #[test]
+    fn power_loss_keeping_persists_a_later_write_without_an_earlier_one() {
+        block_on(async {
+            let disk = MemDisk::new();
+            let f = durable_file(&disk, "f", 1).await;
+            f.write_at(ALIGN as u64, &block(2)).await.unwrap();
+            f.write_at(2 * ALIGN as u64, &block(3)).await.unwrap();
+            let unsynced = disk.unsynced_writes();
+            assert_eq!(unsynced.len(), 2);
+            assert_eq!(
+                (unsynced[0].offset, unsynced[1].offset),
+                (ALIGN as u64, 2 * ALIGN as u64)
+            );
+            disk.power_loss_keeping(&unsynced[1..]);
+            let mut expected = block(1);
+            expected.extend(vec![0; ALIGN]);
+            expected.extend(block(3));
+            assert_eq!(disk.file_bytes("f").unwrap(), expected);
+            assert!(disk.unsynced_writes().is_empty());
+
+            // A sync covers a file's pending writes: nothing left to drop or keep.
+            let f = disk.open("f").await.unwrap();
+            f.write_at(0, &block(4)).await.unwrap();
+            f.sync().await.unwrap();
+            assert!(disk.unsynced_writes().is_empty());
         });
     }
 

@@ -427,6 +427,38 @@ fn find_later_batch(data: &[u8], generation: u64, damage: &Damage) -> Option<u64
         })
 }
 
+/// True if `damage` is a hole: its batch's first block is all zeros (that write never
+/// reached the disk) and a valid batch of a later sequence follows. Every batch write
+/// begins with its header block, so a zero one means the write was never persisted (or
+/// only its later blocks were); non-zero damage never qualifies. A synced block that
+/// the device later returns as zeros would look the same: that is not told apart.
+pub fn is_hole(data: &[u8], damage: &Damage) -> bool {
+    let Ok(start) = usize::try_from(damage.batch_start) else {
+        return false;
+    };
+    damage.later_valid_batch.is_some()
+        && damage.offset == damage.batch_start
+        && data
+            .get(start..start.saturating_add(ALIGN))
+            .is_some_and(|block| block.len() == ALIGN && block.iter().all(|&b| b == 0))
+}
+
+/// Valid batch headers with a sequence above the damaged batch's, at block boundaries
+/// after it: what discarding everything from the damage on throws away.
+pub fn count_later_batches(data: &[u8], generation: u64, damage: &Damage) -> u64 {
+    let Ok(first) = usize::try_from(damage.batch_start) else {
+        return 0;
+    };
+    let end = nonzero_data_end(data);
+    (first.saturating_add(ALIGN)..end)
+        .step_by(ALIGN)
+        .filter(|&at| {
+            matches!(batch_header_at(data, at, generation),
+                Ok((_, sequence, _)) if sequence > damage.batch_sequence)
+        })
+        .count() as u64
+}
+
 /// The bytes that make the damaged batch in `data` end cleanly after its salvaged
 /// records: its header rewritten for `salvaged_records`, the frames, zero padding.
 /// `None` if nothing of the batch is salvaged (truncate at `batch_start` instead).

@@ -4,7 +4,9 @@
 //! It owns the segment files `commitlog-<generation:020>.log` of its [`Disk`] and the
 //! spare segment `commitlog.spare` (other files in the directory are ignored) and the
 //! durability of every append: in
-//! [`SyncMode::Batch`] an append returns only after a durable write covering it.
+//! [`SyncMode::Batch`] an append returns only after a durable write covering it; in
+//! [`SyncMode::Periodic`] only after a completed write covering it, made durable by the
+//! next [`CommitLog::sync`].
 //! It never interprets payloads, never retries a failed write (a failure
 //! puts the log into a failed state until the process restarts, the "fsyncgate"
 //! lesson), and never silently skips a corrupt record that is not at the tail.
@@ -15,7 +17,7 @@
 //! Appends that arrive while a flush is in flight queue up; when it completes, one of
 //! them becomes the next leader and writes the whole queue in one flush.
 //!
-//! **Write-through segments.** Appends go through a handle opened with
+//! **Write-through segments (batch mode).** Appends go through a handle opened with
 //! [`Disk::open_write_through`] (`O_DSYNC`): a batch write is durable when it completes,
 //! so a flush is one write per batch (usually one), not a write and then an fdatasync.
 //! On the 3-node batch-mode benchmark that took 4-17 % less server CPU per operation
@@ -26,13 +28,26 @@
 //! thread. Preallocation and headers are still written through an ordinary handle and
 //! fdatasync'ed once.
 //!
-//! [`SyncMode::Periodic`]: an append returns once buffered in memory; the shard driver
-//! calls [`CommitLog::sync`] every `period_ms` and at shutdown. Up to `period_ms` of
-//! acknowledged appends are lost on power loss *and on a process crash*: the buffer is
-//! in our memory, and direct I/O bypasses the page cache, so nothing else holds them.
+//! **Periodic mode.** [`SyncMode::Periodic`] takes the same path, group commit and
+//! all, with one difference: segments are opened without `O_DSYNC`, so an append
+//! returns once the direct write of its batch has *completed*, not once it is stable.
+//! A completed direct write has left the process (it is in the device, possibly in its
+//! volatile cache), so a process crash (kill -9, OOM kill, panic) loses no
+//! acknowledged append: the next open reads it back. Nothing stays buffered in our
+//! memory past an ack. Only power loss or a kernel crash can lose appends, those
+//! written since the last [`CommitLog::sync`], which the shard driver calls every
+//! `period_ms` and at shutdown: it fdatasyncs the active segment. A roll fdatasyncs the
+//! segment it leaves before the next segment's name can become durable, so at any
+//! moment only the newest segment on disk can hold unsynced writes; that costs one
+//! extra fdatasync per segment, i.e. per `segment_size_bytes` of log, and it is what
+//! lets recovery treat a hole in the newest segment as lost unsynced writes (below).
+//! Recovery keeps that true across a process crash: it fdatasyncs the newest segment it
+//! replays before starting a fresh one, which turns it into an older segment.
+//! Directory entries need no periodic sync: a segment's name is made durable when it is
+//! created, before anything is written to it.
 //!
 //! Recovery (`open`) replays every segment in generation order, applies the named
-//! [`RecoveryPolicy`], repairs a torn tail so that later recoveries see a clean segment,
+//! [`RecoveryPolicy`] and the [`HolePolicy`] of its sync mode, repairs a torn tail so that later recoveries see a clean segment,
 //! and always starts a fresh segment: a recovered segment is never appended to, so bytes
 //! of a torn batch can never be mistaken for a later valid batch.
 //!
@@ -44,7 +59,8 @@
 //! it always was: the log ends at the first block boundary where the rest of the file is
 //! zeros. A batch with a valid header but broken records is still a torn tail, however
 //! many zeros follow it, and damage followed by a valid batch is still mid-log
-//! corruption (the search for a later batch covers the whole non-zero part of the file).
+//! corruption (the search for a later batch covers the whole non-zero part of the file),
+//! except for the periodic-mode hole of [`HolePolicy::UnsyncedHoleInNewestSegment`].
 //! Costs: every segment is written twice (zeros, then batches), and recovery reads each
 //! live segment in full, zero tail included.
 //!
@@ -77,7 +93,19 @@
 //!   alternate locations (ping-pong blocks) with a recovery rule to pick the newest
 //!   complete copy, which is a format change with its own torn-write cases. So every
 //!   batch still starts on a fresh block, and a block holding acknowledged records is
-//!   never written again.
+//!   never written again. The same holds in periodic mode: a partly filled block may
+//!   hold records synced by an earlier period, which power loss must not take.
+//! - *Telling every kind of unsynced loss from corruption in periodic mode.* Between
+//!   two syncs the device may persist the completed writes in any order, so after a
+//!   power loss a later batch can be on disk while an earlier one is not. The common
+//!   case, an earlier batch that never reached the disk at all (its header block still
+//!   the preallocated zeros) before a valid later batch in the newest segment, is the
+//!   named rule [`HolePolicy::UnsyncedHoleInNewestSegment`]: the log ends there. What
+//!   it does not cover, and still refuses naming file and offset: an earlier batch of
+//!   several blocks of which only the header block landed, and a torn write that turns
+//!   a synced block into garbage. Telling those apart needs the sync point on disk, for
+//!   example a marker block written after each periodic fdatasync that recovery trusts
+//!   as the end of the synced part: a format change (version 2).
 
 mod format;
 
@@ -97,7 +125,7 @@ use std::task::{Context, Poll, Waker};
 
 use format::{
     batch_disk_bytes, check_segment_header, encode_segment_header, record_frame_bytes,
-    repaired_batch, scan_segment, BatchBuilder, HeaderProblem, BATCH_HEADER_BYTES,
+    repaired_batch, scan_segment, BatchBuilder, HeaderProblem,
 };
 
 use crate::storage::disk::{Disk, DiskFile, ALIGN};
@@ -117,7 +145,9 @@ impl SegmentId {
 pub enum SyncMode {
     /// An append returns after an fdatasync covering it (group commit). The default.
     Batch,
-    /// An append returns once buffered; [`CommitLog::sync`] is called every `period_ms`.
+    /// An append returns once the write covering it has completed (it survives a
+    /// process crash); [`CommitLog::sync`], called every `period_ms`, makes it survive
+    /// power loss.
     Periodic { period_ms: u64 },
 }
 
@@ -165,6 +195,51 @@ pub enum RecoveryPolicy {
     Strict,
 }
 
+/// What recovery makes of a hole in the newest segment: a damaged batch whose first
+/// block is all zeros, with a valid batch of a later sequence after it. The choice
+/// follows from [`SyncMode`] ([`HolePolicy::for_sync`]); [`RecoveryPolicy::Strict`]
+/// refuses a hole under either.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HolePolicy {
+    /// Batch mode: refused as [`CommitLogError::Corrupt`]. A hole cannot come from a
+    /// crash there: one batch write is in flight at a time and each is durable
+    /// (`O_DSYNC`) before the next is issued, so a later batch on disk proves every
+    /// earlier one was too.
+    Refuse,
+    /// Periodic mode: between two syncs the device may persist completed writes in any
+    /// order, so after power loss a later batch can be on disk while an earlier one
+    /// never reached it, leaving the preallocated zeros. Only the newest segment can
+    /// hold unsynced writes (a roll syncs the segment it leaves), so there the hole is
+    /// the end of the log: the records before it are kept, everything from it on is
+    /// discarded (all of it written since the last sync), the segment is repaired like
+    /// a torn tail, and [`Recovery::unsynced_hole`] reports it. Non-zero damage before a
+    /// valid batch, and a hole in any older segment, are still refused.
+    UnsyncedHoleInNewestSegment,
+}
+
+impl HolePolicy {
+    pub fn for_sync(sync: SyncMode) -> Self {
+        match sync {
+            SyncMode::Batch => HolePolicy::Refuse,
+            SyncMode::Periodic { .. } => HolePolicy::UnsyncedHoleInNewestSegment,
+        }
+    }
+}
+
+/// Writes since the last periodic sync, lost to power loss: what
+/// [`HolePolicy::UnsyncedHoleInNewestSegment`] discarded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnsyncedHole {
+    pub file: String,
+    /// Offset of the first zero block, where the log now ends.
+    pub offset: u64,
+    /// Bytes discarded: from `offset` to the end of the last block holding a non-zero
+    /// byte.
+    pub bytes_dropped: u64,
+    /// Valid batches found after the hole and discarded with it.
+    pub batches_dropped: u64,
+}
+
 /// The discarded tail reported by recovery.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TornTail {
@@ -193,6 +268,8 @@ pub struct Recovery {
     /// Replayed segments, oldest first, with their record counts.
     pub segments: Vec<RecoveredSegment>,
     pub torn_tail: Option<TornTail>,
+    /// Periodic mode only; see [`HolePolicy::UnsyncedHoleInNewestSegment`].
+    pub unsynced_hole: Option<UnsyncedHole>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -226,22 +303,24 @@ pub struct CommitLogStats {
     pub appends: u64,
     pub batches_written: u64,
     pub bytes_written: u64,
-    /// Flushes that wrote at least one batch: the group commits. Each batch write is
-    /// durable when it completes (segments are open write-through, `O_DSYNC`), so there
-    /// is no separate fdatasync of segment data.
+    /// Flushes that wrote at least one batch: the group commits. In batch mode each
+    /// batch write is durable when it completes (segments are open write-through,
+    /// `O_DSYNC`), so there is no separate fdatasync of segment data; in periodic mode
+    /// it is on the device but not yet synced.
     pub group_commits: u64,
     /// Time the group commits spent writing their batches (from the first write's
     /// submission to the last one's completion), in microseconds: divided by
-    /// `group_commits`, the disk's durable-write latency as the log sees it.
+    /// `group_commits`, the write latency an append waits for (durable writes in batch
+    /// mode, plain direct writes in periodic mode).
     pub group_commit_micros: u64,
+    /// fdatasyncs of segment data in periodic mode: by [`CommitLog::sync`] and by each
+    /// roll, which syncs the segment it leaves.
+    pub segment_syncs: u64,
     pub segments_created: u64,
     /// Of `segments_created`, those that were a prepared spare renamed into place.
     pub spares_used: u64,
 }
 
-/// In periodic mode an append waits for a flush once this much is buffered, so memory
-/// stays bounded between syncs.
-const PERIODIC_BUFFER_BYTES_MAX: usize = 4 << 20;
 const READ_CHUNK_BYTES: usize = 1 << 20;
 /// Zeros written per `write_at` when preallocating a segment: bounded so the DMA buffer
 /// fits glommio's I/O memory even when it falls back to 2 MiB.
@@ -334,14 +413,16 @@ struct State {
     layout_sequence: u64,
     open: Option<OpenBatch>,
     sealed: VecDeque<SealedBatch>,
-    /// Batches get consecutive tickets; every ticket below `synced_below` is durable.
+    /// Batches get consecutive tickets; every ticket below `written_below` has been
+    /// written (and so is durable in batch mode, whose segments are write-through).
     next_ticket: u64,
-    synced_below: u64,
+    written_below: u64,
     flushing: bool,
+    /// A [`CommitLog::sync`] is fdatasyncing segments; another one waits for it.
+    syncing: bool,
     /// Bumped at the end of every flush; waiters sleep until it changes.
     epoch: u64,
     wakers: Vec<Waker>,
-    buffered_bytes: usize,
     live_segments: BTreeSet<SegmentId>,
     spare_buffers: Vec<Vec<u8>>,
     stats: CommitLogStats,
@@ -370,7 +451,6 @@ impl State {
     fn buffer(&mut self, payload: &[u8], segment_size_bytes: u64) -> (u64, SegmentId) {
         let frame = record_frame_bytes(payload.len());
         self.stats.appends += 1;
-        self.buffered_bytes += frame;
         if let Some(open) = &mut self.open {
             let end = open.start + batch_disk_bytes(open.builder.records_len() + frame) as u64;
             if end <= segment_size_bytes {
@@ -392,7 +472,6 @@ impl State {
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         self.layout_sequence += 1;
-        self.buffered_bytes += BATCH_HEADER_BYTES;
         self.open = Some(OpenBatch {
             ticket,
             segment: self.layout_segment,
@@ -412,12 +491,11 @@ impl State {
     /// Seal and take every buffered batch (the leader's share).
     fn take_all(&mut self) -> Vec<SealedBatch> {
         self.seal_open();
-        self.buffered_bytes = 0;
         let batches: Vec<SealedBatch> = self.sealed.drain(..).collect();
         for (i, b) in batches.iter().enumerate() {
             assert_eq!(
                 b.ticket,
-                self.synced_below + i as u64,
+                self.written_below + i as u64,
                 "tickets are contiguous"
             );
         }
@@ -430,12 +508,15 @@ impl State {
     }
 }
 
-/// The segment the flush leader writes to. Touched only by the leader.
+/// The segment the flush leader writes to. Touched only by the leader (and by
+/// [`CommitLog::sync`], which takes its unsynced writes).
 struct Active<F> {
     id: SegmentId,
     name: String,
     file: Rc<F>,
     write_pos: u64,
+    /// Periodic mode: written to since the last [`CommitLog::sync`] took it.
+    unsynced: bool,
 }
 
 /// The preallocated next segment, under [`SPARE_FILE_NAME`].
@@ -546,10 +627,10 @@ impl Drop for FlushGuard<'_> {
             match self.outcome.take() {
                 Some(Ok(())) => {
                     assert_eq!(
-                        st.synced_below, self.covered.start,
+                        st.written_below, self.covered.start,
                         "flushes complete in order"
                     );
-                    st.synced_below = self.covered.end;
+                    st.written_below = self.covered.end;
                 }
                 Some(Err(failure)) => {
                     if st.failed.is_none() {
@@ -579,7 +660,7 @@ impl Drop for FlushGuard<'_> {
 
 enum Step {
     Done(Result<(), CommitLogError>),
-    /// Yield to the other runnable tasks once before leading (batch appends).
+    /// Yield to the other runnable tasks once before leading (appends).
     Yield,
     Lead(Vec<SealedBatch>),
     Wait(u64),
@@ -671,7 +752,13 @@ impl<D: Disk> CommitLog<D> {
                 }
             }
             let scan = scan_segment(&data, *generation);
-            if let Some(d) = &scan.damage {
+            let unsynced_hole = scan.damage.as_ref().is_some_and(|d| {
+                is_newest
+                    && policy == RecoveryPolicy::TolerateCorruptTail
+                    && HolePolicy::for_sync(cfg.sync) == HolePolicy::UnsyncedHoleInNewestSegment
+                    && format::is_hole(&data, d)
+            });
+            if let Some(d) = scan.damage.as_ref().filter(|_| !unsynced_hole) {
                 let why = if !is_newest {
                     Some(format!("{} (a newer segment follows)", d.reason))
                 } else if let Some(later) = d.later_valid_batch {
@@ -702,12 +789,31 @@ impl<D: Disk> CommitLog<D> {
                 repair_tail(&file, &data, *generation, d)
                     .await
                     .map_err(|e| io_error(&path, "repair", e))?;
-                recovery.torn_tail = Some(TornTail {
-                    file: path.clone(),
-                    offset: d.offset,
-                    bytes_dropped: scan.data_end.saturating_sub(d.offset),
-                    reason: d.reason.clone(),
-                });
+                let bytes_dropped = scan.data_end.saturating_sub(d.offset);
+                if unsynced_hole {
+                    recovery.unsynced_hole = Some(UnsyncedHole {
+                        file: path.clone(),
+                        offset: d.offset,
+                        bytes_dropped,
+                        batches_dropped: format::count_later_batches(&data, *generation, d),
+                    });
+                } else {
+                    recovery.torn_tail = Some(TornTail {
+                        file: path.clone(),
+                        offset: d.offset,
+                        bytes_dropped,
+                        reason: d.reason.clone(),
+                    });
+                }
+            } else if is_newest {
+                // After a process crash in periodic mode the newest segment can hold
+                // writes that completed but were never synced. The fresh segment made
+                // below turns it into an older one, which must hold no unsynced writes
+                // ([`HolePolicy::UnsyncedHoleInNewestSegment`] trusts only the newest),
+                // and its records are about to be served again: make them durable first.
+                file.sync()
+                    .await
+                    .map_err(|e| io_error(&path, "fdatasync recovered segment", e))?;
             }
             file.close()
                 .await
@@ -729,7 +835,7 @@ impl<D: Disk> CommitLog<D> {
             None => 0,
         };
         let id = SegmentId(next);
-        let (file, name) = create_segment(&disk, id, cfg.segment_size_bytes).await?;
+        let (file, name) = create_segment(&disk, id, cfg).await?;
         live_segments.insert(id);
         let state = State {
             failed: None,
@@ -739,11 +845,11 @@ impl<D: Disk> CommitLog<D> {
             open: None,
             sealed: VecDeque::new(),
             next_ticket: 0,
-            synced_below: 0,
+            written_below: 0,
             flushing: false,
+            syncing: false,
             epoch: 0,
             wakers: Vec::new(),
-            buffered_bytes: 0,
             live_segments,
             spare_buffers: Vec::new(),
             stats: CommitLogStats {
@@ -756,6 +862,7 @@ impl<D: Disk> CommitLog<D> {
             name,
             file: Rc::new(file),
             write_pos: SEGMENT_HEADER_BYTES,
+            unsynced: false,
         };
         let log = Self {
             inner: Rc::new(Inner {
@@ -769,9 +876,10 @@ impl<D: Disk> CommitLog<D> {
         Ok((log, recovery))
     }
 
-    /// Append one record. Batch mode: returns after an fdatasync covering it. Periodic
-    /// mode: returns once buffered (waits for a flush only when the buffer is full).
-    /// Returns the segment that holds (or will hold) the record.
+    /// Append one record. Returns once the group commit covering it has been written:
+    /// durably in batch mode (write-through segments), to the device but not yet synced
+    /// in periodic mode (it survives a process crash; [`CommitLog::sync`] makes it
+    /// survive power loss). Returns the segment that holds the record.
     pub async fn append(&self, payload: &[u8]) -> Result<SegmentId, CommitLogError> {
         if payload.len() > MAX_RECORD_BYTES {
             return Err(CommitLogError::RecordTooLarge {
@@ -779,27 +887,80 @@ impl<D: Disk> CommitLog<D> {
                 max_bytes: MAX_RECORD_BYTES,
             });
         }
-        let (ticket, segment, buffered_bytes) = {
+        let (ticket, segment) = {
             let mut st = self.inner.state.borrow_mut();
             if let Some(f) = &st.failed {
                 return Err(f.error_for(None));
             }
-            let (ticket, segment) = st.buffer(payload, self.inner.cfg.segment_size_bytes);
-            (ticket, segment, st.buffered_bytes)
+            st.buffer(payload, self.inner.cfg.segment_size_bytes)
         };
-        if matches!(self.inner.cfg.sync, SyncMode::Periodic { .. })
-            && buffered_bytes < PERIODIC_BUFFER_BYTES_MAX
-        {
-            return Ok(segment);
-        }
-        self.wait_durable(ticket).await?;
+        self.wait_written(ticket).await?;
         Ok(segment)
     }
 
-    /// Write and fdatasync everything buffered (periodic mode calls this every
-    /// `period_ms` and at shutdown; harmless in batch mode).
+    /// Make every append that has returned durable. Periodic mode: fdatasync the active
+    /// segment if it was written since the previous sync, the only one that can hold
+    /// unsynced writes (the shard driver calls this every `period_ms` and at shutdown). Batch mode: nothing to sync. In both modes it first
+    /// writes any batch left buffered by an append cancelled before it led a flush.
+    ///
+    /// A sync that fails puts the log into the failed state: the appends it covered
+    /// were acknowledged and may or may not survive power loss, and a retried fdatasync
+    /// would not tell (the "fsyncgate" lesson).
     pub async fn sync(&self) -> Result<(), CommitLogError> {
-        self.lead_once(None).await.map(|_| ())
+        self.lead_once(None).await?;
+        if self.inner.cfg.sync == SyncMode::Batch {
+            return Ok(());
+        }
+        loop {
+            let busy = {
+                let mut st = self.inner.state.borrow_mut();
+                if let Some(f) = &st.failed {
+                    return Err(f.error_for(None));
+                }
+                if st.syncing {
+                    Some(st.epoch)
+                } else {
+                    st.syncing = true;
+                    None
+                }
+            };
+            match busy {
+                // That sync may have taken its files before our appends were written:
+                // wait for it, then sync again.
+                Some(epoch) => self.epoch_changed(epoch).await,
+                None => break,
+            }
+        }
+        let mut guard = SyncGuard {
+            state: &self.inner.state,
+            outcome: None,
+        };
+        let result = self.sync_active_segment().await;
+        guard.outcome = Some(match &result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(Failure::from_error(e, 0..0)),
+        });
+        drop(guard);
+        result
+    }
+
+    /// fdatasync the active segment if it has unsynced writes. Only the active segment
+    /// can have them: a roll syncs the segment it leaves (see [`CommitLog::switch_to`]).
+    /// Run by one [`CommitLog::sync`] at a time.
+    async fn sync_active_segment(&self) -> Result<(), CommitLogError> {
+        let active = {
+            let mut a = self.inner.active.borrow_mut();
+            // Cleared before the fdatasync: a write completing during it sets it again,
+            // and the next sync covers that write.
+            std::mem::replace(&mut a.unsynced, false).then(|| (a.name.clone(), Rc::clone(&a.file)))
+        };
+        if let Some((name, file)) = active {
+            file.sync()
+                .await
+                .map_err(|e| io_error(&self.inner.disk.path_of(&name), "fdatasync", e))?;
+            self.inner.state.borrow_mut().stats.segment_syncs += 1;
+        }
+        Ok(())
     }
 
     /// The segment new appends go to.
@@ -885,13 +1046,13 @@ impl<D: Disk> CommitLog<D> {
         &self.inner.cfg
     }
 
-    /// Wait until batch `ticket` is durable, leading flushes as needed.
-    async fn wait_durable(&self, ticket: u64) -> Result<(), CommitLogError> {
+    /// Wait until batch `ticket` has been written, leading flushes as needed.
+    async fn wait_written(&self, ticket: u64) -> Result<(), CommitLogError> {
         let mut yielded = false;
         loop {
             let step = {
                 let mut st = self.inner.state.borrow_mut();
-                if ticket < st.synced_below {
+                if ticket < st.written_below {
                     Step::Done(Ok(()))
                 } else if let Some(f) = &st.failed {
                     Step::Done(Err(f.error_for(Some(ticket))))
@@ -908,7 +1069,7 @@ impl<D: Disk> CommitLog<D> {
                 Step::Done(result) => return result,
                 // Before leading a flush, let the tasks already runnable (the rest of
                 // a batch of requests read in one go) append: they share this
-                // fdatasync. Nothing is claimed meanwhile, so dropping this future
+                // write. Nothing is claimed meanwhile, so dropping this future
                 // here leaves no flush half-led. (8-9 % more throughput and 6 % less
                 // CPU per operation on the 3-node batch-mode benchmark.)
                 Step::Yield => {
@@ -958,7 +1119,7 @@ impl<D: Disk> CommitLog<D> {
     }
 
     /// The leader's work: write `batches` in order (moving to new segments as laid
-    /// out), optionally switch to `roll_to`, fdatasync, then publish the outcome.
+    /// out), optionally switch to `roll_to`, then publish the outcome.
     async fn flush(
         &self,
         batches: Vec<SealedBatch>,
@@ -966,7 +1127,7 @@ impl<D: Disk> CommitLog<D> {
     ) -> Result<(), CommitLogError> {
         let covered = {
             let st = self.inner.state.borrow();
-            let start = batches.first().map_or(st.synced_below, |b| b.ticket);
+            let start = batches.first().map_or(st.written_below, |b| b.ticket);
             start..start + batches.len() as u64
         };
         let mut guard = FlushGuard {
@@ -1032,8 +1193,8 @@ impl<D: Disk> CommitLog<D> {
             write_preallocated(&file, generation, self.inner.cfg.segment_size_bytes).await?;
             file.sync().await?;
             file.close().await?;
-            // Reopened write-through for appends; the handle survives the rename.
-            disk.open_write_through(SPARE_FILE_NAME).await
+            // Reopened for appends; the handle survives the rename.
+            open_for_appends(disk, SPARE_FILE_NAME, self.inner.cfg.sync).await
         }
         .await;
         match prepared {
@@ -1090,13 +1251,14 @@ impl<D: Disk> CommitLog<D> {
             {
                 let mut a = self.inner.active.borrow_mut();
                 a.write_pos += len;
+                a.unsynced |= matches!(self.inner.cfg.sync, SyncMode::Periodic { .. });
             }
             let mut st = self.inner.state.borrow_mut();
             st.stats.batches_written += 1;
             st.stats.bytes_written += len;
         }
-        // Every write above was durable when it completed: the active segment is open
-        // write-through.
+        // Batch mode: every write above was durable when it completed (the segments are
+        // open write-through). Periodic mode: they await the next sync.
         if !batches.is_empty() {
             let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             let mut st = self.inner.state.borrow_mut();
@@ -1109,8 +1271,11 @@ impl<D: Disk> CommitLog<D> {
         Ok(())
     }
 
-    /// Make `target` the active segment (the current one needs no sync: every write to
-    /// it was durable on completion).
+    /// Make `target` the active segment. In batch mode the current one needs no sync:
+    /// every write to it was durable on completion. In periodic mode it is fdatasync'ed
+    /// first, before the next segment's name can become durable, so that at any moment
+    /// only the newest segment on disk can hold unsynced writes: recovery's
+    /// [`HolePolicy::UnsyncedHoleInNewestSegment`] relies on it.
     async fn switch_to(&self, target: SegmentId) -> Result<(), CommitLogError> {
         let current = self.inner.active.borrow().id;
         if target <= current {
@@ -1123,6 +1288,7 @@ impl<D: Disk> CommitLog<D> {
             current.next(),
             "segment generations advance one at a time"
         );
+        self.sync_before_roll().await?;
         let taken = std::mem::replace(&mut *self.inner.spare.borrow_mut(), Spare::None);
         let spare = match taken {
             Spare::Ready { generation, file } if generation == target.0 => Some(file),
@@ -1146,9 +1312,7 @@ impl<D: Disk> CommitLog<D> {
                 self.inner.state.borrow_mut().stats.spares_used += 1;
                 (file, name)
             }
-            None => {
-                create_segment(&self.inner.disk, target, self.inner.cfg.segment_size_bytes).await?
-            }
+            None => create_segment(&self.inner.disk, target, self.inner.cfg).await?,
         };
         let old = std::mem::replace(
             &mut *self.inner.active.borrow_mut(),
@@ -1157,6 +1321,7 @@ impl<D: Disk> CommitLog<D> {
                 name,
                 file: Rc::new(file),
                 write_pos: SEGMENT_HEADER_BYTES,
+                unsynced: false,
             },
         );
         {
@@ -1164,19 +1329,94 @@ impl<D: Disk> CommitLog<D> {
             st.live_segments.insert(target);
             st.stats.segments_created += 1;
         }
-        if let Ok(file) = Rc::try_unwrap(old.file) {
-            // Every write to the old segment is durable; a close error cannot lose data.
-            if let Err(e) = file.close().await {
-                tracing::warn!(file = %old.name, error = %e, "closing a full commit log segment failed");
-            }
+        close_segment(old.file, &old.name).await;
+        Ok(())
+    }
+
+    /// Periodic mode: fdatasync the active segment before a roll leaves it, if anything
+    /// was written to it. Done whether or not a periodic sync ran since the last write: a
+    /// sync clears `unsynced` before its fdatasync completes, so the flag cannot say that
+    /// the data is stable yet. A failure fails the flush, and so the log.
+    async fn sync_before_roll(&self) -> Result<(), CommitLogError> {
+        if self.inner.cfg.sync == SyncMode::Batch {
+            return Ok(());
         }
+        let (name, file) = {
+            let a = self.inner.active.borrow();
+            if a.write_pos <= SEGMENT_HEADER_BYTES {
+                return Ok(());
+            }
+            (a.name.clone(), Rc::clone(&a.file))
+        };
+        file.sync()
+            .await
+            .map_err(|e| io_error(&self.inner.disk.path_of(&name), "fdatasync before roll", e))?;
+        self.inner.state.borrow_mut().stats.segment_syncs += 1;
         Ok(())
     }
 }
 
-/// Create a segment durably: file, header block, zeros up to `size_bytes`
-/// (preallocation), fdatasync, directory sync. Only then may records in it be
-/// acknowledged.
+/// Ends a [`CommitLog::sync`] even if its future is dropped mid-way: then which
+/// fdatasyncs completed is unknown (and the active segment's unsynced flag it took is
+/// cleared), so the log fails rather than let a later sync report success for them.
+struct SyncGuard<'a> {
+    state: &'a RefCell<State>,
+    /// Set when the sync ends; `None` on drop means it was cancelled.
+    outcome: Option<Result<(), Failure>>,
+}
+
+impl Drop for SyncGuard<'_> {
+    fn drop(&mut self) {
+        let wakers = {
+            let mut st = self.state.borrow_mut();
+            assert!(st.syncing, "only the running sync ends one");
+            st.syncing = false;
+            let failure = match self.outcome.take() {
+                Some(Ok(())) => None,
+                Some(Err(failure)) => Some(failure),
+                None => Some(Failure {
+                    covered: 0..0,
+                    file: String::new(),
+                    op: "sync",
+                    kind: io::ErrorKind::Interrupted,
+                    raw_os_error: None,
+                    message: "a sync was cancelled mid-way".into(),
+                }),
+            };
+            if let (Some(failure), None) = (failure, &st.failed) {
+                st.failed = Some(failure);
+            }
+            st.wake_all()
+        };
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
+
+/// Close a segment handle no longer written to. Its writes are durable (synced at the
+/// roll in periodic mode), so a close error cannot lose data.
+async fn close_segment<F: DiskFile>(file: Rc<F>, name: &str) {
+    if let Ok(file) = Rc::try_unwrap(file) {
+        if let Err(e) = file.close().await {
+            tracing::warn!(file = %name, error = %e, "closing a commit log segment failed");
+        }
+    }
+}
+
+/// Open a preallocated segment for appends: write-through (`O_DSYNC`) in batch mode, so
+/// a completed write is durable; plain in periodic mode, so a write completes once it
+/// is on the device and [`CommitLog::sync`] makes it durable.
+async fn open_for_appends<D: Disk>(disk: &D, name: &str, sync: SyncMode) -> io::Result<D::File> {
+    match sync {
+        SyncMode::Batch => disk.open_write_through(name).await,
+        SyncMode::Periodic { .. } => disk.open(name).await,
+    }
+}
+
+/// Create a segment durably: file, header block, zeros up to the segment size
+/// (preallocation), fdatasync, directory sync, then open it for appends as `cfg.sync`
+/// says. Only then may records in it be acknowledged.
 ///
 /// The zeros are written, not merely reserved: on ext4 neither `ftruncate` nor
 /// `fallocate` is enough, because the first write into a hole or an unwritten extent
@@ -1187,7 +1427,7 @@ impl<D: Disk> CommitLog<D> {
 async fn create_segment<D: Disk>(
     disk: &D,
     id: SegmentId,
-    size_bytes: u64,
+    cfg: CommitLogConfig,
 ) -> Result<(D::File, String), CommitLogError> {
     let name = segment_file_name(id.0);
     let path = disk.path_of(&name);
@@ -1195,7 +1435,7 @@ async fn create_segment<D: Disk>(
         .create(&name)
         .await
         .map_err(|e| io_error(&path, "create", e))?;
-    write_preallocated(&file, id.0, size_bytes)
+    write_preallocated(&file, id.0, cfg.segment_size_bytes)
         .await
         .map_err(|e| io_error(&path, "write header and preallocate", e))?;
     file.sync()
@@ -1207,10 +1447,9 @@ async fn create_segment<D: Disk>(
     file.close()
         .await
         .map_err(|e| io_error(&path, "close after preallocating", e))?;
-    let file = disk
-        .open_write_through(&name)
+    let file = open_for_appends(disk, &name, cfg.sync)
         .await
-        .map_err(|e| io_error(&path, "open write-through", e))?;
+        .map_err(|e| io_error(&path, "open for appends", e))?;
     Ok((file, name))
 }
 
@@ -1351,26 +1590,334 @@ mod tests {
         assert_eq!(ids, vec![2, 3, 4]);
     }
 
-    #[test]
-    fn periodic_mode_buffers_until_sync() {
+    fn periodic() -> CommitLogConfig {
+        cfg(1 << 20, SyncMode::Periodic { period_ms: 10 })
+    }
+
+    fn payloads(names: &[&str]) -> Vec<Vec<u8>> {
+        names.iter().map(|n| n.as_bytes().to_vec()).collect()
+    }
+
+    /// Periodic mode: "a" and "b" appended and synced, then "c" appended (written, not
+    /// synced), as between two periodic syncs. Returns the disk with the log dropped.
+    fn periodic_log_between_syncs() -> MemDisk {
         let disk = MemDisk::new();
-        let c = cfg(1 << 20, SyncMode::Periodic { period_ms: 10 });
-        let (log, _) = open(&disk, c);
+        let (log, _) = open(&disk, periodic());
+        let before = disk.counters();
         block_on(async {
             log.append(b"a").await.unwrap();
             log.append(b"b").await.unwrap();
         });
-        assert_eq!(log.stats().batches_written, 0);
+        let after = disk.counters();
+        assert_eq!(
+            (log.stats().batches_written, after.writes - before.writes),
+            (2, 2),
+            "each append was written before it returned"
+        );
+        assert_eq!(after.syncs, before.syncs, "but not synced");
+        let seg0 = segment_file_name(0);
+        let durable = disk.durable_file_bytes(&seg0).unwrap();
+        assert!(
+            durable[ALIGN..].iter().all(|&b| b == 0),
+            "the segment is not open write-through: nothing is durable before a sync"
+        );
+        assert_eq!(disk.last_unsynced_write().unwrap().file, seg0);
+        block_on(log.sync()).unwrap();
+        assert_eq!(disk.counters().syncs, after.syncs + 1, "one fdatasync");
+        assert_eq!(log.stats().segment_syncs, 1);
+        assert_eq!(disk.last_unsynced_write(), None);
+        block_on(log.append(b"c")).unwrap();
+        assert!(
+            disk.last_unsynced_write().is_some(),
+            "c awaits the next sync"
+        );
+        disk
+    }
+
+    #[test]
+    fn periodic_append_is_written_before_it_returns_but_synced_only_by_sync() {
+        // Process crash (kill -9): every acknowledged append is read back.
+        let disk = periodic_log_between_syncs();
+        disk.process_crash();
+        let (_, rec) = open(&disk, periodic());
+        assert_eq!(rec.records, payloads(&["a", "b", "c"]));
+        assert_eq!(rec.torn_tail, None);
+
+        // Power loss: what was written since the last sync is lost, nothing before it.
+        let disk = periodic_log_between_syncs();
+        disk.power_loss();
+        let (_, rec) = open(&disk, periodic());
+        assert_eq!(rec.records, payloads(&["a", "b"]));
+        assert_eq!(rec.torn_tail, None);
+    }
+
+    #[test]
+    fn periodic_group_commit_shares_one_write_and_no_sync() {
+        let disk = MemDisk::new();
+        disk.set_yield_on_io(true);
+        let (log, _) = open(&disk, periodic());
+        let before = disk.counters();
+        let records: Vec<Vec<u8>> = (0..32u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        block_on(async {
+            let mut appends: Vec<_> = records.iter().map(|r| Box::pin(log.append(r))).collect();
+            // Poll all until done, in order, as one executor would.
+            std::future::poll_fn(|cx| {
+                let mut pending = false;
+                for a in &mut appends {
+                    match a.as_mut().poll(cx) {
+                        Poll::Ready(r) => assert_eq!(r.unwrap(), SegmentId(0)),
+                        Poll::Pending => pending = true,
+                    }
+                }
+                if pending {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(())
+                }
+            })
+            .await;
+        });
+        let after = disk.counters();
+        assert_eq!(
+            after.writes - before.writes,
+            1,
+            "one group commit, one write"
+        );
+        assert_eq!(after.syncs, before.syncs, "no fdatasync before the acks");
+        drop(log);
+        disk.process_crash();
+        let (_, rec) = open(&disk, periodic());
+        assert_eq!(rec.records, records);
+    }
+
+    #[test]
+    fn periodic_roll_syncs_the_segment_it_leaves_so_only_the_active_one_is_unsynced() {
+        let disk = MemDisk::new();
+        let (log, _) = open(&disk, periodic());
+        let syncs = disk.counters().syncs;
+        block_on(async {
+            log.append(b"in 0").await.unwrap();
+            assert_eq!(log.roll().await.unwrap(), SegmentId(1));
+        });
+        assert_eq!(log.stats().segment_syncs, 1, "the roll synced segment 0");
+        assert!(
+            disk.unsynced_writes()
+                .iter()
+                .all(|w| w.file != segment_file_name(0)),
+            "nothing of segment 0 awaits a sync"
+        );
+        block_on(async {
+            log.append(b"in 1").await.unwrap();
+            // Synced by the periodic sync and then again by the roll: the roll does not
+            // trust a sync that may still have been in flight.
+            log.sync().await.unwrap();
+            assert_eq!(log.roll().await.unwrap(), SegmentId(2));
+            assert_eq!(log.roll().await.unwrap(), SegmentId(2), "empty: no roll");
+            log.append(b"in 2").await.unwrap();
+        });
+        assert_eq!(log.stats().segment_syncs, 3);
+        let before_sync = disk.counters().syncs;
         block_on(log.sync()).unwrap();
         assert_eq!(
-            (log.stats().batches_written, log.stats().group_commits),
-            (1, 1)
+            disk.counters().syncs - before_sync,
+            1,
+            "a periodic sync has only the active segment to sync"
         );
-        block_on(log.append(b"lost")).unwrap();
+        block_on(log.sync()).unwrap();
+        assert_eq!(
+            disk.counters().syncs - before_sync,
+            1,
+            "nothing new to sync"
+        );
+        assert_eq!(log.stats().segment_syncs, 4);
+        assert!(disk.counters().syncs > syncs);
+
+        block_on(log.append(b"unsynced in 2")).unwrap();
         drop(log);
         disk.power_loss();
-        let (_, rec) = open(&disk, c);
-        assert_eq!(rec.records, vec![b"a".to_vec(), b"b".to_vec()]);
+        let (_, rec) = open(&disk, periodic());
+        assert_eq!(rec.records, payloads(&["in 0", "in 1", "in 2"]));
+    }
+
+    /// Periodic mode: "a" and "b" synced, then "c" and "d" written as two batches, and a
+    /// power loss after which the device had persisted "d" but not "c". Returns the disk
+    /// and the offset of "c"'s batch, now zeros.
+    fn periodic_log_with_unsynced_hole() -> (MemDisk, u64) {
+        let disk = MemDisk::new();
+        let (log, _) = open(&disk, periodic());
+        block_on(async {
+            log.append(b"a").await.unwrap();
+            log.append(b"b").await.unwrap();
+            log.sync().await.unwrap();
+            log.append(b"c").await.unwrap();
+            log.append(b"d").await.unwrap();
+        });
+        let unsynced = disk.unsynced_writes();
+        assert_eq!(unsynced.len(), 2, "c and d, one write each");
+        assert!(unsynced[0].offset < unsynced[1].offset);
+        let hole = unsynced[0].offset;
+        drop(log);
+        disk.power_loss_keeping(&unsynced[1..]);
+        let seg0 = disk.file_bytes(&segment_file_name(0)).unwrap();
+        let at = usize::try_from(hole).unwrap();
+        assert!(seg0[at..at + ALIGN].iter().all(|&b| b == 0), "c is a hole");
+        assert!(seg0[at + ALIGN..].iter().any(|&b| b != 0), "d survived");
+        (disk, hole)
+    }
+
+    fn open_err(disk: &MemDisk, c: CommitLogConfig) -> CommitLogError {
+        match block_on(CommitLog::open(disk.clone(), c, RecoveryPolicy::default())) {
+            Ok((_, rec)) => panic!("expected an error, recovered {rec:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn periodic_recovery_ends_the_log_at_an_unsynced_hole_and_repairs_it() {
+        let (disk, hole) = periodic_log_with_unsynced_hole();
+        let (log, rec) = open(&disk, periodic());
+        assert_eq!(
+            rec.records,
+            payloads(&["a", "b"]),
+            "everything synced is kept"
+        );
+        assert_eq!(rec.torn_tail, None);
+        let lost = rec.unsynced_hole.expect("the hole is reported");
+        assert!(lost.file.ends_with(&segment_file_name(0)));
+        assert_eq!(lost.offset, hole);
+        assert_eq!(
+            (lost.batches_dropped, lost.bytes_dropped),
+            (1, 2 * ALIGN as u64)
+        );
+        block_on(log.append(b"e")).unwrap();
+        block_on(log.sync()).unwrap();
+        drop(log);
+        disk.power_loss();
+        // The repair was durable: segment 0 is no longer the newest and is clean.
+        let (_, rec) = open(&disk, periodic());
+        assert_eq!(rec.records, payloads(&["a", "b", "e"]));
+        assert_eq!((rec.torn_tail, rec.unsynced_hole), (None, None));
+    }
+
+    #[test]
+    fn reopening_after_a_process_crash_syncs_what_the_crashed_process_had_not() {
+        let disk = MemDisk::new();
+        let (log, _) = open(&disk, periodic());
+        block_on(async {
+            log.append(b"a").await.unwrap();
+            log.append(b"b").await.unwrap();
+        });
+        drop(log);
+        disk.process_crash();
+        assert!(!disk.unsynced_writes().is_empty());
+        let (log, rec) = open(&disk, periodic());
+        assert_eq!(rec.records, payloads(&["a", "b"]));
+        assert!(
+            disk.unsynced_writes().is_empty(),
+            "segment 0 is no longer the newest: recovery synced it"
+        );
+        drop(log);
+        disk.power_loss();
+        let (_, rec) = open(&disk, periodic());
+        assert_eq!(
+            rec.records,
+            payloads(&["a", "b"]),
+            "records served after the reopen survive"
+        );
+    }
+
+    #[test]
+    fn batch_mode_and_strict_recovery_refuse_the_same_hole() {
+        for (c, policy) in [
+            (CommitLogConfig::default(), RecoveryPolicy::default()),
+            (periodic(), RecoveryPolicy::Strict),
+        ] {
+            let (disk, hole) = periodic_log_with_unsynced_hole();
+            match block_on(CommitLog::open(disk.clone(), c, policy)) {
+                Err(CommitLogError::Corrupt { file, offset, .. }) => {
+                    assert!(file.ends_with(&segment_file_name(0)));
+                    assert_eq!(offset, hole);
+                }
+                other => panic!("expected Corrupt, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn non_zero_damage_before_a_valid_batch_is_refused_in_both_modes() {
+        for c in [periodic(), CommitLogConfig::default()] {
+            let (disk, hole) = periodic_log_with_unsynced_hole();
+            let name = segment_file_name(0);
+            let mut seg0 = disk.file_bytes(&name).unwrap();
+            let at = usize::try_from(hole).unwrap();
+            seg0[at..at + ALIGN].fill(0x5a);
+            disk.put_file(&name, &seg0);
+            match open_err(&disk, c) {
+                CommitLogError::Corrupt { file, offset, .. } => {
+                    assert!(file.ends_with(&name));
+                    assert_eq!(offset, hole);
+                }
+                other => panic!("expected Corrupt, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_hole_in_an_older_segment_is_refused() {
+        let (disk, hole) = periodic_log_with_unsynced_hole();
+        // A newer segment exists, so the hole is not in the newest one.
+        let mut seg1 = encode_segment_header(1);
+        seg1.resize(4 * ALIGN, 0);
+        disk.put_file(&segment_file_name(1), &seg1);
+        match open_err(&disk, periodic()) {
+            CommitLogError::Corrupt { file, offset, .. } => {
+                assert!(file.ends_with(&segment_file_name(0)));
+                assert_eq!(offset, hole);
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_sync_before_a_roll_fails_the_log() {
+        let disk = MemDisk::new();
+        let (log, _) = open(&disk, periodic());
+        block_on(log.append(b"acknowledged, never synced")).unwrap();
+        disk.fail_nth_of(OpKind::Sync, 1, Fault::Eio);
+        match block_on(log.roll()) {
+            Err(CommitLogError::Io { op, .. }) => assert_eq!(op, "fdatasync before roll"),
+            other => panic!("expected Io, got {other:?}"),
+        }
+        assert!(log.is_failed());
+        assert_eq!(
+            block_on(disk.list()).unwrap(),
+            vec![segment_file_name(0)],
+            "no newer segment was created past the failed sync"
+        );
+    }
+
+    #[test]
+    fn a_failed_periodic_sync_fails_the_log() {
+        let disk = MemDisk::new();
+        let (log, _) = open(&disk, periodic());
+        block_on(log.append(b"acknowledged, never synced")).unwrap();
+        disk.fail_nth_of(OpKind::Sync, 1, Fault::Eio);
+        match block_on(log.sync()) {
+            Err(CommitLogError::Io { source, op, .. }) => {
+                assert_eq!(source.raw_os_error(), Some(libc::EIO));
+                assert_eq!(op, "fdatasync");
+            }
+            other => panic!("expected Io, got {other:?}"),
+        }
+        assert!(log.is_failed());
+        assert!(matches!(
+            block_on(log.append(b"later")),
+            Err(CommitLogError::Failed { .. })
+        ));
+        assert!(matches!(
+            block_on(log.sync()),
+            Err(CommitLogError::Failed { .. })
+        ));
     }
 
     #[test]
