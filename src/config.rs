@@ -111,7 +111,8 @@ where
 pub enum CommitlogSync {
     /// Ack after the group commit's fdatasync (default; no acknowledged write is lost).
     Batch,
-    /// Ack after buffering; fdatasync every `commitlog_sync_period_ms`.
+    /// Ack once the group commit's write completed (not synced); fdatasync every
+    /// `commitlog_sync_period_ms`.
     Periodic,
 }
 

@@ -291,13 +291,6 @@ pub async fn run(
         lost_since_sync = recovered.lost_since_sync.as_deref().unwrap_or("none"),
         "storage engine open"
     );
-    if let Some(lost) = &recovered.lost_since_sync {
-        tracing::warn!(
-            shard = id,
-            lost_since_sync = %lost,
-            "writes since the last periodic sync lost to power loss"
-        );
-    }
 
     let hints_dir = dir.join("hints");
     let hints = super::hints::Hints::open(&hints_dir, &config)

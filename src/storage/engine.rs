@@ -462,7 +462,7 @@ impl<D: Disk + Clone> Engine<D> {
         let mut record = Vec::with_capacity(key.len() + state.size_bytes() + 32);
         encode_record(key, &state, &mut record);
         let segment = inner.log.append(&record).await?.0;
-        // Durable (batch) or buffered (periodic): now visible to reads.
+        // In the commit log (synced in batch mode, written in periodic): now visible to reads.
         let seq = inner.next_seq.get();
         inner.next_seq.set(seq + 1);
         let full = {
