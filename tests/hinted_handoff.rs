@@ -502,8 +502,22 @@ fn strict_quorum_refuses_with_two_homes_cut_off_and_sloppy_quorum_uses_the_fallb
         view(&up, &down)
     };
     isolate(&rules);
-    wait_until("the coordinator to mark both homes down", DEADLINE, || {
-        all_see(std::slice::from_ref(&coordinator), &cut_view)
+    // Every node, since the CLI's client may ask any of them (an `Unavailable` answer
+    // goes to the next coordinator of its plan): the others see both homes down, and
+    // each home sees every other node down.
+    let others: Vec<String> = (0..5)
+        .filter(|i| !homes_cut.contains(i))
+        .map(|i| addrs[i].clone())
+        .collect();
+    wait_until("the cut to be seen on every node", DEADLINE, || {
+        all_see(&others, &cut_view)
+            && homes_cut.iter().all(|h| {
+                let rest: Vec<&String> = (0..5).filter(|i| i != h).map(|i| &addrs[i]).collect();
+                all_see(
+                    std::slice::from_ref(&addrs[*h]),
+                    &view(&[&addrs[*h]], &rest),
+                )
+            })
     });
 
     // Strict: one home alive, W=2 → Unavailable at once, from the library and the CLI.
@@ -917,10 +931,9 @@ fn every_acknowledged_write_survives_20_sigkills_of_a_replica_under_load() {
     let stdout = dir.path().join("kill.out");
     let stderr = dir.path().join("kill.err");
 
-    // One coordinator (node 0) for the whole run: LWW without session timestamps
-    // (the load generator sends none) may order two sequential writes of a key through
-    // two coordinators within one millisecond either way; that documented anomaly is
-    // not what this test is about. Node 2 is killed and restarted.
+    // Node 0 is the contact point for the whole run; node 2 is killed and restarted.
+    // Requests fail over to other coordinators while node 2 is gone; the load
+    // generator's session timestamps order sequential writes of a key across them.
     let duration_s = 120;
     let mut run = ChildGuard(Some(
         Command::new(&loadgen)

@@ -324,3 +324,62 @@ fn metrics_endpoint_reports_every_shard() {
         "{text}"
     );
 }
+
+/// A put carrying a client write timestamp is stored with exactly that version: sent
+/// again (a retry, or an original a stalled node executes late) it is the same version
+/// and cannot overwrite a newer write; one too far ahead of the node's clock is refused.
+#[test]
+fn a_write_timestamp_makes_a_put_sent_twice_one_version() {
+    use ringkv::protocol::session::WriteTimestamp;
+    use ringkv::protocol::types::ErrorReply;
+    let node = Node::start(1, &[]);
+    let mut conn = Connection::connect(node.socket_addr(), Duration::from_secs(5)).unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let stamp = |ms: u64| WriteTimestamp(ringkv::conflict::Hlc::new(ms, 0).0).encode();
+    let put = |value: &str, context: Vec<u8>| Op::Put {
+        key: b"stamped".to_vec(),
+        value: value.as_bytes().to_vec(),
+        consistency: None,
+        context: Some(context),
+        sloppy_quorum: None,
+    };
+    let first = stamp(now_ms - 1000);
+    let expected = ringkv::conflict::Hlc::new(now_ms - 1000, 0).0;
+    assert_eq!(
+        conn.call(put("first", first.clone())).unwrap(),
+        Reply::Written {
+            timestamp: expected
+        },
+        "stored with exactly the client's timestamp"
+    );
+    assert!(matches!(
+        conn.call(put("second", stamp(now_ms))).unwrap(),
+        Reply::Written { .. }
+    ));
+    // The first put again, late: the same version as before, older than the second.
+    assert_eq!(
+        conn.call(put("first", first)).unwrap(),
+        Reply::Written {
+            timestamp: expected
+        }
+    );
+    let read = conn
+        .call(Op::Get {
+            key: b"stamped".to_vec(),
+            consistency: None,
+        })
+        .unwrap();
+    assert!(
+        matches!(&read, Reply::Value { values, .. } if values == &vec![b"second".to_vec()]),
+        "{read:?}"
+    );
+    match conn.call(put("future", stamp(now_ms + 60_000))).unwrap() {
+        Reply::Error(ErrorReply::BadRequest { message }) => {
+            assert!(message.contains("write timestamp refused"), "{message}")
+        }
+        other => panic!("a timestamp a minute ahead: {other:?}"),
+    }
+}

@@ -27,6 +27,7 @@ use crate::transport::Conn;
 use ringkv::client::retry::{self, Decision, Stage};
 use ringkv::client::suspects::backoff;
 use ringkv::client::{ClientError, Router};
+use ringkv::protocol::session::{SessionTimestamp, WriteTimestamp};
 use ringkv::protocol::token::{shard_of, token_of};
 use ringkv::protocol::types::{Consistency, ErrorReply, NodeInfo, NodeStatus, Op, Reply, Topology};
 use std::cell::{Cell, RefCell};
@@ -443,6 +444,23 @@ impl RingkvConnection {
     }
 }
 
+thread_local! {
+    /// The highest HLC timestamp this thread's connections have seen in write acks and
+    /// read replies.
+    static SESSION_TIMESTAMP: Cell<u64> = const { Cell::new(0) };
+    /// This thread's HLC. Every put carries a write timestamp drawn from it after the
+    /// session timestamp (as the library client does, `ringkv::client`): a write
+    /// acknowledged before the next one starts loses to it, whichever nodes coordinate
+    /// the two, and a put sent twice (failed over from a node that still executes it
+    /// later) is one version, not a late overwrite. That is what `--verify` checks.
+    static CLOCK: RefCell<ringkv::conflict::HlcClock> =
+        RefCell::new(ringkv::conflict::HlcClock::new());
+}
+
+fn observe_timestamp(timestamp: u64) {
+    SESSION_TIMESTAMP.with(|s| s.set(s.get().max(timestamp)));
+}
+
 impl Connection for RingkvConnection {
     async fn get(&self, key: &[u8]) -> Result<GetOutcome, OpError> {
         let reply = self
@@ -451,6 +469,15 @@ impl Connection for RingkvConnection {
                 consistency: self.consistency,
             })
             .await?;
+        if let Reply::Value {
+            context: Some(context),
+            ..
+        } = &reply
+        {
+            if let Some(Ok(SessionTimestamp(timestamp))) = SessionTimestamp::decode(context) {
+                observe_timestamp(timestamp);
+            }
+        }
         match reply {
             Reply::Value { mut values, .. } => Ok(match values.len() {
                 0 => GetOutcome::NotFound,
@@ -462,16 +489,25 @@ impl Connection for RingkvConnection {
     }
 
     async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), OpError> {
+        // Drawn once: every attempt of this put carries the same version.
+        let session = SESSION_TIMESTAMP.with(Cell::get);
+        let stamp =
+            CLOCK.with(|c| ringkv::client::next_write_timestamp(&mut c.borrow_mut(), session));
+        let context = WriteTimestamp(stamp).encode();
         let reply = self
             .call_along(key, |conn| Op::Put {
                 key: conn.bytes(key),
                 value: conn.bytes(value),
                 consistency: self.consistency,
-                context: None,
+                context: Some(context.clone()),
                 sloppy_quorum: None,
             })
             .await?;
         match reply {
+            Reply::Written { timestamp } => {
+                observe_timestamp(timestamp);
+                Ok(())
+            }
             Reply::Done => Ok(()),
             other => Err(reply_error(other)),
         }

@@ -50,6 +50,8 @@ pub struct AsyncConnection {
     next_id: Cell<u64>,
     /// The highest HLC timestamp seen in a write ack or read reply (0 = none yet).
     session_timestamp: Cell<u64>,
+    /// This connection's HLC: the write timestamps of its puts and deletes.
+    clock: RefCell<crate::conflict::HlcClock>,
     _reader: glommio::task::JoinHandle<()>,
     _writer: glommio::task::JoinHandle<()>,
 }
@@ -141,6 +143,7 @@ impl AsyncConnection {
             shared,
             next_id: Cell::new(1),
             session_timestamp: Cell::new(0),
+            clock: RefCell::new(crate::conflict::HlcClock::new()),
             _reader: reader_task,
             _writer: writer_task,
         })
@@ -219,7 +222,11 @@ impl AsyncConnection {
             key: key.to_vec(),
             value: value.to_vec(),
             consistency,
-            context: Some(write_context(context, self.session_timestamp())),
+            context: Some(write_context(
+                context,
+                self.session_timestamp(),
+                &mut self.clock.borrow_mut(),
+            )),
             sloppy_quorum: None,
         };
         self.on_write_reply(self.call(op).await?)
@@ -235,7 +242,11 @@ impl AsyncConnection {
         let op = Op::Delete {
             key: key.to_vec(),
             consistency,
-            context: Some(write_context(context, self.session_timestamp())),
+            context: Some(write_context(
+                context,
+                self.session_timestamp(),
+                &mut self.clock.borrow_mut(),
+            )),
             sloppy_quorum: None,
         };
         self.on_write_reply(self.call(op).await?)

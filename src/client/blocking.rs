@@ -164,8 +164,9 @@ impl Connection {
 /// query plan ([`Router::plan`]: the key's replicas in ring order, then every other
 /// node, suspects last) until a node answers, the retry rule says stop, or its
 /// deadline ([`Client::set_request_timeout`]) passes. Every connect waits at most the
-/// connect timeout or the time left, whichever is less; an attempt that is not the
-/// last of its plan waits at most half the time left for its reply, so that a node
+/// connect timeout or the time left, whichever is less (at most
+/// [`FAILOVER_CONNECT_TIMEOUT`] when another node follows in the plan); an attempt that
+/// is not the last of its plan waits at most half the time left for its reply, so that a node
 /// which accepted the connection and then went silent leaves time for the next. A
 /// node whose connection failed becomes a suspect of this client ([`Suspects`]) until
 /// a probe succeeds.
@@ -185,12 +186,17 @@ pub struct Client {
     suspects: Suspects,
     /// The highest HLC timestamp seen in a write ack or read reply (0 = none yet).
     session_timestamp: u64,
+    /// This client's HLC: the write timestamps of its puts and deletes.
+    clock: crate::conflict::HlcClock,
     /// Send every keyed request to the seed node (it coordinates), not to the key's
     /// first replica.
     pinned_to_seed: bool,
     /// Sent with every put and delete: the per-request `sloppy_quorum` override.
     sloppy_quorum: Option<bool>,
 }
+
+/// The longest connect of an attempt that has another node after it in its plan.
+pub const FAILOVER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The default deadline of one request: above a server's default request timeout
 /// (2 s), so its typed `Timeout` answer arrives, with room for failovers.
@@ -248,6 +254,7 @@ impl Client {
             connections: HashMap::new(),
             suspects: Suspects::default(),
             session_timestamp: 0,
+            clock: crate::conflict::HlcClock::new(),
             pinned_to_seed: false,
             sloppy_quorum: None,
         };
@@ -423,7 +430,14 @@ impl Client {
             self.connections.remove(&addr);
         }
         if !self.connections.contains_key(&addr) {
-            let timeout = self.timeout.min(left());
+            // A connect that is not the plan's last gets at most a second: a reachable
+            // node accepts in far less, and a cut one must not eat the deadline.
+            let cap = if reply_by < deadline {
+                self.timeout.min(FAILOVER_CONNECT_TIMEOUT)
+            } else {
+                self.timeout
+            };
+            let timeout = cap.min(left());
             if timeout.is_zero() {
                 return Err(deadline_passed());
             }
@@ -549,7 +563,11 @@ impl Client {
             key: key.to_vec(),
             value: value.to_vec(),
             consistency,
-            context: Some(write_context(context, self.session_timestamp)),
+            context: Some(write_context(
+                context,
+                self.session_timestamp,
+                &mut self.clock,
+            )),
             sloppy_quorum: self.sloppy_quorum,
         };
         let reply = self.call_keyed(key, op)?;
@@ -566,7 +584,11 @@ impl Client {
         let op = Op::Delete {
             key: key.to_vec(),
             consistency,
-            context: Some(write_context(context, self.session_timestamp)),
+            context: Some(write_context(
+                context,
+                self.session_timestamp,
+                &mut self.clock,
+            )),
             sloppy_quorum: self.sloppy_quorum,
         };
         let reply = self.call_keyed(key, op)?;

@@ -25,7 +25,8 @@ pub mod retry;
 pub mod suspects;
 
 use crate::cluster::ring::Ring;
-use crate::protocol::session::SessionTimestamp;
+use crate::conflict::{Hlc, HlcClock};
+use crate::protocol::session::{SessionTimestamp, WriteTimestamp};
 use crate::protocol::token::{shard_of, token_of};
 use crate::protocol::types::{ErrorReply, NodeInfo, NodeStatus, Reply, Topology};
 use std::net::SocketAddr;
@@ -205,10 +206,29 @@ impl Router {
 }
 
 /// The context a put or delete carries: the caller's own (a causal context, or a session
-/// timestamp it kept), else the session timestamp `session` (0 = none seen yet, which
-/// still asks an LWW server for the written timestamp).
-pub(crate) fn write_context(context: Option<Vec<u8>>, session: u64) -> Vec<u8> {
-    context.unwrap_or_else(|| SessionTimestamp(session).encode())
+/// timestamp it kept), else a client write timestamp from `clock`, drawn after the
+/// session timestamp `session` (the highest seen), so the write is newer than anything
+/// this client saw and a retry of it is the same version ([`WriteTimestamp`]).
+pub(crate) fn write_context(
+    context: Option<Vec<u8>>,
+    session: u64,
+    clock: &mut HlcClock,
+) -> Vec<u8> {
+    context.unwrap_or_else(|| WriteTimestamp(next_write_timestamp(clock, session)).encode())
+}
+
+/// The next write timestamp of a client's clock: after `session` and after every one
+/// it drew before, at least the wall clock. Servers refuse one further ahead of their
+/// clock than `max_clock_skew_ms`, so clients need clocks as good as the nodes'.
+pub fn next_write_timestamp(clock: &mut HlcClock, session: u64) -> u64 {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    if session != 0 {
+        // Timestamps the cluster handed out are trusted: no skew bound here.
+        let _ = clock.observe(now_ms, Hlc(session), u64::MAX);
+    }
+    clock.now(now_ms).0
 }
 
 /// The session timestamp a context carries, if it is one (an LWW read's context).

@@ -24,11 +24,15 @@
 //! rather than a later connection error (Cassandra's drivers retry it on the next host
 //! too).
 //!
-//! Why LWW writes may be sent again: the retry carries the same value (or tombstone)
-//! and the same session context, and a coordinator stamps it after that context, so the
-//! key ends up holding that value whether the first attempt was applied or not. The
-//! retried write may carry a later timestamp than the first attempt had: the effect is
-//! at-least-once delivery of the same value. A causal write's context names the
+//! Why LWW writes may be sent again: our clients give each put and delete without a
+//! context of its own a client write timestamp ([`WriteTimestamp`]), drawn once per
+//! request, and the coordinator stores exactly that version. A retry carries the same
+//! value (or tombstone) and the same version, so however many times it is executed, and
+//! however late (an original held by a stalled node that runs it after the retry
+//! succeeded), the key holds one version of it and newer writes stay newer. A write
+//! with only a session timestamp (a caller's own context) is stamped by each
+//! coordinator that executes it: retried, it is at-least-once delivery of the same
+//! value, possibly with a later timestamp. A causal write's context names the
 //! versions it replaces; were the first attempt applied, the retry would no longer
 //! replace what the caller read, and a second copy of the value would appear as a
 //! sibling. The client cannot tell, so it says so ([`super::ClientError::Indeterminate`]).
@@ -37,6 +41,7 @@
 //! equal sibling, which the next write with a read's context replaces.
 
 use super::context_timestamp;
+use crate::protocol::session::WriteTimestamp;
 use crate::protocol::types::Op;
 
 /// What a request is, as far as sending it twice goes.
@@ -90,6 +95,9 @@ pub fn classify(op: &Op) -> RequestKind {
         Op::Put { context, .. } | Op::Delete { context, .. } => match context.as_deref() {
             None => RequestKind::SessionWrite,
             Some(bytes) if context_timestamp(Some(bytes)).is_some() => RequestKind::SessionWrite,
+            Some(bytes) if matches!(WriteTimestamp::decode(bytes), Some(Ok(_))) => {
+                RequestKind::SessionWrite
+            }
             Some(_) => RequestKind::CausalWrite,
         },
         _ => RequestKind::NodeBound,

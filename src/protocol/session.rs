@@ -42,6 +42,80 @@ pub const ENCODED_BYTES: usize = MAGIC.len() + 1 + 8;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct SessionTimestamp(pub u64);
 
+/// The four bytes a write timestamp context starts with ("RingKv Write Timestamp").
+pub const WRITE_MAGIC: [u8; 4] = *b"RKWT";
+
+/// The exact HLC timestamp a client gives its LWW put or delete (a client-side
+/// timestamp, as Cassandra's drivers assign them), sent as the `context`. The
+/// coordinator stamps the write with exactly this timestamp (after refusing one further
+/// ahead of its clock than `max_clock_skew_ms`) and observes it, so its own later stamps
+/// come after. A client draws it from its own HLC after observing every timestamp it
+/// has seen, so it is newer than anything the client read or wrote before, like a
+/// [`SessionTimestamp`].
+///
+/// What it buys: a request sent twice (a retry at another coordinator after a
+/// connection failure, or an original delayed in a stalled node that executes it
+/// later) writes the *same* version twice, which merges to one. With a session
+/// timestamp each coordinator would stamp its own, and a late original could overwrite
+/// newer writes.
+///
+/// Layout (13 bytes), as [`SessionTimestamp`]'s with its own magic:
+///
+/// ```text
+/// offset  size  field
+/// 0       4     magic "RKWT"
+/// 4       1     format version = 1
+/// 5       8     HLC timestamp, u64 little-endian (never 0)
+/// ```
+///
+/// A causal-mode server reads it as the empty causal context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WriteTimestamp(pub u64);
+
+impl WriteTimestamp {
+    pub fn encode(self) -> Vec<u8> {
+        encode_tagged(WRITE_MAGIC, self.0)
+    }
+
+    /// Whether `context` claims to be a write timestamp (starts with its magic).
+    pub fn is_write_context(context: &[u8]) -> bool {
+        context.starts_with(&WRITE_MAGIC)
+    }
+
+    /// `None` when `context` is not a write timestamp; an error when it starts with the
+    /// magic but is broken.
+    pub fn decode(context: &[u8]) -> Option<Result<WriteTimestamp, SessionDecodeError>> {
+        decode_tagged(WRITE_MAGIC, context).map(|r| r.map(WriteTimestamp))
+    }
+}
+
+fn encode_tagged(magic: [u8; 4], timestamp: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ENCODED_BYTES);
+    out.extend_from_slice(&magic);
+    out.push(FORMAT_VERSION);
+    out.extend_from_slice(&timestamp.to_le_bytes());
+    assert_eq!(out.len(), ENCODED_BYTES);
+    out
+}
+
+fn decode_tagged(magic: [u8; 4], context: &[u8]) -> Option<Result<u64, SessionDecodeError>> {
+    if !context.starts_with(&magic) {
+        return None;
+    }
+    if context.len() != ENCODED_BYTES {
+        return Some(Err(SessionDecodeError::Length {
+            len_bytes: context.len(),
+        }));
+    }
+    let version = context[magic.len()];
+    if version != FORMAT_VERSION {
+        return Some(Err(SessionDecodeError::UnsupportedFormatVersion(version)));
+    }
+    let mut timestamp = [0u8; 8];
+    timestamp.copy_from_slice(&context[magic.len() + 1..]);
+    Some(Ok(u64::from_le_bytes(timestamp)))
+}
+
 /// Why bytes that claim to be a session timestamp are not one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SessionDecodeError {
@@ -53,12 +127,7 @@ pub enum SessionDecodeError {
 
 impl SessionTimestamp {
     pub fn encode(self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(ENCODED_BYTES);
-        out.extend_from_slice(&MAGIC);
-        out.push(FORMAT_VERSION);
-        out.extend_from_slice(&self.0.to_le_bytes());
-        assert_eq!(out.len(), ENCODED_BYTES);
-        out
+        encode_tagged(MAGIC, self.0)
     }
 
     /// Whether `context` claims to be a session timestamp (starts with the magic).
@@ -69,21 +138,7 @@ impl SessionTimestamp {
     /// `None` when `context` is not a session timestamp at all (another kind of
     /// context); an error when it starts with the magic but is broken.
     pub fn decode(context: &[u8]) -> Option<Result<SessionTimestamp, SessionDecodeError>> {
-        if !Self::is_session_context(context) {
-            return None;
-        }
-        if context.len() != ENCODED_BYTES {
-            return Some(Err(SessionDecodeError::Length {
-                len_bytes: context.len(),
-            }));
-        }
-        let version = context[MAGIC.len()];
-        if version != FORMAT_VERSION {
-            return Some(Err(SessionDecodeError::UnsupportedFormatVersion(version)));
-        }
-        let mut timestamp = [0u8; 8];
-        timestamp.copy_from_slice(&context[MAGIC.len() + 1..]);
-        Some(Ok(SessionTimestamp(u64::from_le_bytes(timestamp))))
+        decode_tagged(MAGIC, context).map(|r| r.map(SessionTimestamp))
     }
 }
 
@@ -105,6 +160,25 @@ mod tests {
         assert_eq!(
             SessionTimestamp::decode(&SessionTimestamp(0).encode()),
             Some(Ok(SessionTimestamp(0)))
+        );
+    }
+
+    #[test]
+    fn write_timestamps_have_their_own_magic() {
+        let bytes = WriteTimestamp(0x0102_0304_0506_0708).encode();
+        assert_eq!(
+            bytes,
+            [b'R', b'K', b'W', b'T', 1, 8, 7, 6, 5, 4, 3, 2, 1].to_vec()
+        );
+        assert_eq!(
+            WriteTimestamp::decode(&bytes),
+            Some(Ok(WriteTimestamp(0x0102_0304_0506_0708)))
+        );
+        assert_eq!(SessionTimestamp::decode(&bytes), None);
+        assert_eq!(WriteTimestamp::decode(&SessionTimestamp(5).encode()), None);
+        assert_eq!(
+            WriteTimestamp::decode(&bytes[..9]),
+            Some(Err(SessionDecodeError::Length { len_bytes: 9 }))
         );
     }
 

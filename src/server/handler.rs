@@ -12,7 +12,7 @@ use super::shard::Shard;
 use crate::conflict::{
     causal, Actor, CausalContext, CausalState, ConflictMode, Hlc, KeyState, LwwCell,
 };
-use crate::protocol::session::SessionTimestamp;
+use crate::protocol::session::{SessionTimestamp, WriteTimestamp};
 use crate::protocol::types::{ErrorReply, NodeInfo, NodeStatus, Op, Reply, Topology};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -167,16 +167,26 @@ async fn write(
     match shard.config.conflict_mode {
         ConflictMode::Lww => {
             // Any other context (a causal one) means nothing to LWW and is ignored.
-            let session = match context.as_deref().and_then(SessionTimestamp::decode) {
-                None => None,
-                Some(Ok(session)) => Some(session),
-                Some(Err(e)) => {
+            let bytes = context.as_deref().unwrap_or_default();
+            let stamp = match (
+                SessionTimestamp::decode(bytes),
+                WriteTimestamp::decode(bytes),
+            ) {
+                (Some(Ok(session)), _) => ClientStamp::After(session.0),
+                (_, Some(Ok(WriteTimestamp(0)))) => {
+                    return Reply::Error(ErrorReply::BadRequest {
+                        message: "invalid context: a write timestamp of 0".into(),
+                    })
+                }
+                (_, Some(Ok(exact))) => ClientStamp::Exactly(exact.0),
+                (Some(Err(e)), _) | (_, Some(Err(e))) => {
                     return Reply::Error(ErrorReply::BadRequest {
                         message: format!("invalid context: {e}"),
                     })
                 }
+                (None, None) => ClientStamp::None,
             };
-            write_lww(shard, key, value, placement, opts, session).await
+            write_lww(shard, key, value, placement, opts, stamp).await
         }
         ConflictMode::Causal => {
             if let Some(p) = placement
@@ -219,11 +229,15 @@ async fn write_causal(
 ) -> Reply {
     let decoded = match context {
         None | Some([]) => Ok(CausalContext::default()),
-        Some(bytes) => match SessionTimestamp::decode(bytes) {
-            // An LWW session timestamp says nothing about siblings: the empty context.
-            Some(Ok(_)) => Ok(CausalContext::default()),
-            Some(Err(e)) => Err(e.to_string()),
-            None => CausalContext::decode(bytes).map_err(|e| e.to_string()),
+        Some(bytes) => match (
+            SessionTimestamp::decode(bytes),
+            WriteTimestamp::decode(bytes),
+        ) {
+            // LWW session and write timestamps say nothing about siblings: the empty
+            // context.
+            (Some(Ok(_)), _) | (_, Some(Ok(_))) => Ok(CausalContext::default()),
+            (Some(Err(e)), _) | (_, Some(Err(e))) => Err(e.to_string()),
+            (None, None) => CausalContext::decode(bytes).map_err(|e| e.to_string()),
         },
     };
     let client_context = match decoded {
@@ -271,29 +285,54 @@ async fn write_causal(
     }
 }
 
+/// What an LWW write's context says about its timestamp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientStamp {
+    /// No context: the coordinator stamps it.
+    None,
+    /// A session timestamp: the coordinator stamps it after this.
+    After(u64),
+    /// A client write timestamp: the write carries exactly this.
+    Exactly(u64),
+}
+
 /// LWW mode: stamp the write with this shard's HLC, after observing the client's
 /// session timestamp (if it sent one), so the new version is newer than every version
-/// the client saw, whichever coordinator stamped those. A session timestamp further
-/// ahead than `max_clock_skew_ms` is refused like any received timestamp. A request
-/// with a session timestamp is answered with `Written { timestamp }`.
+/// the client saw, whichever coordinator stamped those; or, with a client write
+/// timestamp ([`WriteTimestamp`]), with exactly that one (so a request executed twice
+/// writes one version). A client timestamp further ahead than `max_clock_skew_ms` is
+/// refused like any received timestamp. A request with either is answered with
+/// `Written { timestamp }`.
 async fn write_lww(
     shard: &Rc<Shard>,
     key: &[u8],
     value: Option<Vec<u8>>,
     placement: Option<replication::Placement>,
     opts: WriteOpts,
-    session: Option<SessionTimestamp>,
+    stamp: ClientStamp,
 ) -> Reply {
     let timestamp = {
         let mut hlc = shard.hlc.borrow_mut();
-        if let Some(SessionTimestamp(seen)) = session.filter(|s| s.0 != 0) {
-            if let Err(e) = hlc.observe(now_ms(), Hlc(seen), shard.config.max_clock_skew_ms) {
-                return Reply::Error(ErrorReply::BadRequest {
-                    message: format!("session timestamp refused: {e}"),
-                });
+        let skew = shard.config.max_clock_skew_ms;
+        match stamp {
+            ClientStamp::None | ClientStamp::After(0) => hlc.now(now_ms()),
+            ClientStamp::After(seen) => {
+                if let Err(e) = hlc.observe(now_ms(), Hlc(seen), skew) {
+                    return Reply::Error(ErrorReply::BadRequest {
+                        message: format!("session timestamp refused: {e}"),
+                    });
+                }
+                hlc.now(now_ms())
+            }
+            ClientStamp::Exactly(exact) => {
+                if let Err(e) = hlc.observe(now_ms(), Hlc(exact), skew) {
+                    return Reply::Error(ErrorReply::BadRequest {
+                        message: format!("write timestamp refused: {e}"),
+                    });
+                }
+                Hlc(exact)
             }
         }
-        hlc.now(now_ms())
     };
     let state = KeyState::Lww(LwwCell { timestamp, value });
     let reply = match placement {
@@ -307,7 +346,7 @@ async fn write_lww(
         },
     };
     match reply {
-        Reply::Done if session.is_some() => Reply::Written {
+        Reply::Done if stamp != ClientStamp::None => Reply::Written {
             timestamp: timestamp.0,
         },
         other => other,
