@@ -1,0 +1,170 @@
+//! Availability while a node dies, on real processes: three nodes, RF=3, the default
+//! gossip interval (so gossip takes several seconds to convict), the load generator at
+//! QUORUM with `--verify` and 8 connections × 4 in flight. One node is killed with
+//! SIGKILL (or silenced with SIGSTOP) a few seconds into the run and brought back later.
+//! Through the whole window before and after gossip convicts it, requests fail over to
+//! the other nodes: at most the requests in flight at the kill may fail, no read is
+//! older than an acknowledged write, and the final pass finds every acknowledged write
+//! at QUORUM.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{loadgen_bin, status_rows, wait_until, ChildGuard, Cluster};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(90);
+const SECRET: &str = "death-secret";
+const CONNECTIONS: u64 = 8;
+const PIPELINE: u64 = 4;
+
+#[derive(Clone, Copy, Debug)]
+enum Death {
+    Kill,
+    Stop,
+}
+
+fn all_up(cluster: &Cluster) -> bool {
+    let addrs = cluster.addrs();
+    addrs.iter().all(|host| {
+        status_rows(host).is_some_and(|rows| {
+            rows.len() == addrs.len() && addrs.iter().all(|a| rows.get(a).is_some_and(|r| r.0))
+        })
+    })
+}
+
+fn signal(pid: i32, sig: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{sig} {pid}");
+}
+
+fn trial(death: Death) {
+    let Some(loadgen) = loadgen_bin() else {
+        println!("SKIPPED: ringkv-loadgen not built (cargo build --workspace, as .ci/run does)");
+        return;
+    };
+    let flags = ["--replication-factor", "3", "--cluster-secret", SECRET];
+    let mut cluster = Cluster::start(&[1, 1, 1], &flags);
+    wait_until("every node to see 3 nodes up", DEADLINE, || {
+        all_up(&cluster)
+    });
+    let hosts = cluster.addrs().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    let out = dir.path().join("run.out");
+    let err = dir.path().join("run.err");
+    let duration_s = 30;
+    let mut run = ChildGuard(Some(
+        Command::new(&loadgen)
+            .args([
+                "--hosts",
+                &hosts,
+                "--consistency",
+                "quorum",
+                "--verify",
+                "--verify-final",
+                "--verify-final-consistency",
+                "quorum",
+                "--read-ratio",
+                "0.5",
+                "--keys",
+                "2000",
+                "--value-size",
+                "32",
+                "--connections",
+                &CONNECTIONS.to_string(),
+                "--pipeline",
+                &PIPELINE.to_string(),
+                "--rate",
+                "1500",
+                "--attempt-timeout",
+                "500ms",
+                "--warmup",
+                "0s",
+                "--duration",
+                &format!("{duration_s}s"),
+                "--json",
+                &json.display().to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(std::fs::File::create(&out).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(&err).unwrap()))
+            .spawn()
+            .unwrap(),
+    ));
+    // The schedule of the trial (events at fixed times of the run, not waits).
+    let started = Instant::now();
+    let at = |s: u64| {
+        let when = started + Duration::from_secs(s);
+        std::thread::sleep(when.saturating_duration_since(Instant::now()));
+    };
+    at(6);
+    assert!(run.is_running(), "the load generator ended early");
+    let victim = 1;
+    let pid = cluster.nodes[victim].pid();
+    match death {
+        Death::Kill => cluster.nodes[victim].kill(),
+        Death::Stop => signal(pid, "STOP"),
+    }
+    at(18);
+    match death {
+        Death::Kill => cluster.nodes[victim].restart(),
+        Death::Stop => signal(pid, "CONT"),
+    }
+    wait_until("every node to see 3 nodes up again", DEADLINE, || {
+        all_up(&cluster)
+    });
+    let status = run.wait_with_deadline(Duration::from_secs(duration_s + 120));
+    let stdout = std::fs::read_to_string(&out).unwrap();
+    let stderr = std::fs::read_to_string(&err).unwrap();
+    println!("{death:?} trial:\n{stdout}");
+    assert!(
+        status.success(),
+        "loadgen exit {status}:\n{stdout}\n{stderr}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let errors: u64 = report["total"]["errors"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert!(
+        errors <= CONNECTIONS * PIPELINE,
+        "{errors} failed requests, more than the {} in flight at the {death:?}: {}",
+        CONNECTIONS * PIPELINE,
+        report["total"]["errors"]
+    );
+    assert!(
+        report["total"]["count"].as_u64().unwrap() > 1000,
+        "{report}"
+    );
+    assert_eq!(report["verify"]["violations"], 0, "{report}");
+    let final_line = stdout
+        .lines()
+        .find(|l| l.starts_with("verify-final:"))
+        .expect("a verify-final line");
+    assert!(
+        final_line.ends_with(" 0 missing, 0 stale, 0 unreadable"),
+        "every acknowledged write is readable at QUORUM: {final_line}"
+    );
+    println!(
+        "{death:?}: {errors} errors, {} failovers",
+        report["connections"]["failovers"]
+    );
+}
+
+#[test]
+fn sigkill_of_a_replica_under_quorum_load_fails_at_most_the_requests_in_flight() {
+    trial(Death::Kill);
+}
+
+#[test]
+fn sigstop_of_a_replica_under_quorum_load_fails_at_most_the_requests_in_flight() {
+    trial(Death::Stop);
+}
