@@ -7,7 +7,7 @@
 # pending at the heal and the hints replayed (`ringkv_hints_delivered_total`).
 #
 #   cluster/bench_hint_drain.sh                 # 5 runs, 30 s cut, 2000 writes/s
-#   RUNS=5 CUT_SECONDS=30 RATE=2000 SHARDS=1 HINT_REPLAY_RATE=1000 BUILD=1 PORT_BASE=17400
+#   RUNS=5 CUT_SECONDS=30 RATE=2000 SHARDS=1 HINT_REPLAY_RATE=10000 BUILD=1 PORT_BASE=17400
 #
 # Drain time runs from the moment the rules are removed (it includes the failure
 # detector noticing the node is back) to the first poll (every 50 ms) that sees no
@@ -20,7 +20,7 @@ runs="${RUNS:-5}"
 cut_s="${CUT_SECONDS:-30}"
 rate="${RATE:-2000}"
 shards="${SHARDS:-1}"
-replay_rate="${HINT_REPLAY_RATE:-1000}"
+replay_rate="${HINT_REPLAY_RATE:-10000}"
 port_base="${PORT_BASE:-17400}"
 
 bin="$PWD/target/release/ringkv"

@@ -251,7 +251,7 @@ pub struct ConfigLayer {
     #[arg(long)]
     #[serde(default, deserialize_with = "int_or_str")]
     pub max_hints_bytes: Option<ByteSize>,
-    /// Hint replay rate per shard, in mutations per second [default 1000]
+    /// Hint replay rate per shard, in mutations per second [default 10000]
     #[arg(long)]
     pub hint_replay_rate: Option<u64>,
     /// Reject timestamps further ahead than this [default 5000ms]
@@ -647,7 +647,7 @@ impl ConfigLayer {
             phi_convict_threshold,
             max_hint_window_ms: ms(self.max_hint_window, 3 * 3_600_000),
             max_hints_bytes: size(self.max_hints_bytes, 1 << 30),
-            hint_replay_rate: self.hint_replay_rate.unwrap_or(1000),
+            hint_replay_rate: self.hint_replay_rate.unwrap_or(10_000),
             max_clock_skew_ms: ms(self.max_clock_skew_ms, 5000),
             clock_offset_ms,
             max_siblings,

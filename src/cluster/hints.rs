@@ -66,7 +66,7 @@ impl Default for HintLimits {
         Self {
             max_hint_window_ms: 3 * 3600 * 1000,
             max_hints_bytes: 1 << 30,
-            replay_rate_per_s: 1000,
+            replay_rate_per_s: 10_000,
             max_in_flight_per_target: 8,
             retry_backoff_ms: 1000,
             replay_timeout_ms: 10_000,
