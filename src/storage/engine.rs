@@ -543,13 +543,13 @@ impl<D: Disk + Clone> Engine<D> {
         // not in the list, so nothing is missed.
         let tables: Vec<Rc<Sstable<D>>> = {
             let st = self.inner.state.borrow();
-            for (key, entry) in st.active.table.iter() {
+            for (key, entry) in st.active.table.iter_unordered() {
                 if matches(key) {
                     window.offer(key, || Some(entry.state.clone()));
                 }
             }
             for frozen in &st.frozen {
-                for (key, entry) in frozen.table.iter() {
+                for (key, entry) in frozen.table.iter_unordered() {
                     if matches(key) {
                         window.offer(key, || Some(entry.state.clone()));
                     }
@@ -637,10 +637,11 @@ impl<D: Disk + Clone> Engine<D> {
             if st.active.table.is_empty() {
                 return Ok(());
             }
+            let keys = st.active.table.len();
             let old = std::mem::replace(
                 &mut st.active,
                 Active {
-                    table: Memtable::new(),
+                    table: Memtable::with_capacity(keys),
                     min_segment: None,
                 },
             );

@@ -15,6 +15,11 @@
 //! entry per key: a later write to the same key is merged into it, not stored beside it.
 //! SSTables are written in the same order, so [`Memtable::iter`] is the flush order.
 //!
+//! Entries live in a hash map and the key order in a B-tree set beside it, both holding
+//! the same shared key: a point read is one hash probe instead of a B-tree descent that
+//! chases a heap pointer at every comparison, an overwrite touches only the hash map, and
+//! the order is kept up as keys arrive, so a flush never stops the shard to sort.
+//!
 //! Each [`Entry`] carries two different orders, kept apart on purpose:
 //! - `seq`: the per-shard write sequence number, the local order in which this shard
 //!   applied writes (commit-log order). It says nothing about which value wins.
@@ -22,7 +27,8 @@
 //!   causal context in causal mode). Only `merge` looks at it.
 
 use crate::conflict::{merge, KeyState};
-use std::collections::BTreeMap;
+use ahash::AHashMap;
+use std::collections::BTreeSet;
 use std::mem::size_of;
 use std::rc::Rc;
 
@@ -35,18 +41,24 @@ pub struct Entry {
     pub state: KeyState,
 }
 
-/// Bytes charged per entry on top of its key and [`KeyState::size_bytes`]: the map's
-/// copy of the key's `Vec` header, the [`Entry`] itself, and a share of a B-tree node.
-/// In-memory accounting only; it never reaches disk.
-pub const ENTRY_OVERHEAD_BYTES: usize = size_of::<Vec<u8>>() + size_of::<Entry>() + 32;
+/// Bytes charged per entry on top of its key and [`KeyState::size_bytes`]: the shared
+/// key's two handles (hash map and order set) and its reference counts, the [`Entry`]
+/// itself, and a share of a hash table's spare slots and of a B-tree node. In-memory
+/// accounting only; it never reaches disk.
+pub const ENTRY_OVERHEAD_BYTES: usize = 2 * size_of::<Key>() + 16 + size_of::<Entry>() + 48;
 
-// The overhead must at least cover what the map stores inline per entry.
-const _: () = assert!(ENTRY_OVERHEAD_BYTES >= size_of::<Vec<u8>>() + size_of::<Entry>());
+// The overhead must at least cover what the two maps store inline per entry.
+const _: () = assert!(ENTRY_OVERHEAD_BYTES >= 2 * size_of::<Key>() + 16 + size_of::<Entry>());
+
+/// A key shared by the hash map and the order set.
+type Key = Rc<[u8]>;
 
 /// The mutable memtable of one shard. See the module doc for the key order.
 #[derive(Debug, Default)]
 pub struct Memtable {
-    entries: BTreeMap<Vec<u8>, Entry>,
+    entries: AHashMap<Key, Entry>,
+    /// Every key of `entries`, in key order.
+    order: BTreeSet<Key>,
     /// Sum over entries of `charge(key, state)`.
     size_bytes: usize,
     /// Smallest and largest `seq` applied, if any.
@@ -61,6 +73,15 @@ fn charge(key: &[u8], state: &KeyState) -> usize {
 impl Memtable {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty memtable with room for `keys` entries, so that filling it to about the
+    /// size of the last one never stops a write to grow (and copy) the hash table.
+    pub fn with_capacity(keys: usize) -> Self {
+        Memtable {
+            entries: AHashMap::with_capacity(keys),
+            ..Self::default()
+        }
     }
 
     /// Merge `state` into the entry of `key`, recording `seq` as the write's local
@@ -91,7 +112,9 @@ impl Memtable {
             }
             None => {
                 self.size_bytes += charge(key, &state);
-                self.entries.insert(key.to_vec(), Entry { seq, state });
+                let shared: Key = Rc::from(key);
+                self.order.insert(shared.clone());
+                self.entries.insert(shared, Entry { seq, state });
             }
         }
     }
@@ -127,9 +150,15 @@ impl Memtable {
 
     /// All entries in key order (the flush order).
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Entry)> + '_ {
-        self.entries
-            .iter()
-            .map(|(key, entry)| (key.as_slice(), entry))
+        self.order.iter().map(|key| {
+            let entry = &self.entries[key];
+            (&key[..], entry)
+        })
+    }
+
+    /// All entries in no particular order (cheaper than [`Memtable::iter`]).
+    pub fn iter_unordered(&self) -> impl Iterator<Item = (&[u8], &Entry)> + '_ {
+        self.entries.iter().map(|(key, entry)| (&key[..], entry))
     }
 
     /// Freeze for flushing. `covers_segment_id` is the id of the last commit-log segment
@@ -157,6 +186,12 @@ impl Memtable {
             recomputed, self.size_bytes,
             "memtable size accounting drifted"
         );
+        assert_eq!(
+            self.order.len(),
+            self.entries.len(),
+            "key order set drifted"
+        );
+        assert!(self.order.iter().all(|key| self.entries.contains_key(key)));
         if let Some((min_seq, max_seq)) = self.seq_range {
             assert!(min_seq <= max_seq);
             assert!(self
@@ -218,6 +253,11 @@ impl FrozenMemtable {
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Entry)> + '_ {
         self.inner.table.iter()
     }
+
+    /// All entries in no particular order.
+    pub fn iter_unordered(&self) -> impl Iterator<Item = (&[u8], &Entry)> + '_ {
+        self.inner.table.iter_unordered()
+    }
 }
 
 #[cfg(test)]
@@ -225,6 +265,7 @@ mod tests {
     use super::*;
     use crate::conflict::{Hlc, LwwCell};
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     fn put(ts: u64, value: &[u8]) -> KeyState {
         KeyState::Lww(LwwCell {
