@@ -275,7 +275,7 @@ pub struct ConfigLayer {
     /// In-flight requests per connection; beyond it the connection is not read until one finishes (TCP backpressure) [default 1024]
     #[arg(long)]
     pub max_inflight_per_connection: Option<u32>,
-    /// In-flight requests per shard before Overloaded [default 16384]
+    /// In-flight requests per shard; each further request is answered Overloaded from its id alone, before any decode [default 4096]
     #[arg(long)]
     pub max_inflight_per_shard: Option<u32>,
     /// Close a client connection with nothing in flight that sent nothing for this long; 0 = never [default 10m]
@@ -601,7 +601,7 @@ impl ConfigLayer {
             )
         };
         let max_inflight_per_connection = self.max_inflight_per_connection.unwrap_or(1024);
-        let max_inflight_per_shard = self.max_inflight_per_shard.unwrap_or(16_384);
+        let max_inflight_per_shard = self.max_inflight_per_shard.unwrap_or(4096);
         if max_inflight_per_connection == 0 || max_inflight_per_shard == 0 {
             return Err(invalid(
                 "max_inflight_per_connection",

@@ -13,6 +13,7 @@
 
 pub mod codec;
 pub mod frame;
+pub mod peek;
 pub mod read_buffer;
 pub mod session;
 pub mod token;

@@ -48,6 +48,16 @@ impl ReadBuffer {
         &mut self.bytes[self.end..]
     }
 
+    /// With nothing buffered and more than `above` bytes of room, go back to `keep`
+    /// bytes (a large frame's room is not held by a connection that went quiet).
+    pub fn release_room(&mut self, above: usize, keep: usize) {
+        if self.start == self.end && self.bytes.len() > above {
+            self.bytes = vec![0; keep];
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
     /// Mark `n` bytes of the last [`spare`](Self::spare) slice as received.
     pub fn advance(&mut self, n: usize) {
         assert!(self.end + n <= self.bytes.len(), "advanced past the buffer");
@@ -77,5 +87,11 @@ mod tests {
         assert_eq!(b.filled(), b"defghijkxyz");
         b.consume(11);
         assert!(b.filled().is_empty());
+        b.release_room(50, 8);
+        assert!(b.spare(1).len() <= 8, "an empty buffer gives its room back");
+        b.spare(4)[..4].copy_from_slice(b"abcd");
+        b.advance(4);
+        b.release_room(0, 1);
+        assert_eq!(b.filled(), b"abcd", "a buffer holding bytes keeps them");
     }
 }

@@ -1,10 +1,12 @@
-//! One client connection on one shard: split the byte stream into frames, run every
-//! request as its own task (pipelining; answers may go out of order), and write the
-//! encoded responses back in batches.
+//! One client connection on one shard, served by one task that owns the socket: it
+//! splits the byte stream into frames, runs each request inline when it completes
+//! without waiting (a cached read, a ping) or as its own task when it must wait
+//! (pipelining; answers may go out of order), and writes every answer that is ready
+//! with one write per pass over the bytes a read brought.
 //!
 //! Must never: trust a frame before the verifier has passed it, buffer without bound
-//! (in-flight requests per connection and per shard are capped; beyond them the answer
-//! is `Overloaded`), or let one connection's bad input affect another.
+//! (in-flight requests per connection and per shard are capped), or let one
+//! connection's bad input affect another.
 //!
 //! Peer connections: a connection whose first request is `PeerHandshake` runs an
 //! `auth::Acceptor` over those frames. Until it succeeds every other op there is
@@ -13,9 +15,11 @@
 //! the connection is a peer connection, the only place peer ops (`Op::is_peer_op`) are
 //! accepted; it needs no client token (the handshake is the stronger proof).
 //!
-//! Backpressure: a connection with `max_inflight_per_connection` requests in flight is
-//! not read from until one finishes (TCP flow control slows the client); a shard with
-//! `max_inflight_per_shard` in flight answers `Overloaded`.
+//! Backpressure and shedding: a connection with `max_inflight_per_connection` requests
+//! in flight is not read from until one finishes (TCP flow control slows the client). A
+//! shard with `max_inflight_per_shard` in flight sheds: each further request is answered
+//! `Overloaded` from its request id alone ([`crate::protocol::peek`]), before any decode
+//! or dispatch, so refusing costs a small fraction of serving.
 
 use super::key_order::KeyOrder;
 use super::shard::{bump, Shard};
@@ -26,13 +30,17 @@ use crate::protocol::read_buffer::ReadBuffer;
 use crate::protocol::token::token_of;
 use crate::protocol::types::{ErrorReply, Op, Reply, Request, Response};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 /// Largest read per syscall; frames larger than this are assembled over several reads.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Read room a connection starts with and goes back to when it has nothing buffered, so
+/// ten thousand quiet connections hold tens of MiB, not hundreds.
+const IDLE_READ_BYTES: usize = 4 * 1024;
+/// A write buffer that grew past this (a large reply) is released once written.
+const KEPT_WRITE_BYTES: usize = 64 * 1024;
 
 /// One shard's watch over its connections: the sweeper closes client connections idle
 /// for `client_idle_timeout` and connections stalled mid-frame for `request_timeout_ms`,
@@ -181,15 +189,15 @@ pub async fn run_sweeper(shard: Rc<Shard>) {
     }
 }
 
-/// Responses waiting to be written, shared between request tasks and the writer task.
+/// Answers waiting to be written, shared between the connection task and the request
+/// tasks it spawned.
 struct Outbox {
     buffer: RefCell<Vec<u8>>,
-    /// Wakes the writer; capacity 1, so notifications coalesce.
-    wake: LocalSender<()>,
-    /// Set when the connection must close once the outbox is drained.
-    closing: Cell<bool>,
-    /// The reader, parked while the connection has its maximum of requests in flight.
-    reader_parked: RefCell<Option<std::task::Waker>>,
+    /// Set by a request task that finished (its answer is in `buffer`); cleared by the
+    /// connection task when it looks.
+    notified: Cell<bool>,
+    /// The connection task, while it waits.
+    waker: RefCell<Option<std::task::Waker>>,
 }
 
 impl Outbox {
@@ -198,7 +206,46 @@ impl Outbox {
             .encoder
             .borrow_mut()
             .encode_response(response, &mut self.buffer.borrow_mut());
-        let _ = self.wake.try_send(());
+    }
+
+    /// A request task finished: wake the connection task.
+    fn notify(&self) {
+        self.notified.set(true);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Wait until a request task finished since the last call.
+    async fn activity(&self) {
+        std::future::poll_fn(|cx| {
+            if self.notified.replace(false) {
+                std::task::Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Write every answer that is ready, with one write (more only when the socket is
+/// full). `spare` is the connection's second buffer: the outbox's bytes are swapped
+/// into it, so request tasks keep appending while it is written.
+async fn flush(stream: &mut TcpStream, outbox: &Outbox, spare: &mut Vec<u8>) -> bool {
+    loop {
+        std::mem::swap(&mut *outbox.buffer.borrow_mut(), spare);
+        if spare.is_empty() {
+            return true;
+        }
+        if stream.write_all(spare).await.is_err() {
+            return false;
+        }
+        spare.clear();
+        if spare.capacity() > KEPT_WRITE_BYTES {
+            *spare = Vec::new();
+        }
     }
 }
 
@@ -248,14 +295,13 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
     let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = futures_lite::io::split(stream);
-    let (wake_tx, wake_rx) = local_channel::new_bounded::<()>(1);
+    let mut stream = stream;
     let outbox = Rc::new(Outbox {
         buffer: RefCell::new(Vec::new()),
-        wake: wake_tx,
-        closing: Cell::new(false),
-        reader_parked: RefCell::new(None),
+        notified: Cell::new(false),
+        waker: RefCell::new(None),
     });
+    let mut spare = Vec::new();
     let inflight = Rc::new(Cell::new(0u32));
     let (watch_id, watch) = shard.connections.watch(inflight.clone());
     let state = ConnState {
@@ -271,81 +317,14 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
         watch: watch.clone(),
     };
 
-    // Writer task: drain the outbox whenever woken; stop after a close was requested
-    // and everything queued has been written.
-    let writer_outbox = outbox.clone();
-    let writer_inflight = inflight.clone();
-    let writer_task = glommio::spawn_local(async move {
-        let mut spare = Vec::new();
-        loop {
-            {
-                let mut buffer = writer_outbox.buffer.borrow_mut();
-                std::mem::swap(&mut *buffer, &mut spare);
-            }
-            if !spare.is_empty() {
-                if writer.write_all(&spare).await.is_err() || writer.flush().await.is_err() {
-                    return;
-                }
-                spare.clear();
-                continue;
-            }
-            if writer_outbox.closing.get() && writer_inflight.get() == 0 {
-                let _ = writer.close().await;
-                return;
-            }
-            if wake_rx.recv().await.is_none() {
-                return;
-            }
-        }
-    });
-
     let limits = shard.limits;
-    let mut buf = ReadBuffer::with_capacity(READ_CHUNK_BYTES);
+    let per_connection = shard.config.max_inflight_per_connection;
+    let mut buf = ReadBuffer::with_capacity(IDLE_READ_BYTES);
     'read: loop {
-        // Parse every complete frame already buffered.
-        loop {
-            match next_frame(buf.filled(), limits.max_frame_bytes) {
-                Ok(Some(bounds)) => {
-                    let decoded = decode_request(&buf.filled()[bounds.body.clone()], &limits);
-                    buf.consume(bounds.total_len);
-                    match decoded {
-                        Ok(request) => {
-                            // Per-connection bound: stop reading until a request finishes,
-                            // so a deep pipeline is slowed by TCP flow control, not refused.
-                            let limit = shard.config.max_inflight_per_connection;
-                            std::future::poll_fn(|cx| {
-                                if inflight.get() < limit {
-                                    std::task::Poll::Ready(())
-                                } else {
-                                    *outbox.reader_parked.borrow_mut() = Some(cx.waker().clone());
-                                    std::task::Poll::Pending
-                                }
-                            })
-                            .await;
-                            if dispatch(&shard, &outbox, &inflight, &state, request)
-                                == AfterDispatch::Close
-                            {
-                                break 'read;
-                            }
-                        }
-                        Err(DecodeError::Invalid { request_id, reason }) => {
-                            bump(&shard.metrics.bad_requests);
-                            outbox.push(
-                                &shard,
-                                &error(request_id, ErrorReply::BadRequest { message: reason }),
-                            );
-                        }
-                        Err(DecodeError::Malformed { reason }) => {
-                            tracing::debug!(%peer, %reason, "malformed frame; closing connection");
-                            bump(&shard.metrics.bad_requests);
-                            outbox.push(
-                                &shard,
-                                &error(0, ErrorReply::BadRequest { message: reason }),
-                            );
-                            break 'read;
-                        }
-                    }
-                }
+        // Every complete frame already buffered, while the connection may start more.
+        while inflight.get() < per_connection {
+            let bounds = match next_frame(buf.filled(), limits.max_frame_bytes) {
+                Ok(Some(bounds)) => bounds,
                 Ok(None) => break,
                 Err(err @ FrameError::TooLarge { .. }) | Err(err @ FrameError::Empty) => {
                     tracing::debug!(%peer, %err, "bad frame header; closing connection");
@@ -361,32 +340,108 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
                     );
                     break 'read;
                 }
+            };
+            let body = &buf.filled()[bounds.body.clone()];
+            // A full shard sheds before decoding: the answer needs only the id. The
+            // connection's first request is never shed (it may be a peer's handshake
+            // or a client's authentication, which decide what the connection is).
+            if shard.inflight.get() >= shard.config.max_inflight_per_shard
+                && state.requests_seen.get() > 0
+            {
+                if let Some(request_id) = crate::protocol::peek::request_id(body) {
+                    buf.consume(bounds.total_len);
+                    bump(&shard.metrics.overloaded);
+                    outbox.push(&shard, &error(request_id, ErrorReply::Overloaded));
+                    continue;
+                }
+            }
+            let decoded = decode_request(body, &limits);
+            buf.consume(bounds.total_len);
+            match decoded {
+                Ok(request) => {
+                    if dispatch(&shard, &outbox, &inflight, &state, request) == AfterDispatch::Close
+                    {
+                        break 'read;
+                    }
+                }
+                Err(DecodeError::Invalid { request_id, reason }) => {
+                    bump(&shard.metrics.bad_requests);
+                    outbox.push(
+                        &shard,
+                        &error(request_id, ErrorReply::BadRequest { message: reason }),
+                    );
+                }
+                Err(DecodeError::Malformed { reason }) => {
+                    tracing::debug!(%peer, %reason, "malformed frame; closing connection");
+                    bump(&shard.metrics.bad_requests);
+                    outbox.push(
+                        &shard,
+                        &error(0, ErrorReply::BadRequest { message: reason }),
+                    );
+                    break 'read;
+                }
             }
         }
+        // Answers of this pass (and of tasks that finished meanwhile) in one write.
+        outbox.notified.set(false);
+        if !flush(&mut stream, &outbox, &mut spare).await {
+            break;
+        }
+        // At its in-flight bound the connection is not read from (TCP flow control
+        // slows the client) until one of its requests finishes.
+        let may_read = inflight.get() < per_connection;
         let buffered = !buf.filled().is_empty();
-        let spare = buf.spare(READ_CHUNK_BYTES);
+        if !buffered {
+            buf.release_room(READ_CHUNK_BYTES, IDLE_READ_BYTES);
+        }
+        // Room for the rest of a frame whose length is known (up to a chunk), else for
+        // whatever comes: the buffer grows only as far as a frame needs.
+        let room = match crate::protocol::frame::bytes_needed(buf.filled(), limits.max_frame_bytes)
+        {
+            Ok(needed) => needed
+                .saturating_sub(buf.filled().len())
+                .min(READ_CHUNK_BYTES),
+            Err(_) => 0,
+        };
+        let spare_room = buf.spare(room.max(IDLE_READ_BYTES));
         // A handshake under way must finish within `request_timeout_ms` of its start.
         let handshake_left = state
             .handshake_deadline
             .get()
             .map(|deadline| deadline.saturating_duration_since(std::time::Instant::now()));
-        watch.mid_frame.set(buffered);
-        watch.waiting_for_request.set(!buffered);
-        let read = futures_lite::future::or(async { Some(reader.read(spare).await) }, async {
-            let stop = futures_lite::future::or(shard.stopping.wait(), watch.close.wait());
-            match handshake_left {
-                Some(left) => {
-                    futures_lite::future::or(stop, glommio::timer::sleep(left)).await;
+        watch.mid_frame.set(may_read && buffered);
+        watch.waiting_for_request.set(may_read && !buffered);
+        let event = futures_lite::future::or(
+            async {
+                if may_read {
+                    Event::Read(stream.read(spare_room).await)
+                } else {
+                    std::future::pending().await
                 }
-                None => stop.await,
-            }
-            None
-        })
+            },
+            futures_lite::future::or(
+                async {
+                    outbox.activity().await;
+                    Event::Answered
+                },
+                async {
+                    let stop = futures_lite::future::or(shard.stopping.wait(), watch.close.wait());
+                    match handshake_left {
+                        Some(left) => {
+                            futures_lite::future::or(stop, glommio::timer::sleep(left)).await;
+                        }
+                        None => stop.await,
+                    }
+                    Event::Stop
+                },
+            ),
+        )
         .await;
         watch.mid_frame.set(false);
         watch.waiting_for_request.set(false);
-        match read {
-            Some(Ok(n)) if n > 0 => {
+        match event {
+            Event::Answered => {}
+            Event::Read(Ok(n)) if n > 0 => {
                 buf.advance(n);
                 watch.last_read_sweep.set(shard.connections.sweeps.get());
             }
@@ -410,14 +465,35 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
     if let PeerState::Peer { peer_node_id } = &*state.peer.borrow() {
         tracing::debug!(%peer, peer_node = format_args!("{peer_node_id:016x}"), "peer connection closed");
     }
-    outbox.closing.set(true);
-    let _ = outbox.wake.try_send(());
-    // In-flight requests finish and their answers are written before the writer stops.
-    writer_task.await;
+    // In-flight requests finish and their answers are written before the connection
+    // closes (a write error ends the writing, not the waiting: their tasks hold the
+    // shard's in-flight count).
+    let mut writable = true;
+    loop {
+        outbox.notified.set(false);
+        if writable {
+            writable = flush(&mut stream, &outbox, &mut spare).await;
+        }
+        if inflight.get() == 0 {
+            break;
+        }
+        outbox.activity().await;
+    }
+    if writable {
+        let _ = stream.close().await;
+    }
     shard.connections.unwatch(watch_id);
     if state.counted_client.get() {
         shard.connections.release_client();
     }
+}
+
+/// What ended a connection task's wait.
+enum Event {
+    Read(std::io::Result<usize>),
+    /// A request task finished.
+    Answered,
+    Stop,
 }
 
 fn error(request_id: u64, err: ErrorReply) -> Response {
@@ -663,12 +739,7 @@ fn spawn_request<F, Fut>(
         outbox.push(&shard, &Response { request_id, body });
         inflight.set(inflight.get() - 1);
         shard.inflight.set(shard.inflight.get() - 1);
-        if inflight.get() == 0 {
-            let _ = outbox.wake.try_send(());
-        }
-        if let Some(reader) = outbox.reader_parked.borrow_mut().take() {
-            reader.wake();
-        }
+        outbox.notify();
         shard.on_request_done();
     };
     let spawned = if poll_inline_first {
