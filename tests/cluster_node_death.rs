@@ -5,7 +5,8 @@
 //! Through the whole window before and after gossip convicts it, requests fail over to
 //! the other nodes: at most the requests in flight at the kill may fail, no read is
 //! older than an acknowledged write, and the final pass finds every acknowledged write
-//! at QUORUM.
+//! at QUORUM. The kill loop SIGKILLs every node in turn, in batch and in periodic
+//! mode, and checks the same.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -167,4 +168,142 @@ fn sigkill_of_a_replica_under_quorum_load_fails_at_most_the_requests_in_flight()
 #[test]
 fn sigstop_of_a_replica_under_quorum_load_fails_at_most_the_requests_in_flight() {
     trial(Death::Stop);
+}
+
+/// The kill -9 loop: every node in turn is SIGKILLed under QUORUM load and restarted
+/// at once, twice each, in `sync` commit-log mode. No read may be older than an
+/// acknowledged write, and afterwards every acknowledged write is read back at QUORUM
+/// through every node, before any repair.
+fn kill_loop(sync: &str) {
+    let Some(loadgen) = loadgen_bin() else {
+        println!("SKIPPED: ringkv-loadgen not built (cargo build --workspace, as .ci/run does)");
+        return;
+    };
+    let flags = [
+        "--replication-factor",
+        "3",
+        "--cluster-secret",
+        SECRET,
+        "--commitlog-sync",
+        sync,
+    ];
+    let mut cluster = Cluster::start(&[1, 1, 1], &flags);
+    wait_until("every node to see 3 nodes up", DEADLINE, || {
+        all_up(&cluster)
+    });
+    let hosts = cluster.addrs().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    let out = dir.path().join("run.out");
+    let err = dir.path().join("run.err");
+    let duration_s: u64 = 60;
+    let mut run = ChildGuard(Some(
+        Command::new(&loadgen)
+            .args([
+                "--hosts",
+                &hosts,
+                "--consistency",
+                "quorum",
+                "--verify",
+                "--verify-final",
+                "--verify-final-consistency",
+                "quorum",
+                "--read-ratio",
+                "0.5",
+                "--keys",
+                "2000",
+                "--value-size",
+                "32",
+                "--connections",
+                "4",
+                "--pipeline",
+                "2",
+                "--rate",
+                "600",
+                "--attempt-timeout",
+                "500ms",
+                "--warmup",
+                "0s",
+                "--duration",
+                &format!("{duration_s}s"),
+                "--json",
+                &json.display().to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(std::fs::File::create(&out).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(&err).unwrap()))
+            .spawn()
+            .unwrap(),
+    ));
+    // The load generator learns the topology at its start; the first kill waits until
+    // it reports its first second of load.
+    wait_until(
+        "the load generator to report a second of load",
+        DEADLINE,
+        || {
+            std::fs::read_to_string(&err).is_ok_and(|text| {
+                text.lines()
+                    .any(|l| l.starts_with('[') && l.contains("ops/s"))
+            })
+        },
+    );
+    let rounds = 6;
+    let started = Instant::now();
+    for round in 0..rounds {
+        assert!(
+            run.is_running(),
+            "the load generator ended after {round} kill rounds ({:.0?}; --duration \
+             {duration_s}s):\n{}",
+            started.elapsed(),
+            std::fs::read_to_string(&err).unwrap_or_default()
+        );
+        let victim = round % 3;
+        cluster.nodes[victim].kill();
+        cluster.nodes[victim].restart();
+        wait_until("every node to see 3 nodes up again", DEADLINE, || {
+            all_up(&cluster)
+        });
+    }
+    assert!(
+        run.is_running(),
+        "the load generator ended before the last kill round ({:.0?})",
+        started.elapsed()
+    );
+    let status = run.wait_with_deadline(Duration::from_secs(duration_s + 120));
+    let stdout = std::fs::read_to_string(&out).unwrap();
+    let stderr = std::fs::read_to_string(&err).unwrap();
+    println!(
+        "kill loop ({sync}): {rounds} rounds in {:.1?}\n{stdout}",
+        started.elapsed()
+    );
+    assert!(
+        status.success(),
+        "loadgen exit {status}:\n{stdout}\n{stderr}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["verify"]["violations"], 0, "{report}");
+    assert!(report["verify"]["reads_checked"].as_u64().unwrap() > 0);
+    let final_line = stdout
+        .lines()
+        .find(|l| l.starts_with("verify-final:"))
+        .expect("a verify-final line");
+    assert!(
+        final_line.ends_with(" 0 missing, 0 stale, 0 unreadable"),
+        "every acknowledged write is readable at QUORUM through every node: {final_line}"
+    );
+    println!(
+        "kill loop ({sync}): errors {}, failovers {}",
+        report["total"]["errors"], report["connections"]["failovers"]
+    );
+}
+
+#[test]
+fn kill_loop_through_every_node_loses_no_acknowledged_write_in_batch_mode() {
+    kill_loop("batch");
+}
+
+#[test]
+fn kill_loop_through_every_node_loses_no_acknowledged_write_in_periodic_mode() {
+    kill_loop("periodic");
 }
