@@ -1,5 +1,5 @@
-//! The per-shard commit log (DESIGN.md §5): durable, ordered, checksummed records in
-//! direct-I/O segment files, with group commit and crash recovery.
+//! The per-shard commit log (docs/design.md §4.3, §5.1): durable, ordered, checksummed
+//! records in direct-I/O segment files, with group commit and crash recovery.
 //!
 //! It owns the segment files `commitlog-<generation:020>.log` of its [`Disk`] and the
 //! spare segment `commitlog.spare` (other files in the directory are ignored) and the
@@ -182,7 +182,7 @@ impl CommitLogConfig {
     }
 }
 
-/// What recovery does with damage it finds (DESIGN.md §5).
+/// What recovery does with damage it finds (docs/design.md §5.5).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RecoveryPolicy {
     /// Damage at the tail of the newest segment (nothing valid after it: a write torn by
