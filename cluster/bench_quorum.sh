@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Three-node quorum benchmark (README "Three nodes, RF=3, QUORUM"): three release
-# `ringkv serve` nodes on this machine (RF=3, one shard each), `ringkv-loadgen` running
-# YCSB A (50 % reads, 50 % updates, 100-byte values, 100,000 keys, 20,000 loaded) at
-# QUORUM/QUORUM, token-aware across the three nodes. Each run starts a fresh cluster,
+# Three-node quorum benchmark (docs/benchmarks.md "Three nodes, RF=3, QUORUM"): three
+# release `ringkv serve` nodes on this machine (RF=3, one shard each), `ringkv-loadgen`
+# running YCSB A (50 % reads, 50 % updates, 100-byte values, 100,000 keys, 20,000 loaded)
+# at QUORUM/QUORUM, token-aware across the three nodes. Each run starts a fresh cluster,
 # prints one row: the load shape, the commit-log mode, throughput, p50/p99/p99.9 of all
 # operations, and the CPU the servers and the load generator spent per operation
 # (utime + stime from /proc over a 6 s window of the measured phase), and the whole

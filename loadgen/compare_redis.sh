@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# compare_redis.sh — single-node ringkv vs Redis, same machine, same run (DESIGN.md §10).
+# compare_redis.sh — single-node ringkv vs Redis, same machine, same run (docs/design.md
+# §9.3).
 #
 # Starts a local redis-server and a local `ringkv serve` (one shard), each on a free port,
 # servers pinned to CPU 0 and load generators to CPU 1 (taskset), then drives Redis with

@@ -1,4 +1,5 @@
-//! Configuration: a TOML file (`--config`) and `ringkv serve` flags (DESIGN.md §8).
+//! Configuration: a TOML file (`--config`) and `ringkv serve` flags (docs/design.md
+//! §1.7).
 //!
 //! One struct, [`ConfigLayer`], is both the TOML schema (snake_case keys) and the flag
 //! set (kebab-case flags), so every key is a flag and their names can never drift

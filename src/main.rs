@@ -1,8 +1,8 @@
 //! The `ringkv` binary: server (`serve`), client commands (`put`, `get`, `delete`) and
-//! admin (`status`, `ring`, `decommission`). Exit codes (DESIGN.md §8): 0 success, 1 key not found,
-//! 2 usage error, 3 operational error (a causal write of unknown outcome included) — each
-//! failure with a one-line reason on stderr. Client commands fail over to other nodes
-//! on connection failures (`client::retry`).
+//! admin (`status`, `ring`, `decommission`). Exit codes (docs/design.md §1.7): 0 success,
+//! 1 key not found, 2 usage error, 3 operational error (a causal write of unknown outcome
+//! included) — each failure with a one-line reason on stderr. Client commands fail over
+//! to other nodes on connection failures (`client::retry`).
 
 use clap::{Parser, Subcommand};
 

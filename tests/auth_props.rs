@@ -1,8 +1,9 @@
-//! Property tests of the peer handshake (DESIGN.md §6): every message order other than
-//! the correct one ends in refusal; a strict prefix of it stays pending; nothing moves a
-//! refused machine; honest peers authenticate exactly when they should; any single bit
-//! flipped in transit defeats the handshake; the decoder never panics on any bytes; two
-//! nodes of different conflict modes never authenticate, and both sides say why.
+//! Property tests of the peer handshake (docs/design.md §3.7): every message order other
+//! than the correct one ends in refusal; a strict prefix of it stays pending; nothing
+//! moves a refused machine; honest peers authenticate exactly when they should; any
+//! single bit flipped in transit defeats the handshake; the decoder never panics on any
+//! bytes; two nodes of different conflict modes never authenticate, and both sides say
+//! why.
 #![allow(clippy::unwrap_used)]
 
 use proptest::prelude::*;

@@ -1,4 +1,4 @@
-//! Conflicts on real clusters (DESIGN.md §7, issue 6):
+//! Conflicts on real clusters (docs/design.md §7):
 //!
 //! - a node of another `conflict_mode` is refused by the peer handshake on both sides
 //!   (logged with both modes, counted) and never appears in `ringkv status`;

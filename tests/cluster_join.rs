@@ -1,5 +1,5 @@
-//! Joining and leaving with streaming (DESIGN.md §6), on real processes: three nodes
-//! with RF=2 and a few thousand keys; a fourth starts with `--join` while a writer
+//! Joining and leaving with streaming (docs/design.md §6.9), on real processes: three
+//! nodes with RF=2 and a few thousand keys; a fourth starts with `--join` while a writer
 //! keeps writing; then one of the first three is decommissioned. After each change,
 //! every key (the writer's acknowledged ones included) is read back at QUORUM and is
 //! held by the RF replicas of the new ring, checked on each replica's own copy

@@ -1,5 +1,5 @@
 //! Commit log recovery under torn writes, bit flips, failed syncs and power loss, plus
-//! group commit, the glommio disk, and format fixtures (DESIGN.md §5).
+//! group commit, the glommio disk, and format fixtures (docs/design.md §5.5, §4.10).
 #![allow(clippy::unwrap_used)]
 
 mod common;

@@ -4,7 +4,7 @@
 //! that value (not an older one), an acknowledged delete stays deleted. The same body
 //! runs in `batch` mode and in `periodic` mode with a period far longer than a round, so
 //! the kill always lands between two periodic syncs: a process crash must lose nothing
-//! in either mode (README "What a crash loses").
+//! in either mode (docs/design.md §1.2).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -1,5 +1,5 @@
 //! The committed generated code must be exactly what flatc makes of the committed schema
-//! (DESIGN.md §4): regenerates into a temporary directory with the flags of
+//! (docs/design.md §9.4): regenerates into a temporary directory with the flags of
 //! `schema/regen.sh` and compares bytes.
 //!
 //! Without a suitable flatc the test is skipped with a notice, except under CI (env `CI`

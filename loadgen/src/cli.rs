@@ -1,5 +1,5 @@
-//! Command line: flags (DESIGN.md §8–9), validation into a [`RunConfig`], choice of the
-//! target, printing of live lines and the final table, output files, exit codes.
+//! Command line: flags (docs/design.md §8.3), validation into a [`RunConfig`], choice of
+//! the target, printing of live lines and the final table, output files, exit codes.
 //!
 //! Exit codes:
 //! - 0: the run completed (errors, if any, are in the table).

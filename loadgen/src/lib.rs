@@ -1,5 +1,5 @@
 //! ringkv-loadgen: a load generator for ringkv with coordinated-omission-corrected
-//! HdrHistogram latencies (DESIGN.md §9).
+//! HdrHistogram latencies (docs/design.md §8.3).
 //!
 //! Data flows one way: [`cli`] parses flags into a [`engine::RunConfig`] →
 //! [`engine`] drives [`workload`] operations through a [`target::Connector`] on glommio

@@ -1,12 +1,12 @@
 //! The load generator's own pipelined connections: one epoll set per executor thread,
 //! non-blocking sockets, and the ringkv codec.
 //!
-//! Why not `ringkv::client::asynch` (glommio sockets)? Measured (README, "Load generator
-//! cost"): at one request in flight per connection, the load generator's CPU went to
-//! the kernel, and most of it to wake-ups, not to TCP. A glommio socket read arms an
-//! io_uring poll after every receive; each reply that lands on an armed poll queues
-//! io_uring task work and interrupts the (running) load-generator thread with an IPI,
-//! and the sender pays for raising it — about 0.7 IPIs per request each way, each
+//! Why not `ringkv::client::asynch` (glommio sockets)? Measured (docs/benchmarks.md,
+//! "Load generator cost"): at one request in flight per connection, the load generator's
+//! CPU went to the kernel, and most of it to wake-ups, not to TCP. A glommio socket read
+//! arms an io_uring poll after every receive; each reply that lands on an armed poll
+//! queues io_uring task work and interrupts the (running) load-generator thread with an
+//! IPI, and the sender pays for raising it — about 0.7 IPIs per request each way, each
 //! costing microseconds in a VM. Here replies land in an epoll ready list, which costs
 //! nothing while this thread is busy: one [`Poller`] task per executor asks
 //! `epoll_wait(0)` once per round for every ready socket, reads each once, matches

@@ -297,7 +297,7 @@ impl WorkloadSpec {
             "c" => Ok(spec(1.0, 0.0, 0.0, 0.0, Distribution::Zipfian)),
             "d" => Ok(spec(0.95, 0.0, 0.05, 0.0, Distribution::Latest)),
             "e" => Err("workload E is 95% short range scans; ringkv has no scans \
-                        (keys are hash-partitioned, DESIGN.md §1), so it cannot run E. \
+                        (keys are hash-partitioned, docs/design.md §1.1), so it cannot run E. \
                         Use --workload custom for point reads and writes."
                 .to_string()),
             "f" => Ok(spec(0.5, 0.0, 0.0, 0.5, Distribution::Zipfian)),

@@ -1853,8 +1853,8 @@ impl ::core::fmt::Debug for HintReplay<'_> {
 pub enum StreamRangeOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// Peer op (range streaming, DESIGN.md §6): one page of the keys the answering shard
-/// holds whose token lies in (`start_exclusive`, `end_inclusive`] (wrapping; equal
+/// Peer op (range streaming, docs/design.md §6.9): one page of the keys the answering
+/// shard holds whose token lies in (`start_exclusive`, `end_inclusive`] (wrapping; equal
 /// bounds mean the whole ring), in key order, strictly after `after_key` (absent: from
 /// the first key). At most `limit_keys` keys and about `limit_bytes` bytes (at least one
 /// key when any matches); the answering node clamps both to its own maximums. Answered

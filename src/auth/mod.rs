@@ -1,4 +1,4 @@
-//! Peer and client authentication (DESIGN.md §6), as pure code.
+//! Peer and client authentication (docs/design.md §6.10), as pure code.
 //!
 //! This module owns the peer handshake state machines ([`Initiator`], [`Acceptor`]),
 //! their messages and byte layout ([`AuthMessage`]), the secrets' types

@@ -96,7 +96,7 @@ pub fn shard_address(node: &NodeInfo, key: &[u8]) -> Option<SocketAddr> {
 }
 
 /// The node a client should send `key` to: the first up replica of the key on the ring
-/// the topology describes (token-aware; DESIGN.md §6), else the first up node.
+/// the topology describes (token-aware; docs/design.md §8.1), else the first up node.
 pub fn route<'a>(topology: &'a Topology, key: &[u8]) -> Option<&'a NodeInfo> {
     Router::new(topology).route(topology, key)
 }

@@ -1,4 +1,4 @@
-//! Hint bookkeeping for one shard (DESIGN.md §6, hinted handoff): which stored hints are
+//! Hint bookkeeping for one shard (docs/design.md §6.7): which stored hints are
 //! pending for which target, whether a new hint may be stored, and what to replay now.
 //!
 //! [`HintBook`] is a pure, deterministic state machine: the caller passes `now_ms` on

@@ -1,5 +1,5 @@
-//! Gossiped membership (DESIGN.md §6): what this node believes about every node of the
-//! cluster, and the Scuttlebutt-style three-way exchange that spreads it.
+//! Gossiped membership (docs/design.md §6.1): what this node believes about every node of
+//! the cluster, and the Scuttlebutt-style three-way exchange that spreads it.
 //!
 //! Each node owns one [`NodeState`] and is the only one that changes it; every change
 //! bumps its `version`, and a restart starts a new `generation` (boot time). A round is

@@ -1,5 +1,5 @@
-//! Cluster membership (DESIGN.md §6): the token [`ring`] and replica placement, gossip
-//! [`membership`] state with its digest/delta exchange, and the phi-accrual
+//! Cluster membership (docs/design.md §6): the token [`ring`] and replica placement,
+//! gossip [`membership`] state with its digest/delta exchange, and the phi-accrual
 //! [`failure_detector`].
 //!
 //! Everything here is a pure, deterministic state machine: callers pass `now_ms` and a

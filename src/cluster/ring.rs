@@ -1,5 +1,5 @@
 //! The token ring: which nodes replicate which part of the 64-bit token space, and where
-//! a new node places its tokens (DESIGN.md §6).
+//! a new node places its tokens (docs/design.md §6.3).
 //!
 //! A vnode token `t` owns the range `(previous token, t]`, wrapping at `u64::MAX`. The
 //! replicas of a key token are found by walking clockwise from the first vnode token

@@ -1,5 +1,5 @@
 //! Versions and their merge: hybrid-logical-clock timestamps, last-write-wins cells and
-//! causal (dotted-version-vector) states (DESIGN.md §7).
+//! causal (dotted-version-vector) states (docs/design.md §7).
 //!
 //! This module owns the one rule by which two states of a key combine, and is the one
 //! place where versions are created (an [`HlcClock`] timestamp for LWW, a new dot via

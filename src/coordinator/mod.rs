@@ -1,4 +1,4 @@
-//! Per-request coordination (DESIGN.md §6): fan a client write or read out to the
+//! Per-request coordination (docs/design.md §6.5): fan a client write or read out to the
 //! replicas of its key, count answers against the consistency level, merge read replies
 //! and repair stale replicas.
 //!
@@ -46,7 +46,7 @@ pub enum CoordinatorError {
 }
 
 impl CoordinatorError {
-    /// The typed error the client receives (DESIGN.md §4).
+    /// The typed error the client receives (docs/design.md §1.6).
     pub fn to_error_reply(self) -> ErrorReply {
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         match self {

@@ -4,7 +4,7 @@
 //! answered, until all contacted replicas replied or the deadline passed.
 //!
 //! Asking all alive replicas (not just R) costs one extra request at QUORUM of three,
-//! and buys a read repair on every read whose replicas disagree (DESIGN.md §1).
+//! and buys a read repair on every read whose replicas disagree (docs/design.md §6.6).
 //!
 //! A coordinator that is itself a replica names itself with
 //! [`ReadCoordinator::wait_for_local`]: the answer then always includes its own copy

@@ -2,11 +2,11 @@
 //! alive, answer the client at W acks, and keep counting until every replica answered
 //! or the deadline passed, so the driver knows which replicas need a hint.
 //!
-//! Sloppy quorum (DESIGN.md §6): when home replicas are believed down, each down home is
-//! given a stand-in, the next alive node clockwise past the replica set (the caller's
-//! `fallbacks`, in ring order). The stand-in stores the mutation as a durable hint for
-//! that home and its ack counts toward W. In strict mode there are no stand-ins: fewer
-//! than W alive homes is `Unavailable`, and hints (stored by the coordinator for
+//! Sloppy quorum (docs/design.md §6.7): when home replicas are believed down, each down
+//! home is given a stand-in, the next alive node clockwise past the replica set (the
+//! caller's `fallbacks`, in ring order). The stand-in stores the mutation as a durable
+//! hint for that home and its ack counts toward W. In strict mode there are no stand-ins:
+//! fewer than W alive homes is `Unavailable`, and hints (stored by the coordinator for
 //! [`WriteCoordinator::unacked`] homes) never count toward W.
 
 use super::quorum::{QuorumTracker, ReplicaProgress};

@@ -48,7 +48,7 @@ pub const GOSSIP_APP_STATES_MAX: usize = MAX_APP_STATES;
 /// Longest address, application-state key or application-state value, in bytes.
 pub const GOSSIP_TEXT_BYTES_MAX: usize = MAX_APP_STATE_BYTES;
 
-/// Size limits a server enforces on what it receives (DESIGN.md §4; config keys
+/// Size limits a server enforces on what it receives (docs/design.md §1.5; config keys
 /// `max_key_size`, `max_value_size`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {

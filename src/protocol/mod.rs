@@ -1,6 +1,6 @@
-//! The wire protocol (DESIGN.md §4): frames, FlatBuffers encode/decode and validation,
-//! key → token → shard. Sans-I/O: nothing here reads a socket, and nothing here may
-//! trust a received byte before the FlatBuffers verifier has checked it.
+//! The wire protocol (docs/design.md §3): frames, FlatBuffers encode/decode and
+//! validation, key → token → shard. Sans-I/O: nothing here reads a socket, and nothing
+//! here may trust a received byte before the FlatBuffers verifier has checked it.
 //!
 //! - [`frame`] splits a byte stream into frames (length prefix, size limit).
 //! - [`codec`] turns [`types::Request`] / [`types::Response`] into frame bytes and back,

@@ -1,5 +1,5 @@
 //! A receive buffer for frame streams that is zero-filled only when it grows, never on
-//! every read (zeroing a 64 KiB chunk per request showed up as 5 % of server CPU), and
+//! every read (zeroing a 64 KiB chunk per request is a visible share of server CPU), and
 //! that compacts consumed bytes only when it needs room.
 
 /// Bytes received and not yet consumed are `bytes[start..end]`.

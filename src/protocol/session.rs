@@ -1,5 +1,5 @@
 //! Session timestamps: how a client carries LWW causality from one coordinator to the
-//! next (DESIGN.md §7, issue 6).
+//! next (docs/design.md §3.6).
 //!
 //! In LWW mode the coordinator stamps each write with its own HLC. A coordinator whose
 //! clock is behind may not yet have seen the timestamp of the write the client made just

@@ -1,7 +1,7 @@
 //! Key → token → shard: the stable mapping that places every key on the ring and on a
-//! core (DESIGN.md §3). It is part of the wire protocol: clients compute it to route a
-//! request straight to the owning shard, and tokens are stored on disk. It must never
-//! change across versions or machines, so it must never use a per-process or
+//! core (docs/design.md §2.1, §3.5). It is part of the wire protocol: clients compute it
+//! to route a request straight to the owning shard, and tokens are stored on disk. It
+//! must never change across versions or machines, so it must never use a per-process or
 //! per-version hash (`ahash`, `std` `DefaultHasher`); the test vectors below pin it.
 
 /// Seed of the xxh3 hash that makes tokens. Part of the protocol: never change it.

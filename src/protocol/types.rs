@@ -5,7 +5,7 @@
 
 use crate::cluster::membership::GossipMessage;
 
-/// How many replicas must answer (DESIGN.md §6). `Count(n)` is an explicit count.
+/// How many replicas must answer (docs/design.md §1.3). `Count(n)` is an explicit count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Consistency {
     One,
@@ -221,7 +221,7 @@ pub struct RepairStats {
     pub duration_ms: u64,
 }
 
-/// Typed errors (DESIGN.md §4).
+/// Typed errors (docs/design.md §1.6, §3.4).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ErrorReply {
     BadRequest { message: String },

@@ -675,8 +675,8 @@ fn dispatch(
     }
     // Reads of a node serving alone: a coordinated read waits for its replicas anyway,
     // and polling it here first would only add a poll and an allocation. Replica reads
-    // stay tasks too: on the 3-node benchmark polling them here first measured no
-    // better and in some runs worse (alternating builds, 2026-11-24).
+    // stay tasks too: on the 3-node benchmark polling them here first was no faster,
+    // and sometimes slower (docs/benchmarks.md).
     let local_read = match op {
         Op::Ping | Op::Topology => true,
         Op::Get { .. } => super::replication::serving_alone(shard),

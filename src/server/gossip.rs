@@ -1,7 +1,7 @@
-//! The glommio driver of gossip (DESIGN.md §6), on shard 0 only: it owns the node's
-//! [`Membership`], ticks it every `gossip_interval_ms`, carries its `Send` effects to
-//! peers over authenticated peer connections ([`super::peer`]), feeds answers back, and
-//! publishes a membership snapshot to every shard after each change. Messages travel
+//! The glommio driver of gossip (docs/design.md §6.1), on shard 0 only: it owns the
+//! node's [`Membership`], ticks it every `gossip_interval_ms`, carries its `Send` effects
+//! to peers over authenticated peer connections ([`super::peer`]), feeds answers back,
+//! and publishes a membership snapshot to every shard after each change. Messages travel
 //! through the shard's [`PeerPool`](super::peer_pool::PeerPool), sharing its pipelined
 //! connections and its fault rules with replica traffic to the same shard port.
 //!
@@ -101,9 +101,9 @@ impl Gossiper {
             identity.generation,
             config.listen.to_string(),
         );
-        // A `--join` node whose streaming has not finished (DESIGN.md §6) is Joining:
-        // outside the read/write ring, a pending write target. Everything else starts
-        // Normal, as a node always did.
+        // A `--join` node whose streaming has not finished (docs/design.md §6.9) is
+        // Joining: outside the read/write ring, a pending write target. Everything else
+        // starts Normal, as a node always did.
         local.status = if super::streaming::is_joining(&config.data_dir) {
             NodeStatus::Joining
         } else {

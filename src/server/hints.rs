@@ -1,4 +1,4 @@
-//! Hinted handoff on one shard (DESIGN.md §6, issue 7): the durable hint log of this
+//! Hinted handoff on one shard (docs/design.md §6.7): the durable hint log of this
 //! shard, the pure [`HintBook`] that bounds and schedules it, and the glommio tasks that
 //! carry its effects — storing a hint for a replica that did not acknowledge a write (or
 //! for a down home, as a sloppy-quorum stand-in), and replaying hints to their target

@@ -1,5 +1,5 @@
-//! The shard-per-core server (`ringkv serve`, DESIGN.md §3): one glommio executor per
-//! shard, pinned to a core, each owning its engine and its listeners; requests for
+//! The shard-per-core server (`ringkv serve`, docs/design.md §2.1): one glommio executor
+//! per shard, pinned to a core, each owning its engine and its listeners; requests for
 //! another shard's key travel over the channel mesh ([`router`]). The main thread only
 //! prepares the data directory, starts the shards, and turns SIGINT/SIGTERM into a stop.
 
@@ -284,12 +284,12 @@ fn parse_meta(text: &str, config: &Config, path: &Path) -> anyhow::Result<(NodeM
     Ok((NodeMeta { node_id, tokens }, true))
 }
 
-/// How this node proves itself to peers (DESIGN.md §6): the cluster name, the conflict
-/// mode (a peer of another mode is refused by the handshake, so it never enters this
-/// node's ring, for gossip nor for replication) and the MAC key of the shared secret.
-/// Without `cluster_secret` the key is derived from the cluster name alone, which keeps
-/// clusters with different names apart but authenticates nobody: anyone who knows the
-/// name can join. That is logged as a WARN.
+/// How this node proves itself to peers (docs/design.md §6.10): the cluster name, the
+/// conflict mode (a peer of another mode is refused by the handshake, so it never enters
+/// this node's ring, for gossip nor for replication) and the MAC key of the shared
+/// secret. Without `cluster_secret` the key is derived from the cluster name alone, which
+/// keeps clusters with different names apart but authenticates nobody: anyone who knows
+/// the name can join. That is logged as a WARN.
 #[derive(Clone, Debug)]
 pub struct PeerAuth {
     /// The cluster name and this node's `conflict_mode`. Named `cluster_name` because

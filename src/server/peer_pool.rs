@@ -43,9 +43,8 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// Connections kept per peer shard address. One: every call to a peer shard shares one
-/// stream, so concurrent calls coalesce into fewer, larger writes. On the README's
-/// 3-node benchmark one connection took 11-15 % less server CPU per operation than two
-/// (see the README's benchmark section).
+/// stream, so concurrent calls coalesce into fewer, larger writes (less server CPU per
+/// operation than two connections: docs/benchmarks.md).
 pub const CONNECTIONS_PER_PEER: usize = 1;
 /// First reconnect backoff after a failed dial; doubles per consecutive failure.
 pub const BACKOFF_FIRST_MS: u64 = 100;

@@ -1,8 +1,9 @@
-//! Leaderless quorum replication (DESIGN.md §6), driven on the shard that owns the key:
-//! the replica set from the membership snapshot's ring, the fan-out of `ReplicaWrite` /
-//! `ReplicaRead` to the replicas (self through the local engine, peers through the
-//! shard's pipelined [`PeerPool`](super::peer_pool::PeerPool)), and the drive of the pure
-//! `WriteCoordinator` / `ReadCoordinator` state machines, read repair included.
+//! Leaderless quorum replication (docs/design.md §6.5), driven on the shard that owns the
+//! key: the replica set from the membership snapshot's ring, the fan-out of
+//! `ReplicaWrite` / `ReplicaRead` to the replicas (self through the local engine, peers
+//! through the shard's pipelined [`PeerPool`](super::peer_pool::PeerPool)), and the drive
+//! of the pure `WriteCoordinator` / `ReadCoordinator` state machines, read repair
+//! included.
 //!
 //! Must never: answer a client before W (R) replicas acknowledged, wait without a
 //! deadline (every peer call and every coordination is bounded by

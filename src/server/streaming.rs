@@ -1,4 +1,4 @@
-//! Range streaming for joining and leaving (DESIGN.md §6), driven on shard 0.
+//! Range streaming for joining and leaving (docs/design.md §6.9), driven on shard 0.
 //!
 //! **Join** (`ringkv serve --join`): the node chose its tokens at first start
 //! (`server::prepare_data_dir`, `allocate_tokens` on the seed's ring) and gossips status

@@ -1,5 +1,5 @@
 //! The shard's block cache: recently read SSTable data blocks, kept in memory because
-//! direct I/O bypasses the kernel page cache (DESIGN.md §5).
+//! direct I/O bypasses the kernel page cache (docs/design.md §5.3).
 //!
 //! One cache per shard, owned by that shard's thread: interior mutability through
 //! `RefCell`/`Cell`, no locks, never shared between cores. Entries are keyed by

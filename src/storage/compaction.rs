@@ -1,8 +1,8 @@
-//! Compaction planning (DESIGN.md §5): which SSTables to merge next, whether tombstones
-//! may be dropped, and how the live set changes when a compaction finishes.
+//! Compaction planning (docs/design.md §5.4): which SSTables to merge next, whether
+//! tombstones may be dropped, and how the live set changes when a compaction finishes.
 //!
-//! Everything here is a pure function of its arguments (STYLE.md "Decide in pure code,
-//! act in a thin shell"; mini-lsm's `generate_compaction_task` /
+//! Everything here is a pure function of its arguments (decisions in pure code,
+//! docs/design.md §2.2; as mini-lsm's `generate_compaction_task` /
 //! `apply_compaction_result`). It never reads files, the clock (callers pass `now_ms`)
 //! or a random source, and never merges values: the compaction executor does that with
 //! [`crate::conflict::merge`].

@@ -1,4 +1,5 @@
-//! The engine's only door to the file system (STYLE.md "Storage behind narrow traits").
+//! The engine's only door to the file system: all of its I/O goes through this narrow
+//! trait (docs/design.md §5).
 //!
 //! A [`Disk`] is one shard's data directory; a [`DiskFile`] is one file in it. The
 //! production implementation (`GlommioDisk`) uses glommio DMA files (O_DIRECT through

@@ -1,5 +1,5 @@
 //! The engine of one shard: assembles the commit log, memtables, SSTables, manifest,
-//! block cache and compaction into `write` / `read` (DESIGN.md §5).
+//! block cache and compaction into `write` / `read` (docs/design.md §5).
 //!
 //! Write path: encode a record → commit log append (in `batch` mode this returns after
 //! the group commit's durable write) → merge into the active memtable → when it is full,

@@ -5,8 +5,8 @@
 //! aligned reads, fdatasync, and converting `GlommioError` (not `Sync`) into
 //! `std::io::Error`. It must be created and used on the shard's own executor thread and
 //! must never open a file before [`GlommioDisk::open`] has opened the probe sentinel
-//! (glommio issue #605, DESIGN.md §11: if the first `DmaFile` an executor opens on a
-//! device is empty, later direct reads fail with `EOPNOTSUPP`).
+//! (glommio issue #605, docs/design.md §9.4: if the first `DmaFile` an executor opens on
+//! a device is empty, later direct reads fail with `EOPNOTSUPP`).
 //!
 //! Rare metadata operations (remove, rename, list) use `std::fs` synchronously: they
 //! happen a few times per memtable flush, not per request.

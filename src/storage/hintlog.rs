@@ -1,4 +1,4 @@
-//! The durable per-shard hint log (DESIGN.md §6, hinted handoff): writes kept for a
+//! The durable per-shard hint log (docs/design.md §6.7; bytes §4.6): writes kept for a
 //! replica that did not acknowledge them, until that replica has them.
 //!
 //! It owns one directory (its [`Disk`]) holding a [`CommitLog`] whose payloads are

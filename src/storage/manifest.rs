@@ -1,5 +1,5 @@
 //! The manifest: which SSTables of a shard are live, and the engine metadata that must
-//! survive restarts (DESIGN.md §5).
+//! survive restarts (docs/design.md §4.5).
 //!
 //! It owns the file `MANIFEST` in the shard's data directory and the only way of
 //! replacing it: write a complete new copy under a temporary name, fdatasync it, rename

@@ -1,4 +1,5 @@
-//! The memtable: one shard's in-memory, ordered map of recent writes (DESIGN.md §5).
+//! The memtable: one shard's in-memory, ordered map of recent writes (docs/design.md
+//! §5.2).
 //!
 //! It owns the newest state of every key written since the last flush, merged through
 //! [`crate::conflict::merge`] (the one merge rule), and the byte accounting that decides

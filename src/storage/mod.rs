@@ -1,4 +1,4 @@
-//! The per-shard storage engine (DESIGN.md §5): commit log, memtable, SSTables,
+//! The per-shard storage engine (docs/design.md §5): commit log, memtable, SSTables,
 //! manifest, block cache and compaction. One [`Engine`](engine) per shard, owned by that
 //! shard's executor; nothing here is shared between cores or touches a socket.
 

@@ -1,7 +1,7 @@
-//! `ringkv-compare`: the storage-engine peer benchmark (DESIGN.md §10). It runs the same
-//! workloads (fillseq, fillrandom, readrandom, readmissing, mixed; 16-byte keys, 100-byte
-//! values) on ringkv's engine and on fjall, both making every write durable with an
-//! fdatasync before it counts, and prints a markdown table of the ratios.
+//! `ringkv-compare`: the storage-engine peer benchmark (docs/design.md §9.3). It runs the
+//! same workloads (fillseq, fillrandom, readrandom, readmissing, mixed; 16-byte keys,
+//! 100-byte values) on ringkv's engine and on fjall, both making every write durable with
+//! an fdatasync before it counts, and prints a markdown table of the ratios.
 //!
 //! It owns orchestration and reporting only; what each workload does is in `workload`,
 //! how each engine is driven in `ringkv_side` / `fjall_side`. It must never run on tmpfs

@@ -35,7 +35,7 @@ const LOAD_CONCURRENCY: usize = 256;
 /// locked (`ulimit -l` too low).
 const FALLBACK_IO_MEMORY_BYTES: usize = 2 << 20;
 
-/// ringkv's production defaults (`Config` defaults, DESIGN.md §5).
+/// ringkv's production defaults (`Config` defaults, docs/design.md §1.7).
 pub fn production_options() -> EngineOptions {
     EngineOptions {
         commitlog: CommitLogConfig {

@@ -1,5 +1,5 @@
-//! The per-shard commit log (DESIGN.md §5): durable, ordered, checksummed records in
-//! direct-I/O segment files, with group commit and crash recovery.
+//! The per-shard commit log (docs/design.md §4.3, §5.1): durable, ordered, checksummed
+//! records in direct-I/O segment files, with group commit and crash recovery.
 //!
 //! It owns the segment files `commitlog-<generation:020>.log` of its [`Disk`] and the
 //! spare segment `commitlog.spare` (other files in the directory are ignored) and the
@@ -20,13 +20,11 @@
 //! **Write-through segments (batch mode).** Appends go through a handle opened with
 //! [`Disk::open_write_through`] (`O_DSYNC`): a batch write is durable when it completes,
 //! so a flush is one write per batch (usually one), not a write and then an fdatasync.
-//! On the 3-node batch-mode benchmark that took 4-17 % less server CPU per operation
-//! than write + fdatasync, and 3-14 % less CPU on the whole machine (pairs of runs,
-//! builds alternating; README "Three nodes, RF=3, QUORUM"): the kernel completes
-//! the sync inside the write (a FUA write, or a cache flush queued after it), where a
-//! separate fdatasync is one more io_uring operation, which io_uring hands to a worker
-//! thread. Preallocation and headers are still written through an ordinary handle and
-//! fdatasync'ed once.
+//! That costs less CPU than write + fdatasync (measured in docs/benchmarks.md, three
+//! nodes, batch mode): the kernel completes the sync inside the write (a FUA write, or
+//! a cache flush queued after it), where a separate fdatasync is one more io_uring
+//! operation, which io_uring hands to a worker thread. Preallocation and headers are
+//! still written through an ordinary handle and fdatasync'ed once.
 //!
 //! **Periodic mode.** [`SyncMode::Periodic`] takes the same path, group commit and
 //! all, with one difference: segments are opened without `O_DSYNC`, so an append
@@ -182,7 +180,7 @@ impl CommitLogConfig {
     }
 }
 
-/// What recovery does with damage it finds (DESIGN.md §5).
+/// What recovery does with damage it finds (docs/design.md §5.5).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RecoveryPolicy {
     /// Damage at the tail of the newest segment (nothing valid after it: a write torn by
@@ -1070,8 +1068,8 @@ impl<D: Disk> CommitLog<D> {
                 // Before leading a flush, let the tasks already runnable (the rest of
                 // a batch of requests read in one go) append: they share this
                 // write. Nothing is claimed meanwhile, so dropping this future
-                // here leaves no flush half-led. (8-9 % more throughput and 6 % less
-                // CPU per operation on the 3-node batch-mode benchmark.)
+                // here leaves no flush half-led. (It buys throughput and CPU per
+                // operation on the 3-node batch-mode benchmark: docs/benchmarks.md.)
                 Step::Yield => {
                     yielded = true;
                     futures_lite::future::yield_now().await;
@@ -1421,9 +1419,9 @@ async fn open_for_appends<D: Disk>(disk: &D, name: &str, sync: SyncMode) -> io::
 /// The zeros are written, not merely reserved: on ext4 neither `ftruncate` nor
 /// `fallocate` is enough, because the first write into a hole or an unwritten extent
 /// still allocates or converts the extent, and the appending fdatasync then commits a
-/// journal transaction (measured in `benches/compare/README.md`: 3.0 device writes and
-/// 8 KiB per append instead of 2.1 and 4 KiB). Writing zeros once per segment moves
-/// that cost to segment creation, one fdatasync for the whole segment.
+/// journal transaction (measured in `benches/compare/README.md`: more device writes and
+/// bytes per append). Writing zeros once per segment moves that cost to segment
+/// creation, one fdatasync for the whole segment.
 async fn create_segment<D: Disk>(
     disk: &D,
     id: SegmentId,

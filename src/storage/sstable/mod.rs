@@ -1,5 +1,5 @@
-//! Immutable sorted string tables (DESIGN.md §5): the on-disk home of flushed memtables
-//! and compaction output.
+//! Immutable sorted string tables (docs/design.md §4.4): the on-disk home of flushed
+//! memtables and compaction output.
 //!
 //! This module owns the SSTable file format ([`format`](mod@format) for the layout, [`block`] for data
 //! blocks, [`bloom`] for the filter), writing a table ([`SstableBuilder`]), and reading
