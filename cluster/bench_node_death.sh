@@ -73,7 +73,8 @@ for mode in $MODES; do
     pids+=("$load_pid")
     # The measured phase starts after the load phase: time the death from its first line.
     deadline=$(($(date +%s) + 300))
-    until grep -q '^\[ *1s\]' "$dir/run.out" 2>/dev/null; do
+    # (The per-second lines go to stderr, the final report to stdout.)
+    until grep -q '^\[ *1s\]' "$dir/run.err" 2>/dev/null; do
         [ "$(date +%s)" -lt "$deadline" ] || { echo "$mode: no live line" >&2; exit 1; }
         sleep 0.05
     done
@@ -92,7 +93,7 @@ for mode in $MODES; do
     code=0
     wait "$load_pid" || code=$?
     echo "== $mode: node 2 down at ${DOWN_AT_S}s, back at ${UP_AT_S}s (loadgen exit $code)"
-    awk -v d="$DOWN_AT_S" 'match($0, /^\[ *[0-9]+s\]/) { s = substr($0, 1, RLENGTH); gsub(/[^0-9]/, "", s); if (s + 0 >= d - 2 && s + 0 <= d + 12) print }' "$dir/run.out"
+    awk -v d="$DOWN_AT_S" 'match($0, /^\[ *[0-9]+s\]/) { s = substr($0, 1, RLENGTH); gsub(/[^0-9]/, "", s); if (s + 0 >= d - 2 && s + 0 <= d + 12) print }' "$dir/run.err"
     awk -v d="$DOWN_AT_S" '
         match($0, /^\[ *[0-9]+s\]/) {
             s = substr($0, 1, RLENGTH); gsub(/[^0-9]/, "", s); s += 0
@@ -102,7 +103,7 @@ for mode in $MODES; do
             for (k = 1; k <= n; k++) if (parts[k] != "") e += parts[k]
             total += e; if (s > d + 1) late += e
         }
-        END { printf "failed operations: %d in total, %d from 1 s after the death on\n", total, late }' "$dir/run.out"
+        END { printf "failed operations: %d in total, %d from 1 s after the death on\n", total, late }' "$dir/run.err"
     grep -E '^(connections|verify|verify-final):' "$dir/run.out" || true
     cleanup
 done
