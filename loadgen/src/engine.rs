@@ -719,12 +719,24 @@ impl<C: Connector> ExecutorRun<C> {
         });
         let mut conns = Vec::new();
         for j in (self.executor..c.connections).step_by(c.threads) {
-            let host = c.hosts[j % c.hosts.len()].clone();
-            let conn = self
-                .connector
-                .connect(&host, &c.options)
-                .await
-                .map_err(|e| format!("{host}: {e}"))?;
+            // Connection j starts at host j (round robin); a host that cannot be reached
+            // at the start (it died as the run began) gives way to the next one, and the
+            // run fails only when none can be.
+            let mut failures = Vec::new();
+            let mut opened = None;
+            for k in 0..c.hosts.len() {
+                let host = c.hosts[(j + k) % c.hosts.len()].clone();
+                match self.connector.connect(&host, &c.options).await {
+                    Ok(conn) => {
+                        opened = Some((host, conn));
+                        break;
+                    }
+                    Err(e) => failures.push(format!("{host}: {e}")),
+                }
+            }
+            let Some((host, conn)) = opened else {
+                return Err(failures.join("; "));
+            };
             conns.push(Rc::new(ConnSlot {
                 index: j,
                 host,
