@@ -107,10 +107,11 @@ where
     }
 }
 
-/// `commitlog_sync`: when a write is acknowledged relative to its fdatasync.
+/// `commitlog_sync`: when a write is acknowledged relative to its reaching the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CommitlogSync {
-    /// Ack after the group commit's fdatasync (default; no acknowledged write is lost).
+    /// Ack after the group commit's durable write (one `O_DSYNC` direct write; default:
+    /// no acknowledged write is lost, not even to a power loss).
     Batch,
     /// Ack once the group commit's write completed (not synced); fdatasync every
     /// `commitlog_sync_period_ms`.
