@@ -131,6 +131,49 @@ impl FromStr for CommitlogSync {
     }
 }
 
+/// `speculative_retry`: when a read asks the replicas beyond the R it needs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SpeculativeRetry {
+    /// Every alive replica at once (a slow or silent replica never delays a read).
+    Always,
+    /// R replicas, the others after this many milliseconds without an answer.
+    FixedMs(u64),
+    /// R replicas, the others after this percentile (0 < p < 100) of the shard's recent
+    /// replica read latencies.
+    Percentile(f64),
+}
+
+impl FromStr for SpeculativeRetry {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let lower = s.trim().to_ascii_lowercase();
+        let invalid = || {
+            format!(
+                "invalid speculative_retry {s:?}: expected always, a delay like 20ms, or a \
+                 percentile like 99p"
+            )
+        };
+        if lower == "always" {
+            return Ok(SpeculativeRetry::Always);
+        }
+        if let Some(ms) = lower.strip_suffix("ms") {
+            return ms
+                .trim()
+                .parse()
+                .map(SpeculativeRetry::FixedMs)
+                .map_err(|_| invalid());
+        }
+        let number = lower
+            .strip_suffix("percentile")
+            .or_else(|| lower.strip_suffix('p'))
+            .ok_or_else(invalid)?;
+        match number.trim().parse::<f64>() {
+            Ok(p) if p > 0.0 && p < 100.0 => Ok(SpeculativeRetry::Percentile(p)),
+            _ => Err(invalid()),
+        }
+    }
+}
+
 impl FromStr for ConflictMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -203,6 +246,10 @@ pub struct ConfigLayer {
     /// Sloppy quorum with hinted handoff [default true]
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub sloppy_quorum: Option<bool>,
+    /// When a read asks replicas beyond the R it needs: always, a delay (20ms) or a percentile of recent replica reads (99p) [default always]
+    #[arg(long)]
+    #[serde(default, deserialize_with = "from_str_opt")]
+    pub speculative_retry: Option<SpeculativeRetry>,
     /// batch (fsync before ack) or periodic [default batch]
     #[arg(long)]
     #[serde(default, deserialize_with = "from_str_opt")]
@@ -327,6 +374,7 @@ pub struct Config {
     pub write_consistency: Consistency,
     pub conflict_mode: ConflictMode,
     pub sloppy_quorum: bool,
+    pub speculative_retry: SpeculativeRetry,
     pub commitlog_sync: CommitlogSync,
     pub commitlog_sync_period_ms: u64,
     pub commitlog_segment_size_bytes: u64,
@@ -420,6 +468,7 @@ impl ConfigLayer {
             write_consistency,
             conflict_mode,
             sloppy_quorum,
+            speculative_retry,
             commitlog_sync,
             commitlog_sync_period_ms,
             commitlog_segment_size,
@@ -634,6 +683,7 @@ impl ConfigLayer {
             write_consistency: self.write_consistency.unwrap_or(Consistency::Quorum),
             conflict_mode: self.conflict_mode.unwrap_or(ConflictMode::Lww),
             sloppy_quorum: self.sloppy_quorum.unwrap_or(true),
+            speculative_retry: self.speculative_retry.unwrap_or(SpeculativeRetry::Always),
             commitlog_sync: self.commitlog_sync.unwrap_or(CommitlogSync::Batch),
             commitlog_sync_period_ms,
             commitlog_segment_size_bytes,
@@ -680,6 +730,26 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn speculative_retry_parses_cassandra_forms() {
+        use SpeculativeRetry::*;
+        assert_eq!("always".parse(), Ok(Always));
+        assert_eq!("ALWAYS".parse(), Ok(Always));
+        assert_eq!("20ms".parse(), Ok(FixedMs(20)));
+        assert_eq!("99p".parse(), Ok(Percentile(99.0)));
+        assert_eq!("99.9PERCENTILE".parse(), Ok(Percentile(99.9)));
+        for bad in ["", "100p", "0p", "-5ms", "soon", "20s"] {
+            assert!(bad.parse::<SpeculativeRetry>().is_err(), "{bad:?}");
+        }
+        let layer = ConfigLayer::from_toml("speculative_retry = \"15ms\"").unwrap();
+        assert_eq!(layer.resolve(2).unwrap().speculative_retry, FixedMs(15));
+        assert_eq!(
+            ConfigLayer::default().resolve(2).unwrap().speculative_retry,
+            Always
+        );
+        assert!(ConfigLayer::from_toml("speculative_retry = \"later\"").is_err());
+    }
 
     #[test]
     fn sizes_and_durations_parse_with_units() {

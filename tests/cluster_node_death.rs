@@ -307,3 +307,52 @@ fn kill_loop_through_every_node_loses_no_acknowledged_write_in_batch_mode() {
 fn kill_loop_through_every_node_loses_no_acknowledged_write_in_periodic_mode() {
     kill_loop("periodic");
 }
+
+/// `speculative_retry = "50ms"`: a read asks its own copy and one more replica, and the
+/// third only after 50 ms. With one replica silenced (SIGSTOP, not yet convicted), a read
+/// whose second replica is the silent one still answers, from the third, instead of
+/// waiting for the request timeout.
+#[test]
+fn speculative_reads_route_around_a_silent_replica() {
+    use ringkv::client::blocking::Client;
+    use ringkv::protocol::types::Consistency;
+    let flags = [
+        "--replication-factor",
+        "3",
+        "--cluster-secret",
+        SECRET,
+        "--speculative-retry",
+        "50ms",
+        // Long enough that the stopped node is not convicted during the reads.
+        "--phi-convict-threshold",
+        "16",
+    ];
+    let cluster = Cluster::start(&[1, 1, 1], &flags);
+    wait_until("every node to see 3 nodes up", DEADLINE, || {
+        all_up(&cluster)
+    });
+    let addrs = cluster.addrs();
+    let mut writer = Client::connect(&addrs[0]).unwrap();
+    let keys: Vec<String> = (0..40).map(|i| format!("spec-{i}")).collect();
+    for key in &keys {
+        writer
+            .put(key.as_bytes(), key.as_bytes(), Some(Consistency::All), None)
+            .unwrap();
+    }
+    let silent = cluster.nodes[2].pid();
+    signal(silent, "STOP");
+    let mut reader = Client::connect(&addrs[0]).unwrap();
+    reader.pin_to_seed(true);
+    let mut failures = Vec::new();
+    for key in &keys {
+        match reader.get(key.as_bytes(), Some(Consistency::Quorum)) {
+            Ok(got) if got.values == vec![key.as_bytes().to_vec()] => {}
+            other => failures.push(format!("{key}: {other:?}")),
+        }
+    }
+    signal(silent, "CONT");
+    assert!(
+        failures.is_empty(),
+        "QUORUM reads through node 0 with node 2 silent: {failures:?}"
+    );
+}

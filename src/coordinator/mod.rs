@@ -15,7 +15,7 @@ pub mod quorum;
 pub mod read;
 pub mod write;
 
-pub use read::{ReadCoordinator, ReadEffect};
+pub use read::{ReadCoordinator, ReadEffect, RecentLatency, Speculation};
 pub use write::{WriteCoordinator, WriteEffect};
 
 use crate::protocol::types::{Consistency, ErrorReply};

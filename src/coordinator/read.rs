@@ -3,8 +3,11 @@
 //! differs from the merge — including replicas that answer after the client was
 //! answered, until all contacted replicas replied or the deadline passed.
 //!
-//! Asking all alive replicas (not just R) costs one extra request at QUORUM of three,
-//! and buys a read repair on every read whose replicas disagree (docs/design.md §6.6).
+//! By default ([`Speculation::Always`]) it asks every replica believed alive at once:
+//! one extra request at QUORUM of three buys a read repair on every read whose replicas
+//! disagree (docs/design.md §6.6), and a slow or silent replica never adds its delay.
+//! With [`Speculation::After`] it asks R replicas (its own first) and the others only
+//! after a delay or as soon as one of the first fails: Cassandra's `speculative_retry`.
 //!
 //! A coordinator that is itself a replica names itself with
 //! [`ReadCoordinator::wait_for_local`]: the answer then always includes its own copy
@@ -31,6 +34,64 @@ pub enum ReadEffect<S> {
     Repair { node: NodeId, state: S },
 }
 
+/// When the replicas beyond the first R are asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Speculation {
+    /// All alive replicas at once.
+    Always,
+    /// R replicas at once (`prefer` first, when it is one of them), the rest after
+    /// `delay_ms` without an answer, or one of them at once for each first one that fails.
+    After {
+        delay_ms: u64,
+        prefer: Option<NodeId>,
+    },
+}
+
+/// The most recent replica read latencies of one shard, for a delay set at a percentile
+/// of them (`speculative_retry = "99p"`). Bounded: the last [`RecentLatency::CAPACITY`]
+/// samples; the percentile is recomputed every [`RecentLatency::REFRESH`] samples.
+#[derive(Clone, Debug, Default)]
+pub struct RecentLatency {
+    samples_us: Vec<u64>,
+    next: usize,
+    since_refresh: usize,
+    /// The last computed (percentile, value in µs).
+    cached: Option<(f64, u64)>,
+}
+
+impl RecentLatency {
+    pub const CAPACITY: usize = 1024;
+    pub const REFRESH: usize = 128;
+
+    pub fn record(&mut self, latency_us: u64) {
+        if self.samples_us.len() < Self::CAPACITY {
+            self.samples_us.push(latency_us);
+        } else {
+            self.samples_us[self.next] = latency_us;
+        }
+        self.next = (self.next + 1) % Self::CAPACITY;
+        self.since_refresh += 1;
+    }
+
+    /// The `p`-th percentile (0 < p < 100) of the recent samples in µs; `None` until
+    /// [`RecentLatency::REFRESH`] samples were seen.
+    pub fn percentile_us(&mut self, p: f64) -> Option<u64> {
+        if self.samples_us.len() < Self::REFRESH {
+            return None;
+        }
+        let stale = self.cached.is_none_or(|(q, _)| q != p) || self.since_refresh >= Self::REFRESH;
+        if stale {
+            let mut sorted = self.samples_us.clone();
+            sorted.sort_unstable();
+            let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+            let value = sorted[rank.clamp(1, sorted.len()) - 1];
+            self.cached = Some((p, value));
+            self.since_refresh = 0;
+        }
+        self.cached.map(|(_, v)| v)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ReadCoordinator<S> {
     /// None when the request was refused as unavailable before anything was sent.
@@ -45,6 +106,10 @@ pub struct ReadCoordinator<S> {
     deadline_passed: bool,
     /// The coordinator's own replica, whose reply the answer waits for.
     local: Option<NodeId>,
+    /// Alive replicas not asked yet (speculation held them back), in the order to ask.
+    reserve: Vec<NodeId>,
+    /// When the reserve is asked, if it has not been.
+    speculate_at_ms: Option<u64>,
 }
 
 impl<S: Clone + PartialEq> ReadCoordinator<S> {
@@ -58,6 +123,27 @@ impl<S: Clone + PartialEq> ReadCoordinator<S> {
         timeout_ms: u64,
         merge: fn(&S, &S) -> S,
     ) -> (Self, Vec<ReadEffect<S>>) {
+        Self::with_speculation(
+            replicas,
+            alive,
+            required_r,
+            now_ms,
+            timeout_ms,
+            merge,
+            Speculation::Always,
+        )
+    }
+
+    /// [`ReadCoordinator::new`] asking the replicas as `speculation` says.
+    pub fn with_speculation(
+        replicas: &[NodeId],
+        alive: impl Fn(NodeId) -> bool,
+        required_r: usize,
+        now_ms: u64,
+        timeout_ms: u64,
+        merge: fn(&S, &S) -> S,
+        speculation: Speculation,
+    ) -> (Self, Vec<ReadEffect<S>>) {
         let mut machine = Self {
             tracker: None,
             merge,
@@ -66,6 +152,8 @@ impl<S: Clone + PartialEq> ReadCoordinator<S> {
             outcome: None,
             deadline_passed: false,
             local: None,
+            reserve: Vec::new(),
+            speculate_at_ms: None,
         };
         let effects = match QuorumTracker::new(replicas, alive, required_r, now_ms, timeout_ms) {
             Err(unavailable) => {
@@ -73,11 +161,21 @@ impl<S: Clone + PartialEq> ReadCoordinator<S> {
                 vec![ReadEffect::Respond(Err(unavailable))]
             }
             Ok(tracker) => {
-                let mut effects: Vec<ReadEffect<S>> = tracker
-                    .nodes(ReplicaProgress::Pending)
-                    .into_iter()
-                    .map(|to| ReadEffect::Send { to })
-                    .collect();
+                let mut ask = tracker.nodes(ReplicaProgress::Pending);
+                let mut effects = Vec::new();
+                if let Speculation::After { delay_ms, prefer } = speculation {
+                    if let Some(at) = prefer.and_then(|p| ask.iter().position(|n| *n == p)) {
+                        let preferred = ask.remove(at);
+                        ask.insert(0, preferred);
+                    }
+                    if ask.len() > required_r {
+                        machine.reserve = ask.split_off(required_r);
+                        let at_ms = now_ms.saturating_add(delay_ms);
+                        machine.speculate_at_ms = Some(at_ms);
+                        effects.push(ReadEffect::SetTimer { deadline_ms: at_ms });
+                    }
+                }
+                effects.extend(ask.into_iter().map(|to| ReadEffect::Send { to }));
                 effects.push(ReadEffect::SetTimer {
                     deadline_ms: tracker.deadline_ms(),
                 });
@@ -143,6 +241,11 @@ impl<S: Clone + PartialEq> ReadCoordinator<S> {
             return effects;
         };
         if tracker.record(node, ReplicaProgress::Failed) && self.outcome.is_none() {
+            if !self.reserve.is_empty() {
+                // A first replica failed: its stand-in is asked at once.
+                let to = self.reserve.remove(0);
+                effects.push(ReadEffect::Send { to });
+            }
             if tracker.quorum_impossible() {
                 let failed = tracker.failed_error();
                 self.outcome = Some(Err(failed));
@@ -167,6 +270,14 @@ impl<S: Clone + PartialEq> ReadCoordinator<S> {
         let Some(tracker) = self.tracker.as_ref() else {
             return effects;
         };
+        if self.speculate_at_ms.is_some_and(|at| now_ms >= at) {
+            self.speculate_at_ms = None;
+            // Too slow: the replicas held back are asked too (unless the client was
+            // answered already; then they are not needed).
+            if self.outcome.is_none() {
+                effects.extend(self.reserve.drain(..).map(|to| ReadEffect::Send { to }));
+            }
+        }
         if now_ms < tracker.deadline_ms() {
             return effects;
         }
@@ -202,7 +313,21 @@ impl<S: Clone + PartialEq> ReadCoordinator<S> {
     /// answered, or the deadline passed. The driver may drop the machine.
     pub fn is_finished(&self) -> bool {
         self.outcome.is_some()
-            && (self.deadline_passed || self.tracker.as_ref().is_none_or(|t| t.all_answered()))
+            && (self.deadline_passed
+                || self.tracker.as_ref().is_none_or(|t| {
+                    t.replicas()
+                        .all(|(n, p)| p != ReplicaProgress::Pending || self.reserve.contains(&n))
+                }))
+    }
+
+    /// When the driver must call [`ReadCoordinator::on_timer`] next: the speculation
+    /// delay while replicas are held back, else the deadline.
+    pub fn next_timer_ms(&self) -> Option<u64> {
+        let deadline = self.tracker.as_ref().map(|t| t.deadline_ms());
+        match (self.speculate_at_ms, deadline) {
+            (Some(at), Some(deadline)) => Some(at.min(deadline)),
+            (at, deadline) => at.or(deadline),
+        }
     }
 
     /// Ok(()) / the error the client got, once answered.
@@ -227,6 +352,12 @@ impl<S: Clone + PartialEq> ReadCoordinator<S> {
             return;
         };
         tracker.invariants();
+        assert!(
+            self.reserve.iter().all(|n| tracker
+                .replicas()
+                .any(|(m, p)| m == *n && p == ReplicaProgress::Pending)),
+            "a held-back replica was answered or is not a replica"
+        );
         assert_eq!(
             self.holds.len(),
             tracker.answered(),
@@ -414,5 +545,122 @@ mod tests {
         let (mut c, _) = read(&[1, 2], 1);
         c.wait_for_local(3);
         assert_eq!(c.on_reply(2, Some(1))[0], ReadEffect::Respond(Ok(Some(1))));
+    }
+
+    fn speculative(
+        delay_ms: u64,
+        prefer: Option<NodeId>,
+    ) -> (ReadCoordinator<u32>, Vec<ReadEffect<u32>>) {
+        ReadCoordinator::with_speculation(
+            &[1, 2, 3],
+            |_| true,
+            2,
+            0,
+            100,
+            max_merge,
+            Speculation::After { delay_ms, prefer },
+        )
+    }
+
+    fn sends(effects: &[ReadEffect<u32>]) -> Vec<NodeId> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                ReadEffect::Send { to } => Some(*to),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn speculation_asks_r_replicas_then_the_rest_after_the_delay() {
+        let (mut c, effects) = speculative(10, Some(3));
+        assert_eq!(
+            sends(&effects),
+            vec![3, 1],
+            "the preferred replica first, R in all"
+        );
+        assert_eq!(c.next_timer_ms(), Some(10));
+        assert!(sends(&c.on_timer(9)).is_empty());
+        assert_eq!(sends(&c.on_timer(10)), vec![2]);
+        assert_eq!(c.next_timer_ms(), Some(100));
+        c.on_reply(2, Some(4));
+        assert_eq!(c.on_reply(1, Some(6))[0], ReadEffect::Respond(Ok(Some(6))));
+        c.invariants();
+    }
+
+    #[test]
+    fn speculation_replaces_a_failed_replica_at_once() {
+        let (mut c, _) = speculative(50, None);
+        assert_eq!(
+            sends(&c.on_error(1)),
+            vec![3],
+            "the held-back replica stands in"
+        );
+        c.on_reply(2, Some(1));
+        assert_eq!(c.on_reply(3, Some(2))[0], ReadEffect::Respond(Ok(Some(2))));
+        assert!(c.is_finished());
+    }
+
+    #[test]
+    fn an_answer_before_the_delay_asks_no_one_else_and_finishes() {
+        let (mut c, _) = speculative(10, None);
+        c.on_reply(1, Some(1));
+        assert_eq!(c.on_reply(2, Some(1))[0], ReadEffect::Respond(Ok(Some(1))));
+        assert!(c.is_finished(), "the held-back replica is not waited for");
+        assert!(sends(&c.on_timer(10)).is_empty());
+    }
+
+    proptest::proptest! {
+        /// Any order of replies, failures and timer ticks: one answer, never more than
+        /// R sends before the delay unless a replica failed, and every invariant holds.
+        #[test]
+        fn speculation_answers_exactly_once(
+            delay in 0u64..20,
+            events in proptest::collection::vec((0u8..3, 1u64..4, 0u32..5), 0..24),
+        ) {
+            let (mut c, first) = speculative(delay, Some(2));
+            let mut asked: Vec<NodeId> = sends(&first);
+            proptest::prop_assert_eq!(asked.len(), 2);
+            let mut answers = first.iter().filter(|e| matches!(e, ReadEffect::Respond(_))).count();
+            let mut now = 0;
+            for (kind, node, value) in events {
+                let effects = match kind {
+                    0 if asked.contains(&node) => c.on_reply(node, Some(value)),
+                    1 if asked.contains(&node) => c.on_error(node),
+                    _ => {
+                        now += 5;
+                        c.on_timer(now)
+                    }
+                };
+                asked.extend(sends(&effects));
+                answers += effects.iter().filter(|e| matches!(e, ReadEffect::Respond(_))).count();
+                c.invariants();
+            }
+            let last = c.on_timer(1000);
+            answers += last.iter().filter(|e| matches!(e, ReadEffect::Respond(_))).count();
+            proptest::prop_assert_eq!(answers, 1, "answered exactly once by the deadline");
+            let mut sorted = asked.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            proptest::prop_assert_eq!(sorted.len(), asked.len(), "a replica was asked twice");
+        }
+    }
+
+    #[test]
+    fn recent_latency_gives_a_percentile_of_the_last_samples() {
+        let mut window = RecentLatency::default();
+        for us in 1..RecentLatency::REFRESH as u64 {
+            window.record(us);
+        }
+        assert_eq!(window.percentile_us(99.0), None, "too few samples yet");
+        window.record(128);
+        assert_eq!(window.percentile_us(50.0), Some(64));
+        assert_eq!(window.percentile_us(99.0), Some(127));
+        // Old samples fall out: a run of slow reads moves the percentile up.
+        for _ in 0..RecentLatency::CAPACITY {
+            window.record(10_000);
+        }
+        assert_eq!(window.percentile_us(50.0), Some(10_000));
     }
 }

@@ -14,9 +14,10 @@ use super::handler::{internal, now_ms, value_reply};
 use super::shard::Shard;
 use crate::cluster::ring::Ring;
 use crate::cluster::NodeId;
+use crate::config::SpeculativeRetry;
 use crate::conflict::{self, KeyState};
 use crate::coordinator::{
-    required_replicas, ReadCoordinator, ReadEffect, WriteCoordinator, WriteEffect,
+    required_replicas, ReadCoordinator, ReadEffect, Speculation, WriteCoordinator, WriteEffect,
 };
 use crate::protocol::token::token_of;
 use crate::protocol::types::{Consistency, ErrorReply, NodeInfo, NodeStatus, Op, Reply};
@@ -497,13 +498,15 @@ pub async fn coordinate_read(
     let timeout_ms = shard.config.request_timeout_ms;
     let placement = Rc::new(placement);
     let started_ms = now_ms();
-    let (mut machine, effects) = ReadCoordinator::new(
+    let speculation = speculation(shard);
+    let (mut machine, effects) = ReadCoordinator::with_speculation(
         &placement.replicas,
         |n| placement.is_alive(shard, n),
         required,
         started_ms,
         timeout_ms,
         conflict::merge,
+        speculation,
     );
     // A replica coordinating answers from its own copy (plus R-1 others).
     machine.wait_for_local(shard.node_id);
@@ -529,6 +532,24 @@ pub async fn coordinate_read(
     }
 }
 
+/// How this read asks its replicas (`speculative_retry`): its own copy first, the
+/// others at once or after the configured delay.
+fn speculation(shard: &Shard) -> Speculation {
+    let delay_ms = match shard.config.speculative_retry {
+        SpeculativeRetry::Always => return Speculation::Always,
+        SpeculativeRetry::FixedMs(ms) => ms,
+        // Until the shard has seen enough replica reads, every replica is asked.
+        SpeculativeRetry::Percentile(p) => match shard.read_latency.borrow_mut().percentile_us(p) {
+            Some(us) => us.div_ceil(1000).max(1),
+            None => return Speculation::Always,
+        },
+    };
+    Speculation::After {
+        delay_ms,
+        prefer: Some(shard.node_id),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn drive_read(
     shard: Rc<Shard>,
@@ -551,7 +572,12 @@ async fn drive_read(
                     let (shard2, placement, key, tx) =
                         (shard.clone(), placement.clone(), key.clone(), tx.clone());
                     spawn(&shard, async move {
+                        let asked = Instant::now();
                         let result = replica_read(&shard2, &placement, to, &key).await;
+                        if result.is_ok() {
+                            let us = u64::try_from(asked.elapsed().as_micros()).unwrap_or(u64::MAX);
+                            shard2.read_latency.borrow_mut().record(us);
+                        }
                         let _ = tx.send((to, result)).await;
                     });
                 }
@@ -576,13 +602,22 @@ async fn drive_read(
         if machine.is_finished() {
             return;
         }
-        pending = match next_event(&rx, deadline).await {
+        // The machine's next timer (a speculation delay, else the deadline), never
+        // past the deadline.
+        let timer_ms = machine
+            .next_timer_ms()
+            .unwrap_or(deadline_ms)
+            .min(deadline_ms);
+        let wake_at = deadline
+            .checked_sub(Duration::from_millis(deadline_ms - timer_ms))
+            .unwrap_or(deadline);
+        pending = match next_event(&rx, wake_at).await {
             Wake::Answer(node, Ok(state)) => machine.on_reply(node, state),
             Wake::Answer(node, Err(e)) => {
                 tracing::debug!(node = %format!("{node:016x}"), error = %e, "replica read failed");
                 machine.on_error(node)
             }
-            Wake::Deadline => machine.on_timer(now_ms().max(deadline_ms)),
+            Wake::Deadline => machine.on_timer(now_ms().max(timer_ms)),
             Wake::Closed => {
                 let _ = answer.try_send(internal("replica answers channel closed"));
                 return;

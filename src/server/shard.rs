@@ -88,6 +88,8 @@ pub struct Shard {
     pub encoder: RefCell<Encoder>,
     pub engine: Engine<GlommioDisk>,
     pub hlc: RefCell<HlcClock>,
+    /// Recent replica read latencies (for `speculative_retry` at a percentile).
+    pub read_latency: RefCell<crate::coordinator::RecentLatency>,
     pub mesh: router::Mesh,
     /// Requests admitted and not yet answered, over all connections of this shard.
     pub inflight: Cell<u32>,
@@ -337,6 +339,7 @@ pub async fn run(
         encoder: RefCell::new(Encoder::new()),
         engine,
         hlc: RefCell::new(HlcClock::new()),
+        read_latency: RefCell::new(Default::default()),
         mesh: router::Mesh::new(senders),
         inflight: Cell::new(0),
         metrics: ShardMetrics::default(),
