@@ -43,6 +43,116 @@ fn signal(pid: i32, sig: &str) {
     assert!(status.success(), "kill -{sig} {pid}");
 }
 
+/// The load generator at QUORUM over every node with `--verify`, and a final pass that
+/// reads every acknowledged key at QUORUM through every node.
+struct QuorumLoad {
+    run: ChildGuard,
+    json: std::path::PathBuf,
+    out: std::path::PathBuf,
+    err: std::path::PathBuf,
+    duration_s: u64,
+    _dir: tempfile::TempDir,
+}
+
+impl QuorumLoad {
+    fn start(
+        loadgen: &std::path::Path,
+        cluster: &Cluster,
+        shape: (u64, u64),
+        rate: u64,
+        duration_s: u64,
+    ) -> QuorumLoad {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("run.json");
+        let out = dir.path().join("run.out");
+        let err = dir.path().join("run.err");
+        let run = ChildGuard(Some(
+            Command::new(loadgen)
+                .args([
+                    "--hosts",
+                    &cluster.addrs().join(","),
+                    "--consistency",
+                    "quorum",
+                    "--verify",
+                    "--verify-final",
+                    "--verify-final-consistency",
+                    "quorum",
+                    "--read-ratio",
+                    "0.5",
+                    "--keys",
+                    "2000",
+                    "--value-size",
+                    "32",
+                    "--connections",
+                    &shape.0.to_string(),
+                    "--pipeline",
+                    &shape.1.to_string(),
+                    "--rate",
+                    &rate.to_string(),
+                    "--attempt-timeout",
+                    "500ms",
+                    "--warmup",
+                    "0s",
+                    "--duration",
+                    &format!("{duration_s}s"),
+                    "--json",
+                    &json.display().to_string(),
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(std::fs::File::create(&out).unwrap()))
+                .stderr(Stdio::from(std::fs::File::create(&err).unwrap()))
+                .spawn()
+                .unwrap(),
+        ));
+        QuorumLoad {
+            run,
+            json,
+            out,
+            err,
+            duration_s,
+            _dir: dir,
+        }
+    }
+
+    /// Still running (else fail with what it printed).
+    fn assert_running(&mut self, when: &str) {
+        assert!(
+            self.run.is_running(),
+            "the load generator ended {when} (--duration {}s):\n{}",
+            self.duration_s,
+            std::fs::read_to_string(&self.err).unwrap_or_default()
+        );
+    }
+
+    /// Wait for the end; it succeeded, no read was older than an acknowledged write, and
+    /// the final pass found every acknowledged write. Returns the JSON report and stdout.
+    fn finish(mut self, what: &str) -> (serde_json::Value, String) {
+        let status = self
+            .run
+            .wait_with_deadline(Duration::from_secs(self.duration_s + 120));
+        let stdout = std::fs::read_to_string(&self.out).unwrap();
+        let stderr = std::fs::read_to_string(&self.err).unwrap();
+        println!("{what}:\n{stdout}");
+        assert!(
+            status.success(),
+            "loadgen exit {status}:\n{stdout}\n{stderr}"
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&self.json).unwrap()).unwrap();
+        assert_eq!(report["verify"]["violations"], 0, "{report}");
+        assert!(report["verify"]["reads_checked"].as_u64().unwrap() > 0);
+        let final_line = stdout
+            .lines()
+            .find(|l| l.starts_with("verify-final:"))
+            .expect("a verify-final line");
+        assert!(
+            final_line.ends_with(" 0 missing, 0 stale, 0 unreadable"),
+            "every acknowledged write is readable at QUORUM through every node: {final_line}"
+        );
+        (report, stdout)
+    }
+}
+
 fn trial(death: Death) {
     let Some(loadgen) = loadgen_bin() else {
         println!("SKIPPED: ringkv-loadgen not built (cargo build --workspace, as .ci/run does)");
@@ -53,50 +163,7 @@ fn trial(death: Death) {
     wait_until("every node to see 3 nodes up", DEADLINE, || {
         all_up(&cluster)
     });
-    let hosts = cluster.addrs().join(",");
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("run.json");
-    let out = dir.path().join("run.out");
-    let err = dir.path().join("run.err");
-    let duration_s = 30;
-    let mut run = ChildGuard(Some(
-        Command::new(&loadgen)
-            .args([
-                "--hosts",
-                &hosts,
-                "--consistency",
-                "quorum",
-                "--verify",
-                "--verify-final",
-                "--verify-final-consistency",
-                "quorum",
-                "--read-ratio",
-                "0.5",
-                "--keys",
-                "2000",
-                "--value-size",
-                "32",
-                "--connections",
-                &CONNECTIONS.to_string(),
-                "--pipeline",
-                &PIPELINE.to_string(),
-                "--rate",
-                "1500",
-                "--attempt-timeout",
-                "500ms",
-                "--warmup",
-                "0s",
-                "--duration",
-                &format!("{duration_s}s"),
-                "--json",
-                &json.display().to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(std::fs::File::create(&out).unwrap()))
-            .stderr(Stdio::from(std::fs::File::create(&err).unwrap()))
-            .spawn()
-            .unwrap(),
-    ));
+    let mut load = QuorumLoad::start(&loadgen, &cluster, (CONNECTIONS, PIPELINE), 1500, 30);
     // The schedule of the trial (events at fixed times of the run, not waits).
     let started = Instant::now();
     let at = |s: u64| {
@@ -104,7 +171,7 @@ fn trial(death: Death) {
         std::thread::sleep(when.saturating_duration_since(Instant::now()));
     };
     at(6);
-    assert!(run.is_running(), "the load generator ended early");
+    load.assert_running("early");
     let victim = 1;
     let pid = cluster.nodes[victim].pid();
     match death {
@@ -119,16 +186,7 @@ fn trial(death: Death) {
     wait_until("every node to see 3 nodes up again", DEADLINE, || {
         all_up(&cluster)
     });
-    let status = run.wait_with_deadline(Duration::from_secs(duration_s + 120));
-    let stdout = std::fs::read_to_string(&out).unwrap();
-    let stderr = std::fs::read_to_string(&err).unwrap();
-    println!("{death:?} trial:\n{stdout}");
-    assert!(
-        status.success(),
-        "loadgen exit {status}:\n{stdout}\n{stderr}"
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (report, _) = load.finish(&format!("{death:?} trial"));
     let errors: u64 = report["total"]["errors"]
         .as_object()
         .unwrap()
@@ -144,15 +202,6 @@ fn trial(death: Death) {
     assert!(
         report["total"]["count"].as_u64().unwrap() > 1000,
         "{report}"
-    );
-    assert_eq!(report["verify"]["violations"], 0, "{report}");
-    let final_line = stdout
-        .lines()
-        .find(|l| l.starts_with("verify-final:"))
-        .expect("a verify-final line");
-    assert!(
-        final_line.ends_with(" 0 missing, 0 stale, 0 unreadable"),
-        "every acknowledged write is readable at QUORUM: {final_line}"
     );
     println!(
         "{death:?}: {errors} errors, {} failovers",
@@ -191,57 +240,14 @@ fn kill_loop(sync: &str) {
     wait_until("every node to see 3 nodes up", DEADLINE, || {
         all_up(&cluster)
     });
-    let hosts = cluster.addrs().join(",");
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("run.json");
-    let out = dir.path().join("run.out");
-    let err = dir.path().join("run.err");
-    let duration_s: u64 = 60;
-    let mut run = ChildGuard(Some(
-        Command::new(&loadgen)
-            .args([
-                "--hosts",
-                &hosts,
-                "--consistency",
-                "quorum",
-                "--verify",
-                "--verify-final",
-                "--verify-final-consistency",
-                "quorum",
-                "--read-ratio",
-                "0.5",
-                "--keys",
-                "2000",
-                "--value-size",
-                "32",
-                "--connections",
-                "4",
-                "--pipeline",
-                "2",
-                "--rate",
-                "600",
-                "--attempt-timeout",
-                "500ms",
-                "--warmup",
-                "0s",
-                "--duration",
-                &format!("{duration_s}s"),
-                "--json",
-                &json.display().to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(std::fs::File::create(&out).unwrap()))
-            .stderr(Stdio::from(std::fs::File::create(&err).unwrap()))
-            .spawn()
-            .unwrap(),
-    ));
+    let mut load = QuorumLoad::start(&loadgen, &cluster, (4, 2), 600, 60);
     // The load generator learns the topology at its start; the first kill waits until
-    // it reports its first second of load.
+    // it reports its first second of load (per-second lines go to its stderr).
     wait_until(
         "the load generator to report a second of load",
         DEADLINE,
         || {
-            std::fs::read_to_string(&err).is_ok_and(|text| {
+            std::fs::read_to_string(&load.err).is_ok_and(|text| {
                 text.lines()
                     .any(|l| l.starts_with('[') && l.contains("ops/s"))
             })
@@ -250,13 +256,10 @@ fn kill_loop(sync: &str) {
     let rounds = 6;
     let started = Instant::now();
     for round in 0..rounds {
-        assert!(
-            run.is_running(),
-            "the load generator ended after {round} kill rounds ({:.0?}; --duration \
-             {duration_s}s):\n{}",
-            started.elapsed(),
-            std::fs::read_to_string(&err).unwrap_or_default()
-        );
+        load.assert_running(&format!(
+            "after {round} kill rounds ({:.0?})",
+            started.elapsed()
+        ));
         let victim = round % 3;
         cluster.nodes[victim].kill();
         cluster.nodes[victim].restart();
@@ -264,34 +267,11 @@ fn kill_loop(sync: &str) {
             all_up(&cluster)
         });
     }
-    assert!(
-        run.is_running(),
-        "the load generator ended before the last kill round ({:.0?})",
+    load.assert_running(&format!(
+        "before the last kill round ({:.0?})",
         started.elapsed()
-    );
-    let status = run.wait_with_deadline(Duration::from_secs(duration_s + 120));
-    let stdout = std::fs::read_to_string(&out).unwrap();
-    let stderr = std::fs::read_to_string(&err).unwrap();
-    println!(
-        "kill loop ({sync}): {rounds} rounds in {:.1?}\n{stdout}",
-        started.elapsed()
-    );
-    assert!(
-        status.success(),
-        "loadgen exit {status}:\n{stdout}\n{stderr}"
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(report["verify"]["violations"], 0, "{report}");
-    assert!(report["verify"]["reads_checked"].as_u64().unwrap() > 0);
-    let final_line = stdout
-        .lines()
-        .find(|l| l.starts_with("verify-final:"))
-        .expect("a verify-final line");
-    assert!(
-        final_line.ends_with(" 0 missing, 0 stale, 0 unreadable"),
-        "every acknowledged write is readable at QUORUM through every node: {final_line}"
-    );
+    ));
+    let (report, _) = load.finish(&format!("kill loop ({sync}), {rounds} rounds"));
     println!(
         "kill loop ({sync}): errors {}, failovers {}",
         report["total"]["errors"], report["connections"]["failovers"]
