@@ -21,7 +21,7 @@
 //! `Overloaded` from its request id alone ([`crate::protocol::peek`]), before any decode
 //! or dispatch, so refusing costs a small fraction of serving.
 
-use super::key_order::KeyOrder;
+use super::key_order::{Access, KeyOrder};
 use super::shard::{bump, Shard};
 use crate::auth::{self, Acceptor, ClientAuthState, Effect, Handshake};
 use crate::protocol::codec::{decode_request, DecodeError};
@@ -685,8 +685,21 @@ fn dispatch(
     // A client's own requests on one key take effect in the order it sent them: the
     // ticket is drawn here, in arrival order ([`KeyOrder`]).
     let turn = match &op {
-        Op::Get { key, .. } | Op::Put { key, .. } | Op::Delete { key, .. } if !is_peer => {
-            Some(state.key_order.turn(token_of(key)))
+        Op::Get { key, .. } if !is_peer => Some(state.key_order.turn(token_of(key), Access::Read)),
+        Op::Put { key, context, .. } | Op::Delete { key, context, .. } if !is_peer => {
+            // Exactly stamped by the client: LWW mode and a write timestamp context.
+            let stamped = shard.config.conflict_mode == crate::conflict::ConflictMode::Lww
+                && context.as_deref().is_some_and(|bytes| {
+                    matches!(
+                        crate::protocol::session::WriteTimestamp::decode(bytes),
+                        Some(Ok(stamp)) if stamp.0 != 0
+                    )
+                });
+            Some(
+                state
+                    .key_order
+                    .turn(token_of(key), Access::Write { stamped }),
+            )
         }
         _ => None,
     };
