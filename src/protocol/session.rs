@@ -77,11 +77,6 @@ impl WriteTimestamp {
         encode_tagged(WRITE_MAGIC, self.0)
     }
 
-    /// Whether `context` claims to be a write timestamp (starts with its magic).
-    pub fn is_write_context(context: &[u8]) -> bool {
-        context.starts_with(&WRITE_MAGIC)
-    }
-
     /// `None` when `context` is not a write timestamp; an error when it starts with the
     /// magic but is broken.
     pub fn decode(context: &[u8]) -> Option<Result<WriteTimestamp, SessionDecodeError>> {

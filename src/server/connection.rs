@@ -21,7 +21,7 @@
 //! `Overloaded` from its request id alone ([`crate::protocol::peek`]), before any decode
 //! or dispatch, so refusing costs a small fraction of serving.
 
-use super::key_order::{Access, KeyOrder};
+use super::key_order::KeyOrder;
 use super::shard::{bump, Shard};
 use crate::auth::{self, Acceptor, ClientAuthState, Effect, Handshake};
 use crate::protocol::codec::{decode_request, DecodeError};
@@ -289,13 +289,12 @@ enum AfterDispatch {
 }
 
 /// Serve one connection until the peer closes it, sends garbage, or the node stops.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _kind: ConnectionKind) {
+pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, _kind: ConnectionKind) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
     let _ = stream.set_nodelay(true);
-    let mut stream = stream;
     let outbox = Rc::new(Outbox {
         buffer: RefCell::new(Vec::new()),
         notified: Cell::new(false),
@@ -684,23 +683,8 @@ fn dispatch(
     };
     // A client's own requests on one key take effect in the order it sent them: the
     // ticket is drawn here, in arrival order ([`KeyOrder`]).
-    let turn = match &op {
-        Op::Get { key, .. } if !is_peer => Some(state.key_order.turn(token_of(key), Access::Read)),
-        Op::Put { key, context, .. } | Op::Delete { key, context, .. } if !is_peer => {
-            // Exactly stamped by the client: LWW mode and a write timestamp context.
-            let stamped = shard.config.conflict_mode == crate::conflict::ConflictMode::Lww
-                && context.as_deref().is_some_and(|bytes| {
-                    matches!(
-                        crate::protocol::session::WriteTimestamp::decode(bytes),
-                        Some(Ok(stamp)) if stamp.0 != 0
-                    )
-                });
-            Some(
-                state
-                    .key_order
-                    .turn(token_of(key), Access::Write { stamped }),
-            )
-        }
+    let turn = match super::key_order::access_of(&op, shard.config.conflict_mode) {
+        Some((key, access)) if !is_peer => Some(state.key_order.turn(token_of(key), access)),
         _ => None,
     };
     spawn_request(

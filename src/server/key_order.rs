@@ -22,6 +22,9 @@
 //! a token with nothing in flight (the map is bounded by the connection's in-flight
 //! requests).
 
+use crate::conflict::ConflictMode;
+use crate::protocol::session::WriteTimestamp;
+use crate::protocol::types::Op;
 use ahash::AHashMap;
 use std::cell::RefCell;
 use std::future::Future;
@@ -37,6 +40,23 @@ pub enum Access {
     Write {
         stamped: bool,
     },
+}
+
+/// The key a client request addresses and what it does to it; `None` for requests
+/// that are not keyed. A write is `stamped` when it carries a valid client write
+/// timestamp in LWW mode (the coordinator then stores exactly that version).
+pub fn access_of(op: &Op, mode: ConflictMode) -> Option<(&[u8], Access)> {
+    match op {
+        Op::Get { key, .. } => Some((key, Access::Read)),
+        Op::Put { key, context, .. } | Op::Delete { key, context, .. } => {
+            let stamped = mode == ConflictMode::Lww
+                && context.as_deref().is_some_and(|bytes| {
+                    matches!(WriteTimestamp::decode(bytes), Some(Ok(stamp)) if stamp.0 != 0)
+                });
+            Some((key, Access::Write { stamped }))
+        }
+        _ => None,
+    }
 }
 
 /// Whether `later` must wait for `earlier` (sent before it on the same key).
